@@ -1,0 +1,42 @@
+# qin-lightning: every target sets itself up (venv + install) on a fresh machine.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# torch is pinned in the same pip call: here it resolves to the CPU wheel on disk (no multi-GB CUDA download).
+TORCH_PIN := torch==2.13.0
+export WANDB_MODE ?= offline
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: install install-sweep install-serve train test test-slow test-all bench clean help
+
+help:  ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check "$(TORCH_PIN)" -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)  ## create .venv and install the package with dev extras
+
+install-sweep: $(STAMP)  ## add the sweep extra (Optuna, joblib, submitit launchers)
+	$(PY) -m pip install --quiet "$(TORCH_PIN)" -e ".[dev,sweep]"
+
+install-serve: $(STAMP)  ## add the serve extra (ONNX export + onnxruntime)
+	$(PY) -m pip install --quiet "$(TORCH_PIN)" -e ".[dev,serve]"
+
+train: $(STAMP)  ## train QIN on the embedded synthetic dataset (generated on first use)
+	$(PY) -m qin_lightning.train $(ARGS)
+
+test: $(STAMP)  ## the whole default test suite
+	$(PY) -m pytest tests -q
+
+test-slow: $(STAMP)  ## only the slow tests
+	$(PY) -m pytest tests -q -m slow
+
+bench: $(STAMP)  ## benchmark plain vs fast paths, writes experiments/bench/bench.json
+	$(PY) -m qin_lightning.bench --out experiments/bench/bench.json $(ARGS)
+
+clean:  ## remove outputs and caches (keeps .venv)
+	rm -rf logs outputs multirun .cache .pytest_cache

@@ -1,0 +1,35 @@
+"""What every entry point shares: clear one-line errors for user mistakes, sensible CPU threads."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Callable, TypeVar
+
+import torch
+
+from qin_lightning.errors import QinError
+
+T = TypeVar("T")
+log = logging.getLogger("qin_lightning")
+
+
+def set_threads(threads: int | None) -> None:
+    """Use ``threads`` intra-op threads (None: torch's default, capped at the cores this process may use)."""
+    if threads is None:
+        threads = min(torch.get_num_threads(), len(os.sched_getaffinity(0)))
+    if threads < 1:
+        raise QinError(f"config key 'threads' must be >= 1 or null, got {threads}")
+    torch.set_num_threads(threads)
+
+
+def run_reporting_errors(fn: Callable[[], T], debug: bool = False) -> T:
+    """Run ``fn``; a ``QinError`` ends the process with ``error: <message>`` (exit 2) and no traceback."""
+    try:
+        return fn()
+    except QinError as err:
+        if debug:
+            raise
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None

@@ -1,0 +1,1 @@
+"""Data: the MMCTR parquet layout, its validator, generators, converters and the LightningDataModule."""

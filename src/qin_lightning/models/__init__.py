@@ -1,0 +1,1 @@
+"""Model parts: item encoder, target attention, interaction networks, QIN and the DIN baseline."""

@@ -1,0 +1,174 @@
+"""The LightningModule: the published training protocol around any CTR network (REFERENCE.md section 3).
+
+loss = BCE(sigmoid(logits), label)
+     + (embedding_l2 / 2) * sum of ||p||^2 over every embedding table (+ the multimodal projection), every step
+     + (net_l2 / 2)       * sum of ||p||^2 over every other weight (the DIN protocol; 0 for QIN)
+Adam (default betas, no weight decay); lr x ``lr_factor`` whenever validation AUC does not improve by
+``min_delta`` (floor ``min_lr``). Gradient clipping, early stopping and best-checkpoint reloading are Trainer
+and callback settings (``conf/trainer``, ``conf/callbacks``).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import LightningModule
+from torch import nn
+from torchmetrics.classification import BinaryAUROC
+
+from qin_lightning.errors import QinError
+from qin_lightning.metrics import BinaryLogLoss
+
+if TYPE_CHECKING:
+    from qin_lightning.data.datamodule import Batch
+
+
+class NonFiniteLossError(QinError):
+    """Training produced a NaN/inf loss or prediction."""
+
+
+def squared_l2(params: list[nn.Parameter]) -> torch.Tensor:
+    """sum_p ||p||_2^2 over ``params`` (0 when empty)."""
+    if not params:
+        return torch.zeros(())
+    return torch.stack([p.pow(2).sum() for p in params]).sum()
+
+
+class CTRModule(LightningModule):
+    """Trains a CTR network with BCE + L2 terms, Adam and the plateau schedule; logs AUC and logloss."""
+
+    def __init__(
+        self,
+        net: nn.Module,
+        lr: float = 2e-3,
+        embedding_l2: float = 2e-4,
+        net_l2: float = 0.0,
+        lr_factor: float = 0.5,
+        min_lr: float = 1e-6,
+        min_delta: float = 1e-6,
+        compile: bool = False,
+        nonfinite_check_every_n_steps: int = 1,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["net"], logger=False)
+        self.net = net
+        self.lr = lr
+        self.embedding_l2 = embedding_l2
+        self.net_l2 = net_l2
+        self.lr_factor = lr_factor
+        self.min_lr = min_lr
+        self.min_delta = min_delta
+        self.compile = compile
+        self.nonfinite_check_every_n_steps = nonfinite_check_every_n_steps
+        self._forward: Callable[..., torch.Tensor] = net
+        self.val_auc = BinaryAUROC()
+        self.val_logloss = BinaryLogLoss()
+        self.test_auc = BinaryAUROC()
+        self.test_logloss = BinaryLogLoss()
+        # one entry per validation epoch: {"epoch", "auc", "logloss", "lr"}; saved in checkpoints (resume).
+        self.val_history: list[dict[str, float]] = []
+        # the resolved run configuration, stored in checkpoints so eval/predict can rebuild the run.
+        self.run_config: dict[str, Any] | None = None
+
+    # ---- forward -------------------------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        if self.compile and self._forward is self.net:
+            self._forward = torch.compile(self.net)  # the state_dict keeps plain `net.` keys
+
+    def forward(self, batch: Batch) -> torch.Tensor:  # -> logits (B,)
+        return self._forward(batch.item_seq, batch.item_id, batch.likes_level, batch.views_level)
+
+    # ---- loss ----------------------------------------------------------------------------------------------
+    def regularization(self) -> torch.Tensor:
+        """(embedding_l2 / 2) * sum ||emb||^2 + (net_l2 / 2) * sum ||w||^2 (FuxiCTR's L2 form)."""
+        reg = torch.zeros((), device=self.device)
+        if self.embedding_l2 > 0:
+            reg = reg + 0.5 * self.embedding_l2 * squared_l2(self.net.embedding_parameters())
+        if self.net_l2 > 0:
+            reg = reg + 0.5 * self.net_l2 * squared_l2(self.net.dense_parameters())
+        return reg
+
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        logits = self(batch)  # (B,)
+        bce = F.binary_cross_entropy_with_logits(logits.float(), batch.label.float())
+        loss = bce + self.regularization()
+        n = self.nonfinite_check_every_n_steps
+        if n > 0 and self.global_step % n == 0 and not torch.isfinite(loss):
+            self._raise_nonfinite(batch, logits, loss)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=batch.label.numel())
+        self.log("train/bce", bce, on_step=False, on_epoch=True, batch_size=batch.label.numel())
+        return loss
+
+    def _raise_nonfinite(self, batch: Batch, logits: torch.Tensor, loss: torch.Tensor) -> None:
+        finite = torch.isfinite(logits)
+        bad_params = [n for n, p in self.net.named_parameters() if not torch.isfinite(p).all()]
+        raise NonFiniteLossError(
+            f"non-finite training loss {loss.item()} at epoch {self.current_epoch}, global step {self.global_step}"
+            f" (batch of {batch.label.numel()}: {int((~finite).sum())} non-finite logits, finite logits in"
+            f" [{logits[finite].min().item() if finite.any() else float('nan'):.4g},"
+            f" {logits[finite].max().item() if finite.any() else float('nan'):.4g}], label mean"
+            f" {batch.label.float().mean().item():.4f}, non-finite parameters: {bad_params[:5] or 'none'});"
+            " training stopped, the last good checkpoint is kept. Try a lower lr or check the input data."
+        )
+
+    # ---- evaluation ----------------------------------------------------------------------------------------
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        probs = torch.sigmoid(self(batch).float())
+        self.val_auc.update(probs, batch.label.long())
+        self.val_logloss.update(probs, batch.label)
+
+    def on_validation_epoch_end(self) -> None:
+        auc, logloss = self.val_auc.compute(), self.val_logloss.compute()
+        self.val_auc.reset()
+        self.val_logloss.reset()
+        self.log("val/auc", auc, prog_bar=True, sync_dist=False)
+        self.log("val/logloss", logloss, prog_bar=True, sync_dist=False)
+        if not self.trainer.sanity_checking:
+            lr = self.optimizers().param_groups[0]["lr"] if self.trainer.optimizers else self.lr
+            self.val_history.append(
+                {"epoch": self.current_epoch, "auc": float(auc), "logloss": float(logloss), "lr": float(lr)}
+            )
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        probs = torch.sigmoid(self(batch).float())
+        self.test_auc.update(probs, batch.label.long())
+        self.test_logloss.update(probs, batch.label)
+
+    def on_test_epoch_end(self) -> None:
+        self.log("test/auc", self.test_auc.compute())
+        self.log("test/logloss", self.test_logloss.compute())
+        self.test_auc.reset()
+        self.test_logloss.reset()
+
+    def predict_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        return torch.sigmoid(self(batch).float())
+
+    # ---- optimisation --------------------------------------------------------------------------------------
+    def configure_optimizers(self) -> dict[str, Any]:
+        optimizer = torch.optim.Adam(self.net.parameters(), lr=self.lr)
+        # FuxiCTR semantics: every epoch without an improvement > min_delta multiplies lr by lr_factor.
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer,
+            mode="max",
+            factor=self.lr_factor,
+            patience=0,
+            threshold=self.min_delta,
+            threshold_mode="abs",
+            min_lr=self.min_lr,
+        )
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "monitor": "val/auc", "interval": "epoch", "frequency": 1},
+        }
+
+    # ---- checkpoint ----------------------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["qin_val_history"] = list(self.val_history)
+        if self.run_config is not None:
+            checkpoint["qin_config"] = self.run_config
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.val_history = list(checkpoint.get("qin_val_history", []))
+        self.run_config = checkpoint.get("qin_config", self.run_config)

@@ -1,0 +1,193 @@
+"""Train a CTR model: ``python -m qin_lightning.train [+experiment=NAME] [key=value ...]`` (Hydra).
+
+Composes ``conf/train.yaml``, builds the datamodule and the model, fits with Lightning, reloads the best
+weights, writes ``results.json`` into the run folder and prints ``best val/auc=<value>`` as its last line.
+Returns the optimised metric so Hydra sweepers (Optuna) can use it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning.pytorch as pl
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.loggers import Logger, WandbLogger
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from qin_lightning.cli import run_reporting_errors, set_threads
+from qin_lightning.errors import ConfigError
+from qin_lightning.files import atomic_write_json
+from qin_lightning.module import CTRModule
+
+log = logging.getLogger("qin_lightning.train")
+CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+
+
+def build_datamodule(cfg: DictConfig) -> pl.LightningDataModule:
+    """Instantiate ``cfg.data``, generate/prepare it if needed and load it (stage ``fit``)."""
+    dm = instantiate(cfg.data, _convert_="object")
+    dm.prepare_data()
+    dm.setup("fit")
+    return dm
+
+
+def build_module(cfg: DictConfig, dm: pl.LightningDataModule) -> CTRModule:
+    """Instantiate ``cfg.model`` (a CTRModule around ``model.net``) with the data's item tables."""
+    if "net" not in cfg.model:
+        raise ConfigError("config key 'model.net' is missing: a model config must define the network under 'net'")
+    net = instantiate(cfg.model.net, item_tags=dm.item_tags, item_mm=dm.item_mm, num_tags=dm.num_tags)
+    model_kwargs = {k: v for k, v in cfg.model.items() if k != "net"}
+    return instantiate(OmegaConf.create(model_kwargs), net=net)
+
+
+def instantiate_list(group: DictConfig | None) -> list[Any]:
+    """Instantiate every entry of a callbacks/logger group (entries set to null are skipped)."""
+    if not group:
+        return []
+    return [instantiate(entry) for entry in group.values() if entry is not None and "_target_" in entry]
+
+
+def sweep_name() -> str | None:
+    """The multirun folder's name (groups a sweep's runs in wandb), None for single runs."""
+    try:
+        hc = HydraConfig.get()
+    except ValueError:
+        return None
+    return Path(hc.sweep.dir).name if hc.mode == RunMode.MULTIRUN else None
+
+
+def output_dir(cfg: DictConfig) -> Path:
+    try:
+        return Path(HydraConfig.get().runtime.output_dir)
+    except ValueError:  # composed without Hydra's runtime (tests, notebooks)
+        return Path(cfg.paths.output_dir)
+
+
+def data_choice() -> str | None:
+    try:
+        return HydraConfig.get().runtime.choices.get("data")
+    except ValueError:
+        return None
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Fit the configured model; returns the results written to ``results.json``."""
+    started = time.time()
+    set_threads(cfg.get("threads"))
+    pl.seed_everything(cfg.seed, workers=True)
+    out_dir = output_dir(cfg)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    dm = build_datamodule(cfg)
+    module = build_module(cfg, dm)
+    module.run_config = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
+
+    if "wandb" in (cfg.get("logger") or {}) and cfg.logger.wandb is not None and cfg.logger.wandb.group is None:
+        with open_dict(cfg):
+            cfg.logger.wandb.group = sweep_name()
+    callbacks: list[Callback] = instantiate_list(cfg.get("callbacks"))
+    loggers: list[Logger] = instantiate_list(cfg.get("logger"))
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    for lg in loggers:
+        lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
+
+    trainer.fit(module, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
+
+    # keep and finally reload the best weights (FuxiCTR protocol)
+    ckpt_cb = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
+    best_path = ckpt_cb.best_model_path if ckpt_cb is not None else ""
+    if best_path:
+        state = torch.load(best_path, map_location="cpu", weights_only=False)
+        module.load_state_dict(state["state_dict"])
+
+    history = module.val_history
+    best = max(history, key=lambda h: h["auc"]) if history else None
+    test_metrics: dict[str, float] = {}
+    if cfg.get("test_after_fit"):
+        for k, v in trainer.test(module, datamodule=dm, verbose=False)[0].items():
+            test_metrics[k.replace("/", "_")] = float(v)
+
+    results: dict[str, Any] = {
+        "status": "completed",
+        "experiment": cfg.experiment_name,
+        "model": type(module.net).__name__.lower(),
+        "seed": int(cfg.seed),
+        "data": data_choice(),
+        "data_dir": str(getattr(dm, "data_dir", "")),
+        "best_val_auc": best["auc"] if best else float("nan"),
+        "best_val_logloss": best["logloss"] if best else float("nan"),
+        "best_epoch": best["epoch"] if best else None,
+        "epochs_trained": len(history),
+        "n_params": sum(p.numel() for p in module.net.parameters()),
+        "best_checkpoint": best_path or None,
+        "val_history": history,
+        **test_metrics,
+        "train_seconds": round(time.time() - started, 2),
+        "fast_dev_run": bool(trainer.fast_dev_run),
+        "overrides": _overrides(),
+    }
+    if trainer.is_global_zero:
+        atomic_write_json(out_dir / "results.json", results)
+    _finish_wandb(loggers)
+    return results
+
+
+def _overrides() -> list[str]:
+    try:
+        return list(HydraConfig.get().overrides.task)
+    except ValueError:
+        return []
+
+
+def _finish_wandb(loggers: list[Logger]) -> None:
+    """Close the wandb run so every run of a multirun is logged and synced separately."""
+    if any(isinstance(lg, WandbLogger) for lg in loggers):
+        import wandb
+
+        wandb.finish()
+
+
+def _record_failure(cfg: DictConfig, err: BaseException) -> None:
+    """A failed run leaves a results.json saying so (the report lists it instead of silently dropping it)."""
+    atomic_write_json(
+        output_dir(cfg) / "results.json",
+        {
+            "status": "failed",
+            "experiment": cfg.get("experiment_name"),
+            "seed": cfg.get("seed"),
+            "error": f"{type(err).__name__}: {err}",
+            "overrides": _overrides(),
+        },
+    )
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+def main(cfg: DictConfig) -> float:
+    """Hydra entry point; returns ``cfg.optimized_metric`` (best validation AUC) for sweepers."""
+    try:
+        results = run_reporting_errors(lambda: train(cfg), debug=bool(cfg.get("debug")))
+    except BaseException as err:
+        _record_failure(cfg, err)
+        if sweep_name() is not None and not isinstance(err, KeyboardInterrupt):
+            # one failed job must not kill a sweep: it is recorded and reported as failed
+            log.error("run failed: %s", "".join(traceback.format_exception_only(type(err), err)).strip())
+            return float("nan")
+        raise
+    metric = cfg.get("optimized_metric", "val/auc")
+    value = results["best_val_auc"] if metric == "val/auc" else results.get(metric.replace("/", "_"), math.nan)
+    print(f"best val/auc={results['best_val_auc']:.6f}", flush=True)
+    return float(value)
+
+
+if __name__ == "__main__":
+    main()
