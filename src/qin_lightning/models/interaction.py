@@ -1,0 +1,189 @@
+"""Feature-interaction networks: the Quadratic Neural Network (paper eq. 4) and the MLP ablation."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from qin_lightning.errors import ConfigError
+from qin_lightning.models.items import WeightsCache, _clear_cache_hook, caching_allowed
+
+QNN_ACTIVATIONS = ("prelu", "relu", "none")
+PLACEMENTS = ("post", "mid")
+
+
+def make_activation(name: str, key: str) -> nn.Module:
+    """prelu (one shared slope, init 0.25) | relu | none."""
+    if name == "prelu":
+        return nn.PReLU(num_parameters=1, init=0.25)
+    if name == "relu":
+        return nn.ReLU()
+    if name == "none":
+        return nn.Identity()
+    raise ConfigError(f"{key}: unknown value {name!r}, expected one of {list(QNN_ACTIVATIONS)}")
+
+
+def init_linear(layer: nn.Linear) -> None:
+    """Every Linear: xavier_normal weight, zero bias."""
+    nn.init.xavier_normal_(layer.weight)
+    if layer.bias is not None:
+        nn.init.zeros_(layer.bias)
+
+
+class QuadraticLayer(nn.Module):
+    """One QNN layer (eq. 4, Khatri-Rao form with R rows), residual included.
+
+    post (published QIN, QIN_variety_v9):
+        h = Dropout(Linear(D, D*R)(x)).view(B, R, D);  y = x * sum_r h_r;  y = BN_D(y);  y = act(y);
+        y = Dropout(y);  return y + x
+    mid (the authors' later QNN "T26" layer, salmon1802/QNN src/QNN_T26.py, the paper's "mid-activation"):
+        h = Dropout(act(BN_{D*R}(Linear(D, D*R)(x)))).view(B, R, D);  y = x * sum_r h_r + x;  return Dropout(y)
+      i.e. the activation (and BatchNorm, over the D*R linear output) sit inside, before the Hadamard product,
+      and the layer's dropout acts after the residual sum.
+
+    Folding (post only, eval mode): with dropout off, sum_r (W_r x + b_r) = (sum_r W_r) x + sum_r b_r, and the
+    eval BatchNorm y*s + t is absorbed too: BN(x * (W x + b)) = x * ((s W) x + s b) + t. Exact up to rounding.
+    In training the R rows have separate dropout masks, so folding is never used there.
+    """
+
+    def __init__(
+        self,
+        input_dim: int,
+        num_row: int,
+        dropout: float,
+        batch_norm: bool,
+        activation: str,
+        placement: str,
+        fold_at_inference: bool,
+    ) -> None:
+        super().__init__()
+        self.input_dim, self.num_row, self.placement = input_dim, num_row, placement
+        self.fold_at_inference = fold_at_inference and placement == "post"
+        self.linear = nn.Linear(input_dim, input_dim * num_row)
+        init_linear(self.linear)
+        norm_dim = input_dim if placement == "post" else input_dim * num_row
+        self.norm = nn.BatchNorm1d(norm_dim) if batch_norm else None
+        self.activation = make_activation(activation, "model.interaction.activation")
+        self.dropout_h = nn.Dropout(dropout)
+        self.dropout_y = nn.Dropout(dropout)
+        self._cache = WeightsCache()
+        self.register_load_state_dict_post_hook(_clear_cache_hook)
+
+    def _fold(self) -> tuple[Tensor, Tensor, Tensor | None]:
+        """(W^T (D, D), b (D,), shift (D,) or None) of the folded eval-mode layer before the activation."""
+        d, r = self.input_dim, self.num_row
+        weight = self.linear.weight.view(r, d, d).sum(0)  # (D, D)
+        bias = self.linear.bias.view(r, d).sum(0)  # (D,)
+        shift = None
+        if self.norm is not None:
+            scale = self.norm.weight / torch.sqrt(self.norm.running_var + self.norm.eps)  # (D,)
+            shift = self.norm.bias - self.norm.running_mean * scale
+            weight, bias = weight * scale.unsqueeze(1), bias * scale
+        return weight.t(), bias, shift
+
+    def folded(self) -> tuple[Tensor, Tensor, Tensor | None]:
+        if not caching_allowed():
+            return self._fold()
+        deps = [self.linear.weight, self.linear.bias]
+        if self.norm is not None:
+            deps += [self.norm.weight, self.norm.bias, self.norm.running_mean, self.norm.running_var]
+        return self._cache.get(deps, self._fold)
+
+    def can_fold(self) -> bool:
+        bn_ok = self.norm is None or self.norm.running_mean is not None
+        return self.fold_at_inference and self.placement == "post" and not self.training and bn_ok
+
+    def forward(self, x: Tensor) -> Tensor:
+        # x (B, D) -> (B, D)
+        if self.can_fold():
+            weight_t, bias, shift = self.folded()
+            y = x * torch.addmm(bias, x, weight_t)  # (B, D)
+            if shift is not None:
+                y = y + shift
+            return self.dropout_y(self.activation(y)) + x
+        h = self.linear(x)  # (B, D*R)
+        if self.placement == "mid":
+            if self.norm is not None:
+                h = self.norm(h)
+            h = self.dropout_h(self.activation(h)).view(-1, self.num_row, self.input_dim)  # (B, R, D)
+            return self.dropout_y(x * h.sum(1) + x)
+        h = self.dropout_h(h).view(-1, self.num_row, self.input_dim)  # (B, R, D)
+        y = x * h.sum(1)  # (B, D)
+        if self.norm is not None:
+            y = self.norm(y)
+        return self.dropout_y(self.activation(y)) + x
+
+    def train(self, mode: bool = True) -> "QuadraticLayer":
+        self._cache.clear()
+        return super().train(mode)
+
+
+class QuadraticNetwork(nn.Module):
+    """QNN (paper eq. 4): `num_layers` quadratic layers of width D = input_dim, R = `num_row` rows each."""
+
+    def __init__(
+        self,
+        input_dim: int,
+        num_layers: int = 4,
+        num_row: int = 4,
+        dropout: float = 0.1,
+        batch_norm: bool = True,
+        activation: str = "prelu",
+        placement: str = "post",
+        fold_at_inference: bool = True,
+    ) -> None:
+        super().__init__()
+        if placement not in PLACEMENTS:
+            raise ConfigError(
+                f"model.interaction.placement: unknown value {placement!r}, expected one of {list(PLACEMENTS)}"
+            )
+        if activation not in QNN_ACTIVATIONS:
+            raise ConfigError(
+                f"model.interaction.activation: unknown value {activation!r}, expected one of "
+                f"{list(QNN_ACTIVATIONS)}"
+            )
+        self.out_dim = input_dim
+        self.layers = nn.ModuleList(
+            QuadraticLayer(input_dim, num_row, dropout, batch_norm, activation, placement, fold_at_inference)
+            for _ in range(num_layers)
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        # x (B, D) -> (B, D)
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
+class MLP(nn.Module):
+    """Plain MLP ("QIN w/o QNN"): per layer Linear -> BatchNorm -> activation -> Dropout (FuxiCTR MLP_Block)."""
+
+    def __init__(
+        self,
+        input_dim: int,
+        hidden_units: list[int] = [1024, 512, 256],  # noqa: B006 (never mutated; Hydra-friendly default)
+        dropout: float = 0.1,
+        batch_norm: bool = True,
+        activation: str = "relu",
+    ) -> None:
+        super().__init__()
+        if len(hidden_units) == 0:
+            raise ConfigError("model.interaction.hidden_units: empty list, expected at least one layer width")
+        layers: list[nn.Module] = []
+        width = input_dim
+        for units in hidden_units:
+            linear = nn.Linear(width, units)
+            init_linear(linear)
+            layers.append(linear)
+            if batch_norm:
+                layers.append(nn.BatchNorm1d(units))
+            layers.append(make_activation(activation, "model.interaction.activation"))
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+            width = units
+        self.net = nn.Sequential(*layers)
+        self.out_dim = width
+
+    def forward(self, x: Tensor) -> Tensor:
+        # x (B, D) -> (B, hidden_units[-1])
+        return self.net(x)
