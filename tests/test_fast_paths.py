@@ -1,0 +1,236 @@
+"""Exact fast paths agree with the literal forms: fast attention, folded QNN, item inference cache."""
+
+from __future__ import annotations
+
+import copy
+import functools
+
+import pytest
+import torch
+
+from qin_lightning.models.attention import TargetAttention
+from qin_lightning.models.interaction import QuadraticLayer, QuadraticNetwork
+from qin_lightning.models.items import ItemEncoder
+from qin_lightning.models.qin import QIN
+
+ACTIVATIONS = ["relu", "softmax", "silu", "relu2"]
+TIGHT = dict(rtol=1e-10, atol=1e-12)
+
+
+def tiny_tables(num_items: int = 30, num_tags: int = 12, mm_dim: int = 8):
+    g = torch.Generator().manual_seed(0)
+    tags = torch.randint(0, num_tags, (num_items, 5), generator=g)
+    tags[:, :2], tags[0] = 0, 0
+    mm = torch.randn(num_items, mm_dim, generator=g)
+    mm[0] = 0.0
+    return tags, mm, num_tags
+
+
+def tiny_batch(batch: int = 6, seq: int = 7, num_items: int = 30):
+    g = torch.Generator().manual_seed(1)
+    item_seq = torch.randint(1, num_items, (batch, seq), generator=g)
+    for i, n in enumerate([seq, 3, 1, 0, 5, 2][:batch]):  # left padded; row 3 has an empty history
+        item_seq[i, : seq - n] = 0
+    levels = torch.randint(0, 11, (2, batch), generator=g)
+    return item_seq, torch.randint(1, num_items, (batch,), generator=g), levels[0], levels[1]
+
+
+def attention_inputs(seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    target = torch.randn(5, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    mask = torch.tensor([[1] * 7, [0, 0, 0, 1, 1, 1, 1], [0] * 6 + [1], [0] * 7, [0, 1, 1, 1, 1, 1, 1]]).bool()
+    history = (torch.randn(5, 7, 6, generator=g, dtype=torch.float64) * mask.unsqueeze(-1)).requires_grad_()
+    return target, history, mask
+
+
+@pytest.mark.parametrize("training", [False, True])
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_fast_attention_matches_plain_outputs_and_gradients(activation, training):
+    torch.manual_seed(0)
+    plain = TargetAttention(6, activation=activation, dropout=0.3 if training else 0.0, fast=False).double()
+    fast = copy.deepcopy(plain)
+    fast.fast = True
+    results = []
+    for module in (plain, fast):
+        module.train(training)
+        target, history, mask = attention_inputs()
+        torch.manual_seed(123)  # same attention-weight dropout mask in both
+        out = module(target, history, mask)
+        (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)).sum().backward()
+        grads = [target.grad, history.grad] + [p.grad for p in module.parameters()]
+        results.append((out.detach(), grads))
+    torch.testing.assert_close(results[1][0], results[0][0], **TIGHT)
+    for g_fast, g_plain in zip(results[1][1], results[0][1]):
+        torch.testing.assert_close(g_fast, g_plain, **TIGHT)
+
+
+def test_fast_attention_inference_cache_invalidates_after_step():
+    torch.manual_seed(0)
+    attn = TargetAttention(6).double()
+    target, history, mask = (t.detach() for t in attention_inputs())
+    opt = torch.optim.SGD(attn.parameters(), lr=0.5)
+    for _ in range(2):
+        attn.eval()
+        with torch.no_grad():
+            cached = attn(target, history, mask)
+            attn.fast = False
+            plain = attn(target, history, mask)
+            attn.fast = True
+        torch.testing.assert_close(cached, plain, **TIGHT)
+        attn.train()  # an optimizer step in between changes the weights in place
+        attn(target, history, mask).pow(2).sum().backward()
+        opt.step()
+
+
+def run_layers(qnn: QuadraticNetwork, x: torch.Tensor, fold: bool) -> torch.Tensor:
+    for layer in qnn.layers:
+        layer.fold_at_inference = fold
+    return qnn(x)
+
+
+@pytest.mark.parametrize("activation", ["prelu", "relu", "none"])
+@pytest.mark.parametrize("batch_norm", [True, False])
+def test_folded_qnn_matches_per_row_in_eval(activation, batch_norm):
+    torch.manual_seed(0)
+    qnn = QuadraticNetwork(8, num_layers=3, num_row=4, dropout=0.2, batch_norm=batch_norm,
+                           activation=activation).double()
+    x = torch.randn(16, 8, dtype=torch.float64)
+    opt = torch.optim.Adam(qnn.parameters(), lr=1e-2)
+    for _ in range(3):  # non-trivial weights and BatchNorm running statistics
+        qnn(x).pow(2).mean().backward()
+        opt.step()
+        opt.zero_grad()
+    qnn.eval()
+    x_eval = torch.randn(10, 8, dtype=torch.float64, requires_grad=True)
+    with torch.no_grad():
+        folded = run_layers(qnn, x_eval, fold=True)
+        assert qnn.layers[0].can_fold()
+        per_row = run_layers(qnn, x_eval, fold=False)
+    torch.testing.assert_close(folded, per_row, **TIGHT)
+    # with autograd on (eval mode) the fold is recomputed and differentiable: same gradients
+    grads = []
+    for fold in (True, False):
+        qnn.zero_grad()
+        x_eval.grad = None
+        run_layers(qnn, x_eval, fold=fold).sum().backward()
+        grads.append([x_eval.grad.clone()] + [p.grad.clone() for p in qnn.parameters()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, **TIGHT)
+
+
+def test_fold_cache_invalidates_after_optimizer_step_and_load():
+    torch.manual_seed(0)
+    qnn = QuadraticNetwork(8, num_layers=2, num_row=3).double()
+    other = QuadraticNetwork(8, num_layers=2, num_row=3).double()
+    x = torch.randn(12, 8, dtype=torch.float64)
+    opt = torch.optim.SGD(qnn.parameters(), lr=0.1)
+    for step in range(3):
+        qnn.eval()
+        with torch.no_grad():
+            torch.testing.assert_close(run_layers(qnn, x, True), run_layers(qnn, x, False), **TIGHT)
+        if step == 1:
+            qnn.load_state_dict(other.state_dict())
+            with torch.no_grad():
+                torch.testing.assert_close(run_layers(qnn, x, True), run_layers(other.eval(), x, False), **TIGHT)
+        qnn.train()
+        run_layers(qnn, x, True).pow(2).mean().backward()  # also updates BatchNorm running stats
+        opt.step()
+        opt.zero_grad()
+
+
+def test_training_mode_uses_per_row_dropout_masks():
+    torch.manual_seed(0)
+    layer = QuadraticLayer(6, num_row=3, dropout=0.5, batch_norm=False, activation="none", placement="post",
+                           fold_at_inference=True).double()
+    layer.train()
+    assert not layer.can_fold()
+    x = torch.randn(4, 6, dtype=torch.float64)
+    torch.manual_seed(7)
+    out = layer(x)
+    torch.manual_seed(7)  # reference: each of the R rows gets its own dropout mask
+    h = torch.nn.functional.dropout(layer.linear(x), 0.5, training=True).view(4, 3, 6)
+    y = torch.nn.functional.dropout(x * h.sum(1), 0.5, training=True)
+    torch.testing.assert_close(out, y + x, **TIGHT)
+    w, b = layer.linear.weight.view(3, 6, 6).sum(0), layer.linear.bias.view(3, 6).sum(0)
+    assert not torch.allclose(out, x * (x @ w.t() + b) + x)  # i.e. the folded form is not what trains
+
+
+def test_mid_placement_is_never_folded():
+    torch.manual_seed(0)
+    qnn = QuadraticNetwork(6, num_layers=2, num_row=2, placement="mid").double().eval()
+    assert not qnn.layers[0].can_fold()
+    x = torch.randn(5, 6, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(run_layers(qnn, x, True), run_layers(qnn, x, False), **TIGHT)
+
+
+def test_item_cache_matches_and_invalidates():
+    tags, mm, num_tags = tiny_tables()
+    enc = ItemEncoder(tags, mm, num_tags, embedding_dim=4)
+    ids = torch.randint(0, 30, (3, 9))
+    opt = torch.optim.SGD(enc.parameters(), lr=10.0)
+    for _ in range(2):
+        enc.eval()
+        with torch.no_grad():
+            cached = enc(ids)
+            assert enc._cache._value is not None
+            torch.testing.assert_close(cached, enc.encode(ids), rtol=0, atol=0)
+        enc.train()
+        assert enc._cache._value is None  # train() drops the table
+        enc(ids).pow(2).sum().backward()
+        opt.step()  # weights change in place: the next eval call must rebuild
+    # an in-place change without train(): the version counter catches it
+    enc.eval()
+    with torch.no_grad():
+        before = enc(ids)
+        enc.mm_projection.weight.mul_(2.0)
+        after = enc(ids)
+        torch.testing.assert_close(after, enc.encode(ids), rtol=0, atol=0)
+        assert not torch.equal(before, after)
+    # load_state_dict
+    fresh = ItemEncoder(tags, mm, num_tags, embedding_dim=4)
+    with torch.no_grad():
+        enc(ids)
+        enc.load_state_dict(fresh.state_dict())
+        torch.testing.assert_close(enc(ids), fresh.encode(ids), rtol=0, atol=0)
+
+
+def test_item_cache_not_used_with_grad_enabled():
+    tags, mm, num_tags = tiny_tables()
+    enc = ItemEncoder(tags, mm, num_tags, embedding_dim=4).eval()
+    enc(torch.tensor([1, 2])).sum().backward()
+    assert enc.id_embedding.weight.grad is not None and enc._cache._value is None
+
+
+def test_item_cache_built_in_inference_mode_usable_in_no_grad():
+    tags, mm, num_tags = tiny_tables()
+    enc = ItemEncoder(tags, mm, num_tags, embedding_dim=4).eval()
+    ids = torch.tensor([[0, 5, 7]])
+    with torch.inference_mode():
+        a = enc(ids)
+    with torch.no_grad():
+        torch.testing.assert_close(enc(ids), a, rtol=0, atol=0)
+
+
+def test_qin_fast_and_cached_inference_matches_literal_model():
+    tags, mm, num_tags = tiny_tables()
+    torch.manual_seed(0)
+    fast = QIN(tags, mm, num_tags, embedding_dim=4,
+               interaction=functools.partial(QuadraticNetwork, num_layers=2, num_row=3)).double()
+    literal = copy.deepcopy(fast)
+    literal.attention.fast = False
+    literal.items.cache_at_inference = False
+    for layer in literal.interaction.layers:
+        layer.fold_at_inference = False
+    batch = tiny_batch()
+    opt = torch.optim.Adam(fast.parameters(), lr=1e-2)
+    for _ in range(2):  # train the fast model a little, then copy its weights
+        fast.train()
+        fast(*batch).pow(2).mean().backward()
+        opt.step()
+        opt.zero_grad()
+    literal.load_state_dict(fast.state_dict())
+    fast.eval()
+    literal.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(fast(*batch), literal(*batch), **TIGHT)
