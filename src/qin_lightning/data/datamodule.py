@@ -1,0 +1,279 @@
+"""MMCTRDataModule: an MMCTR parquet folder -> whole-column tensors (read once) -> batches by fancy indexing.
+
+Every split is held as a few contiguous tensors (histories as one (n, max_len) int32 matrix); a batch is
+`column[index_tensor]` for each column, so there are no per-row Python objects, no per-row __getitem__
+and no collate. The DataLoader runs with `batch_size=None` over `ShardedBatchSampler`, which yields index
+tensors.
+
+Sharding policy (DDP): every epoch, all ranks draw the same permutation (seed + epoch) and cut it into
+`world_size * steps` nearly equal chunks, steps = ceil(n / (world_size * batch_size)); rank r takes chunks
+r, r + world_size, ... So every row is seen exactly once per epoch across ranks (no padding, no drop) and
+every rank runs the same number of steps; batch sizes differ by at most one row and are <= batch_size
+(except with batch_size 1 and n not divisible by world_size, where some batches hold 2 rows). A single
+process without shuffling gets plain fixed-size batches in row order (the last one smaller).
+Evaluation loaders are sequential in row order and not sharded: each rank evaluates the whole split, so
+metrics need no gathering. The samplers subclass DistributedSampler only so that Lightning does not wrap
+them in its own distributed sampler.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, NamedTuple, Protocol
+
+import lightning as L
+import torch
+import torch.distributed as dist
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.data.distributed import DistributedSampler
+
+from qin_lightning.data import schema as S
+from qin_lightning.data.synthetic import SyntheticConfig, generate
+from qin_lightning.errors import ConfigError
+
+
+class DataSource(Protocol):
+    """Anything that writes the layout on first use (e.g. `movielens.MovieLensSource`)."""
+
+    def fingerprint(self) -> str: ...
+
+    def prepare(self, out_dir: Path) -> Path: ...
+
+
+class Batch(NamedTuple):
+    """One batch of rows; ids are int64 (converted from compact storage per batch)."""
+
+    item_seq: Tensor  # (B, max_len) long, left padded, most recent last
+    item_id: Tensor  # (B,) long, target item
+    likes_level: Tensor  # (B,) long in 0..10
+    views_level: Tensor  # (B,) long in 0..10
+    label: Tensor  # (B,) float 0/1 (zeros when the split has no label)
+    user_id: Tensor  # (B,) long
+
+
+class SplitDataset(Dataset[Batch]):
+    """A split as whole-column tensors; `dataset[index_tensor]` returns a Batch."""
+
+    def __init__(self, arrays: S.SplitArrays) -> None:
+        self.name = arrays.name
+        self.item_seq = torch.from_numpy(arrays.item_seq)  # (n, max_len) int32
+        self.item_id = torch.from_numpy(arrays.item_id)  # (n,) int32
+        self.likes_level = torch.from_numpy(arrays.likes_level)  # (n,) int8
+        self.views_level = torch.from_numpy(arrays.views_level)  # (n,) int8
+        self.user_id = torch.from_numpy(arrays.user_id)  # (n,) int64
+        self.has_label = arrays.label is not None
+        n = len(arrays)
+        self.label = torch.from_numpy(arrays.label) if arrays.label is not None else torch.zeros(n)  # (n,) float32
+
+    def __len__(self) -> int:
+        return int(self.item_id.shape[0])
+
+    def __getitem__(self, index: Tensor) -> Batch:  # type: ignore[override]
+        return Batch(
+            item_seq=self.item_seq[index].long(),
+            item_id=self.item_id[index].long(),
+            likes_level=self.likes_level[index].long(),
+            views_level=self.views_level[index].long(),
+            label=self.label[index],
+            user_id=self.user_id[index],
+        )
+
+
+def _dist_default(value: int | None, getter: str, fallback: int) -> int:
+    if value is not None:
+        return value
+    if dist.is_available() and dist.is_initialized():
+        return int(getattr(dist, getter)())
+    return fallback
+
+
+class ShardedBatchSampler(DistributedSampler):
+    """Yields LongTensor batches of row indices; seeded shuffle (seed + epoch) and DDP sharding (module doc)."""
+
+    def __init__(
+        self,
+        num_rows: int,
+        batch_size: int,
+        shuffle: bool,
+        seed: int = 0,
+        rank: int | None = None,
+        world_size: int | None = None,
+    ) -> None:  # DistributedSampler.__init__ is deliberately not called: only its type is used (module doc)
+        self.num_rows = num_rows
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.rank = _dist_default(rank, "get_rank", 0)
+        self.num_replicas = _dist_default(world_size, "get_world_size", 1)
+        self.epoch = 0
+        self.drop_last = False
+        if batch_size < 1:
+            raise ValueError(f"batch_size={batch_size}, expected >= 1")
+        if not 0 <= self.rank < self.num_replicas:
+            raise ValueError(f"rank={self.rank} is outside world_size={self.num_replicas}")
+        if num_rows < self.num_replicas:
+            raise ValueError(f"{num_rows} rows cannot be sharded over {self.num_replicas} ranks without repeats")
+        steps = math.ceil(num_rows / (self.num_replicas * batch_size))
+        self.steps = max(1, min(steps, num_rows // self.num_replicas))
+        chunks = self.num_replicas * self.steps
+        base, extra = divmod(num_rows, chunks)
+        self.num_samples = sum(base + (j < extra) for j in range(self.rank, chunks, self.num_replicas))
+        self.total_size = num_rows
+
+    @property
+    def world_size(self) -> int:
+        return self.num_replicas
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "seed": self.seed}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch = int(state["epoch"])
+        self.seed = int(state.get("seed", self.seed))
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __iter__(self):  # type: ignore[override]
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(self.num_rows, generator=g)
+        else:
+            order = torch.arange(self.num_rows)
+        if self.num_replicas == 1 and not self.shuffle:
+            chunks = order.split(self.batch_size)  # sequential: plain fixed-size batches, last one smaller
+            yield from chunks
+            return
+        chunks = order.tensor_split(self.num_replicas * self.steps)
+        yield from chunks[self.rank :: self.num_replicas]
+
+
+class MMCTRDataModule(L.LightningDataModule):
+    """Loads an MMCTR folder (or a generated synthetic one) into tensors and serves Batch loaders."""
+
+    def __init__(
+        self,
+        root: str,
+        max_len: int = 64,
+        batch_size: int = 8192,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        pin_memory: bool | None = None,
+        seed: int = 20242025,
+        num_tags: int | None = None,
+        synthetic: SyntheticConfig | None = None,
+        source: DataSource | None = None,
+    ) -> None:
+        super().__init__()
+        if synthetic is not None and source is not None:
+            raise ConfigError("data.synthetic and data.source are both set, expected at most one of them")
+        self.root = Path(root)
+        self.synthetic = synthetic
+        self.source = source
+        generator = synthetic if synthetic is not None else source
+        self.data_dir: Path = self.root / generator.fingerprint() if generator is not None else self.root
+        self.max_len = max_len
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+        self.seed = seed
+        self._given_num_tags = num_tags
+        self._epoch = 0
+        self._splits: dict[str, SplitDataset] = {}
+        self._train_sampler: ShardedBatchSampler | None = None
+        self.item_tags: Tensor | None = None  # (N, T) long
+        self.item_mm: Tensor | None = None  # (N, emb_dim) float32
+        self.num_items = 0
+        self.num_tags = 0
+
+    # ---- data ------------------------------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        if self.synthetic is not None:
+            generate(self.synthetic, self.data_dir)
+        elif self.source is not None:
+            self.source.prepare(self.data_dir)
+
+    def setup(self, stage: str | None = None) -> None:
+        if (self.synthetic is not None or self.source is not None) and not self.data_dir.exists():
+            self.prepare_data()  # setup without prepare_data (single process use)
+        if self.item_tags is None:
+            emb_dim = self.synthetic.emb_dim if self.synthetic is not None else S.EMB_DIM
+            items = S.read_item_info(self.data_dir, emb_dim=emb_dim, num_tags=self._given_num_tags)
+            self.item_tags = torch.from_numpy(items.tags)
+            self.item_mm = torch.from_numpy(items.mm)
+            self.num_items, self.num_tags = items.num_items, items.num_tags
+        needed = {"fit": (S.TRAIN, S.VALID), "validate": (S.VALID,), "test": (S.TEST,), "predict": (S.TEST,)}
+        for split in needed.get(stage or "", S.SPLITS):
+            self._load(split)
+
+    def _load(self, split: str) -> SplitDataset:
+        if split not in self._splits:
+            if self.item_tags is None:
+                self.setup("none")
+            arrays = S.read_split(self.data_dir, split, self.num_items, self.max_len)
+            self._splits[split] = SplitDataset(arrays)
+        return self._splits[split]
+
+    def dataset(self, split: str) -> SplitDataset:
+        """The loaded split (loading it on first use)."""
+        return self._load(split)
+
+    @property
+    def has_test_labels(self) -> bool:
+        return self._load(S.TEST).has_label
+
+    # ---- loaders ---------------------------------------------------------------------------------------
+    def _loader(self, data: SplitDataset, sampler: ShardedBatchSampler) -> DataLoader:
+        return DataLoader(
+            data,
+            batch_size=None,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_sampler(self, rank: int | None = None, world_size: int | None = None) -> ShardedBatchSampler:
+        data = self._load(S.TRAIN)
+        sampler = ShardedBatchSampler(len(data), self.batch_size, True, self.seed, rank, world_size)
+        sampler.set_epoch(self._current_epoch())
+        return sampler
+
+    def _current_epoch(self) -> int:
+        return self._train_sampler.epoch if self._train_sampler is not None else self._epoch
+
+    def train_dataloader(self) -> DataLoader:
+        self._train_sampler = self.train_sampler()
+        return self._loader(self._load(S.TRAIN), self._train_sampler)
+
+    def _eval_loader(self, split: str) -> DataLoader:
+        data = self._load(split)
+        return self._loader(data, ShardedBatchSampler(len(data), self.eval_batch_size, False, rank=0, world_size=1))
+
+    def val_dataloader(self) -> DataLoader:
+        return self._eval_loader(S.VALID)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_loader(S.TEST)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._eval_loader(S.TEST)
+
+    # ---- resume ----------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self._current_epoch(), "seed": self.seed}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._epoch = int(state_dict.get("epoch", 0))
+        self.seed = int(state_dict.get("seed", self.seed))
+        if self._train_sampler is not None:
+            self._train_sampler.load_state_dict({"epoch": self._epoch, "seed": self.seed})
+
+
+__all__ = ["Batch", "DataSource", "MMCTRDataModule", "ShardedBatchSampler", "SplitDataset"]

@@ -1,0 +1,491 @@
+"""The MMCTR parquet layout (MicroLens_1M_MMCTR, challenge Task 2), stated once, and its validator.
+
+A dataset is a folder with four parquet files; ids are integer-encoded and 0 is padding everywhere:
+
+    train.parquet, valid.parquet, test.parquet   one row per impression
+        user_id      int                 (not a model input)
+        item_seq     list[int]           history, left-padded with 0, most recent last; one length per split
+        likes_level  int in 0..10
+        views_level  int in 0..10
+        item_id      int                 target item, a row of item_info
+        label        0/1 (int or float)  required in train/valid, optional in test
+    item_info.parquet                    row i describes item i; row 0 is the all-zero padding item
+        item_id        int               == row position
+        item_tags      list[int]         tag ids, left-padded with 0, one length for all items
+        item_emb_d128  list[float]       frozen multimodal vector (128 wide), finite
+
+Files are read in row chunks with pyarrow and checked with vectorised numpy: the readers here both validate
+and return compact numpy arrays, so the datamodule reads every file exactly once. Every problem raises
+`DataValidationError` with a one-line message naming the file, column, row/value and what was expected.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from qin_lightning.errors import DataValidationError
+
+# ---- columns -------------------------------------------------------------------------------------------
+USER_ID = "user_id"
+ITEM_SEQ = "item_seq"
+LIKES_LEVEL = "likes_level"
+VIEWS_LEVEL = "views_level"
+ITEM_ID = "item_id"
+LABEL = "label"
+ITEM_TAGS = "item_tags"
+ITEM_EMB = "item_emb_d128"
+
+# ---- files ---------------------------------------------------------------------------------------------
+TRAIN, VALID, TEST = "train", "valid", "test"
+SPLITS: tuple[str, ...] = (TRAIN, VALID, TEST)
+ITEM_INFO = "item_info"
+TRAIN_FILE = "train.parquet"
+VALID_FILE = "valid.parquet"
+TEST_FILE = "test.parquet"
+ITEM_INFO_FILE = "item_info.parquet"
+FILE_NAMES: dict[str, str] = {TRAIN: TRAIN_FILE, VALID: VALID_FILE, TEST: TEST_FILE, ITEM_INFO: ITEM_INFO_FILE}
+
+# ---- value domains -------------------------------------------------------------------------------------
+NUM_LEVELS = 11  # likes_level / views_level take values 0..NUM_LEVELS-1
+EMB_DIM = 128  # width of item_emb_d128
+PADDING_ID = 0
+
+SPLIT_COLUMNS: tuple[str, ...] = (USER_ID, ITEM_SEQ, LIKES_LEVEL, VIEWS_LEVEL, ITEM_ID, LABEL)
+ITEM_INFO_COLUMNS: tuple[str, ...] = (ITEM_ID, ITEM_TAGS, ITEM_EMB)
+LABEL_REQUIRED: dict[str, bool] = {TRAIN: True, VALID: True, TEST: False}
+
+CHUNK_ROWS = 131_072  # rows per read chunk: bounds the transient memory of reading a split
+
+
+def split_path(root: Path, split: str) -> Path:
+    """Path of a split's (or item_info's) parquet file inside a dataset folder."""
+    return Path(root) / FILE_NAMES[split]
+
+
+@dataclass(frozen=True)
+class ItemTable:
+    """item_info.parquet as arrays (row i = item i, row 0 = padding)."""
+
+    tags: np.ndarray  # (N, T) int64
+    mm: np.ndarray  # (N, emb_dim) float32
+    num_tags: int  # tag vocabulary size: max tag id + 1 unless given
+
+    @property
+    def num_items(self) -> int:
+        return int(self.tags.shape[0])
+
+
+@dataclass(frozen=True)
+class SplitArrays:
+    """One split as compact, contiguous arrays (no per-row Python objects)."""
+
+    name: str
+    user_id: np.ndarray  # (n,) int64
+    item_seq: np.ndarray  # (n, max_len) int32, left padded, most recent last
+    item_id: np.ndarray  # (n,) int32
+    likes_level: np.ndarray  # (n,) int8
+    views_level: np.ndarray  # (n,) int8
+    label: np.ndarray | None  # (n,) float32, None when the split has no label column
+    history_len: int  # length of the stored history lists (before truncation / padding)
+
+    def __len__(self) -> int:
+        return int(self.item_id.shape[0])
+
+
+@dataclass(frozen=True)
+class DatasetSummary:
+    """What `validate_dataset` found."""
+
+    root: Path
+    num_items: int
+    num_tags: int
+    tags_per_item: int
+    emb_dim: int
+    rows: dict[str, int]
+    history_len: dict[str, int]
+    has_label: dict[str, bool]
+
+
+# ---- writing (generators and converters build their tables here) -----------------------------------
+def list_column(matrix: np.ndarray) -> pa.ListArray:
+    """A (rows, width) numpy matrix as a parquet list column (int32 offsets, no per-row objects)."""
+    rows, width = matrix.shape
+    offsets = (np.arange(rows + 1, dtype=np.int64) * width).astype(np.int32)
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(np.ascontiguousarray(matrix).reshape(-1)))
+
+
+def item_info_table(tags: np.ndarray, mm: np.ndarray) -> pa.Table:
+    """item_info as an arrow table: tags (N, T) int, mm (N, D) float; row i = item i, row 0 = padding."""
+    return pa.table(
+        {
+            ITEM_ID: pa.array(np.arange(tags.shape[0], dtype=np.int64)),
+            ITEM_TAGS: list_column(tags.astype(np.int64, copy=False)),
+            ITEM_EMB: list_column(mm.astype(np.float32, copy=False)),
+        }
+    )
+
+
+def split_table(
+    user_id: np.ndarray,
+    item_seq: np.ndarray,
+    likes_level: np.ndarray,
+    views_level: np.ndarray,
+    item_id: np.ndarray,
+    label: np.ndarray | None,
+) -> pa.Table:
+    """One split (or a chunk of it) as an arrow table in the layout's column order; label=None omits it."""
+    columns = {
+        USER_ID: pa.array(user_id.astype(np.int64, copy=False)),
+        ITEM_SEQ: list_column(item_seq.astype(np.int64, copy=False)),
+        LIKES_LEVEL: pa.array(likes_level.astype(np.int64, copy=False)),
+        VIEWS_LEVEL: pa.array(views_level.astype(np.int64, copy=False)),
+        ITEM_ID: pa.array(item_id.astype(np.int64, copy=False)),
+    }
+    if label is not None:
+        columns[LABEL] = pa.array(label.astype(np.int64, copy=False))
+    return pa.table(columns)
+
+
+# ---- low-level helpers ---------------------------------------------------------------------------------
+def _fail(path: Path, message: str, column: str | None = None) -> DataValidationError:
+    where = f"{path.name}: column '{column}' " if column is not None else f"{path.name}: "
+    return DataValidationError((where + message).replace("\n", " "))
+
+
+def _open(path: Path) -> pq.ParquetFile:
+    if not path.parent.is_dir():
+        raise DataValidationError(
+            f"data folder {path.parent} does not exist, expected a folder with {', '.join(FILE_NAMES.values())}"
+        )
+    if not path.is_file():
+        raise DataValidationError(f"{path}: file not found, expected the {path.stem} split of the MMCTR layout")
+    try:
+        return pq.ParquetFile(path)
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise DataValidationError(f"{path}: unreadable or corrupt parquet ({_first_line(exc)})") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:200]
+
+
+def _check_columns(path: Path, schema: pa.Schema, required: Sequence[str]) -> None:
+    names = set(schema.names)
+    for col in required:
+        if col not in names:
+            raise _fail(path, f"missing column '{col}', found columns {sorted(names)}")
+
+
+def _is_list(t: pa.DataType) -> bool:
+    return pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)
+
+
+def _check_int_type(path: Path, schema: pa.Schema, col: str) -> None:
+    t = schema.field(col).type
+    if not pa.types.is_integer(t):
+        raise _fail(path, f"has type {t}, expected an integer type", col)
+
+
+def _check_list_type(path: Path, schema: pa.Schema, col: str, floating: bool) -> None:
+    t = schema.field(col).type
+    kind = "floats" if floating else "integers"
+    ok_value = (lambda v: pa.types.is_floating(v)) if floating else (lambda v: pa.types.is_integer(v))
+    if not _is_list(t) or not ok_value(t.value_type):
+        raise _fail(path, f"has type {t}, expected a list of {kind}", col)
+
+
+def _iter_chunks(path: Path, pf: pq.ParquetFile, columns: Sequence[str]) -> Iterator[tuple[int, pa.RecordBatch]]:
+    """Yield (first row index, record batch) over the file, turning read errors into DataValidationError."""
+    start = 0
+    try:
+        for batch in pf.iter_batches(batch_size=CHUNK_ROWS, columns=list(columns), use_threads=True):
+            yield start, batch
+            start += batch.num_rows
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise DataValidationError(f"{path}: unreadable or corrupt parquet ({_first_line(exc)})") from None
+
+
+def _no_nulls(path: Path, arr: pa.Array, col: str, start: int) -> None:
+    if arr.null_count:
+        row = int(np.flatnonzero(arr.is_null().to_numpy(zero_copy_only=False))[0])
+        raise _fail(path, f"row {start + row} is null, expected a value", col)
+
+
+def _scalar(path: Path, batch: pa.RecordBatch, col: str, start: int) -> np.ndarray:
+    arr = batch.column(col)
+    _no_nulls(path, arr, col, start)
+    return arr.to_numpy(zero_copy_only=False)
+
+
+def _check_range(path: Path, col: str, values: np.ndarray, start: int, lo: int, hi: int, what: str) -> None:
+    """Every value in lo..hi (inclusive), else name the first offending row."""
+    bad = (values < lo) | (values > hi)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise _fail(path, f"row {start + row} has value {values[row]}, expected {what}", col)
+
+
+def _list_values(
+    path: Path, batch: pa.RecordBatch, col: str, start: int, expected_len: int | None
+) -> tuple[np.ndarray, int]:
+    """A fixed-length list column of one chunk as a (rows, L) numpy array; checks nulls and raggedness.
+
+    `expected_len` is the length every list must have (None: take the most common length of this chunk).
+    """
+    arr = batch.column(col)
+    _no_nulls(path, arr, col, start)
+    lengths = pc.list_value_length(arr).to_numpy(zero_copy_only=False)
+    if expected_len is None:
+        expected_len = int(np.bincount(lengths).argmax()) if lengths.size else 0
+    bad = lengths != expected_len
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise _fail(
+            path,
+            f"row {start + row} has length {lengths[row]}, expected {expected_len} (all lists must have one length)",
+            col,
+        )
+    flat = arr.flatten()
+    if flat.null_count:
+        pos = int(np.flatnonzero(flat.is_null().to_numpy(zero_copy_only=False))[0])
+        raise _fail(path, f"row {start + pos // max(expected_len, 1)} contains a null element, expected values", col)
+    values = flat.to_numpy(zero_copy_only=False).reshape(len(arr), expected_len)
+    return values, expected_len
+
+
+def _first_bad_row(bad: np.ndarray) -> tuple[int, int]:
+    """(row, position) of the first True in a 2-D mask."""
+    flat = int(np.flatnonzero(bad.reshape(-1))[0])
+    return divmod(flat, bad.shape[1])
+
+
+# ---- item_info -----------------------------------------------------------------------------------------
+def read_item_info(root: Path, emb_dim: int | None = EMB_DIM, num_tags: int | None = None) -> ItemTable:
+    """Read and validate item_info.parquet; returns the tag and multimodal tables (row i = item i).
+
+    `emb_dim=None` accepts any width as long as every vector has the same one.
+    """
+    path = split_path(root, ITEM_INFO)
+    pf = _open(path)
+    schema = pf.schema_arrow
+    _check_columns(path, schema, ITEM_INFO_COLUMNS)
+    _check_int_type(path, schema, ITEM_ID)
+    _check_list_type(path, schema, ITEM_TAGS, floating=False)
+    _check_list_type(path, schema, ITEM_EMB, floating=True)
+    n = pf.metadata.num_rows
+    if n == 0:
+        raise _fail(path, "has 0 rows, expected at least the padding row 0")
+
+    tags_parts: list[np.ndarray] = []
+    mm_parts: list[np.ndarray] = []
+    tags_len: int | None = None
+    for start, batch in _iter_chunks(path, pf, ITEM_INFO_COLUMNS):
+        ids = _scalar(path, batch, ITEM_ID, start)
+        expected = np.arange(start, start + batch.num_rows)
+        bad = ids != expected
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise _fail(
+                path,
+                f"row {start + row} has value {ids[row]}, expected {start + row} "
+                "(row i must describe item i; row 0 is the padding item)",
+                ITEM_ID,
+            )
+        tags, tags_len = _list_values(path, batch, ITEM_TAGS, start, tags_len)
+        tags = tags.astype(np.int64, copy=False)
+        if (tags < 0).any():
+            row, pos = _first_bad_row(tags < 0)
+            raise _fail(path, f"row {start + row} contains negative tag id {tags[row, pos]}, expected ids >= 0", ITEM_TAGS)
+        if num_tags is not None and (tags >= num_tags).any():
+            row, pos = _first_bad_row(tags >= num_tags)
+            raise _fail(
+                path,
+                f"row {start + row} contains tag id {tags[row, pos]}, expected 0..{num_tags - 1} (num_tags={num_tags})",
+                ITEM_TAGS,
+            )
+        vecs, emb_dim = _list_values(path, batch, ITEM_EMB, start, emb_dim)
+        finite = np.isfinite(vecs)
+        if not finite.all():
+            row, pos = _first_bad_row(~finite)
+            raise _fail(
+                path, f"row {start + row} has value {vecs[row, pos]} at position {pos}, expected finite floats", ITEM_EMB
+            )
+        mm_parts.append(vecs.astype(np.float32, copy=False))
+        tags_parts.append(tags)
+    tag_table = np.ascontiguousarray(np.concatenate(tags_parts))
+    mm = np.ascontiguousarray(np.concatenate(mm_parts))
+
+    if tag_table[0].any():
+        raise _fail(path, f"row 0 is {tag_table[0].tolist()}, expected all zeros (row 0 is the padding item)", ITEM_TAGS)
+    if mm[0].any():
+        pos = int(np.flatnonzero(mm[0])[0])
+        raise _fail(
+            path, f"row 0 has value {mm[0, pos]} at position {pos}, expected all zeros (row 0 is the padding item)", ITEM_EMB
+        )
+    vocab = num_tags if num_tags is not None else int(tag_table.max()) + 1
+    return ItemTable(tags=tag_table, mm=mm, num_tags=vocab)
+
+
+# ---- splits --------------------------------------------------------------------------------------------
+def _split_schema_checks(path: Path, split: str, schema: pa.Schema) -> bool:
+    """Check columns and types of a split; returns whether it has a label column."""
+    required = [c for c in SPLIT_COLUMNS if c != LABEL or LABEL_REQUIRED.get(split, True)]
+    _check_columns(path, schema, required)
+    for col in (USER_ID, LIKES_LEVEL, VIEWS_LEVEL, ITEM_ID):
+        _check_int_type(path, schema, col)
+    _check_list_type(path, schema, ITEM_SEQ, floating=False)
+    has_label = LABEL in schema.names
+    if has_label:
+        t = schema.field(LABEL).type
+        if not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)):
+            raise _fail(path, f"has type {t}, expected integer or float 0/1 labels", LABEL)
+    return has_label
+
+
+def iter_split(
+    root: Path, split: str, num_items: int, max_len: int | None = None
+) -> Iterator[tuple[int, int, SplitArrays]]:
+    """Validate a split chunk by chunk; yields (first row, total rows, chunk arrays).
+
+    Histories are truncated to their last `max_len` positions, or left-padded with 0 up to `max_len`
+    (None keeps the stored length). Values are checked on the full stored history, before truncation.
+    """
+    if max_len is not None and max_len < 1:
+        raise DataValidationError(f"max_len={max_len}, expected a positive history length")
+    path = split_path(root, split)
+    pf = _open(path)
+    schema = pf.schema_arrow
+    has_label = _split_schema_checks(path, split, schema)
+    total = pf.metadata.num_rows
+    if total == 0:
+        raise _fail(path, "split is empty (0 rows), expected at least one row")
+    columns = [c for c in SPLIT_COLUMNS if c != LABEL or has_label]
+    hist_len: int | None = None
+    for start, batch in _iter_chunks(path, pf, columns):
+        user = _scalar(path, batch, USER_ID, start)
+        _check_range(path, USER_ID, user, start, 0, np.iinfo(np.int64).max, "a user id >= 0")
+        target = _scalar(path, batch, ITEM_ID, start)
+        _check_range(
+            path, ITEM_ID, target, start, 0, num_items - 1,
+            f"an item id in 0..{num_items - 1} (item_info.parquet has {num_items} rows)",
+        )
+        levels = {}
+        for col in (LIKES_LEVEL, VIEWS_LEVEL):
+            levels[col] = _scalar(path, batch, col, start)
+            _check_range(path, col, levels[col], start, 0, NUM_LEVELS - 1, f"a level in 0..{NUM_LEVELS - 1}")
+        label = None
+        if has_label:
+            label = _scalar(path, batch, LABEL, start).astype(np.float32)
+            bad = (label != 0) & (label != 1)
+            if bad.any():
+                row = int(np.flatnonzero(bad)[0])
+                raise _fail(path, f"row {start + row} has value {label[row]}, expected 0 or 1", LABEL)
+        seq, hist_len = _list_values(path, batch, ITEM_SEQ, start, hist_len)
+        if (seq < 0).any():
+            row, pos = _first_bad_row(seq < 0)
+            raise _fail(path, f"row {start + row} contains negative item id {seq[row, pos]}, expected ids >= 0", ITEM_SEQ)
+        if (seq >= num_items).any():
+            row, pos = _first_bad_row(seq >= num_items)
+            raise _fail(
+                path,
+                f"row {start + row} contains item id {seq[row, pos]}, expected 0..{num_items - 1} "
+                f"(item_info.parquet has {num_items} rows)",
+                ITEM_SEQ,
+            )
+        width = hist_len if max_len is None else max_len
+        out = np.zeros((len(seq), width), dtype=np.int32)
+        keep = min(width, hist_len)
+        if keep:
+            out[:, width - keep :] = seq[:, hist_len - keep :]  # last positions = most recent
+        yield start, total, SplitArrays(
+            name=split,
+            user_id=user.astype(np.int64, copy=False),
+            item_seq=out,
+            item_id=target.astype(np.int32),
+            likes_level=levels[LIKES_LEVEL].astype(np.int8),
+            views_level=levels[VIEWS_LEVEL].astype(np.int8),
+            label=label,
+            history_len=hist_len,
+        )
+
+
+def read_split(root: Path, split: str, num_items: int, max_len: int | None = None) -> SplitArrays:
+    """Read and validate one split into preallocated contiguous arrays (bounded transient memory)."""
+    if num_items >= np.iinfo(np.int32).max:
+        raise DataValidationError(f"item_info.parquet has {num_items} rows, expected fewer than 2**31 - 1")
+    out: dict[str, np.ndarray] = {}
+    hist_len = 0
+    label: np.ndarray | None = None
+    for start, total, chunk in iter_split(root, split, num_items, max_len):
+        if not out:
+            width = chunk.item_seq.shape[1]
+            out = {
+                USER_ID: np.empty(total, np.int64),
+                ITEM_SEQ: np.empty((total, width), np.int32),
+                ITEM_ID: np.empty(total, np.int32),
+                LIKES_LEVEL: np.empty(total, np.int8),
+                VIEWS_LEVEL: np.empty(total, np.int8),
+            }
+            label = np.empty(total, np.float32) if chunk.label is not None else None
+        end = start + len(chunk)
+        out[USER_ID][start:end] = chunk.user_id
+        out[ITEM_SEQ][start:end] = chunk.item_seq
+        out[ITEM_ID][start:end] = chunk.item_id
+        out[LIKES_LEVEL][start:end] = chunk.likes_level
+        out[VIEWS_LEVEL][start:end] = chunk.views_level
+        if label is not None and chunk.label is not None:
+            label[start:end] = chunk.label
+        hist_len = chunk.history_len
+    return SplitArrays(
+        name=split,
+        user_id=out[USER_ID],
+        item_seq=out[ITEM_SEQ],
+        item_id=out[ITEM_ID],
+        likes_level=out[LIKES_LEVEL],
+        views_level=out[VIEWS_LEVEL],
+        label=label,
+        history_len=hist_len,
+    )
+
+
+def validate_dataset(
+    root: Path | str,
+    max_len: int | None = None,
+    emb_dim: int | None = EMB_DIM,
+    num_tags: int | None = None,
+    splits: Sequence[str] = SPLITS,
+) -> DatasetSummary:
+    """Check a dataset folder against the layout (streaming, bounded memory); raise DataValidationError."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataValidationError(
+            f"data folder {root} does not exist, expected a folder with {', '.join(FILE_NAMES.values())}"
+        )
+    for split in splits:
+        if split not in LABEL_REQUIRED:
+            raise DataValidationError(f"unknown split '{split}', expected one of {list(SPLITS)}")
+    items = read_item_info(root, emb_dim=emb_dim, num_tags=num_tags)
+    rows: dict[str, int] = {}
+    hist: dict[str, int] = {}
+    has_label: dict[str, bool] = {}
+    for split in splits:
+        for _, total, chunk in iter_split(root, split, items.num_items, max_len):
+            rows[split], hist[split], has_label[split] = total, chunk.history_len, chunk.label is not None
+    return DatasetSummary(
+        root=root,
+        num_items=items.num_items,
+        num_tags=items.num_tags,
+        tags_per_item=int(items.tags.shape[1]),
+        emb_dim=int(items.mm.shape[1]),
+        rows=rows,
+        history_len=hist,
+        has_label=has_label,
+    )

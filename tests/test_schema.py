@@ -1,0 +1,297 @@
+"""schema.py: every layout violation raises DataValidationError with a one-line message naming file, column, value."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from qin_lightning.data import schema as S
+from qin_lightning.data.synthetic import SyntheticConfig, generate
+from qin_lightning.errors import DataValidationError, QinError
+
+TINY = SyntheticConfig.tiny()
+EMB = TINY.emb_dim
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return generate(TINY, tmp_path_factory.mktemp("schema") / "base")
+
+
+@pytest.fixture
+def root(base: Path, tmp_path: Path) -> Path:
+    dst = tmp_path / "data"
+    shutil.copytree(base, dst)
+    return dst
+
+
+def edit(root: Path, split: str, fn: Callable[[dict[str, list]], dict[str, list]], types: dict | None = None) -> None:
+    """Rewrite a file through Python lists (tiny data only); `types` overrides arrow types of columns."""
+    path = S.split_path(root, split)
+    table = pq.read_table(path)
+    cols = fn(table.to_pydict())
+    types = types or {}
+    arrays = {}
+    for name, values in cols.items():
+        t = types.get(name, table.schema.field(name).type if name in table.schema.names else None)
+        arrays[name] = pa.array(values, type=t)
+    pq.write_table(pa.table(arrays), path)
+
+
+def set_cell(root: Path, split: str, column: str, row: int, value: object, type_: pa.DataType | None = None) -> None:
+    def fn(cols: dict[str, list]) -> dict[str, list]:
+        cols[column][row] = value
+        return cols
+
+    edit(root, split, fn, {column: type_} if type_ is not None else None)
+
+
+def expect(root: Path, *needles: str, **kwargs: object) -> str:
+    with pytest.raises(DataValidationError) as info:
+        S.validate_dataset(root, emb_dim=kwargs.pop("emb_dim", EMB), **kwargs)  # type: ignore[arg-type]
+    msg = str(info.value)
+    assert "\n" not in msg
+    for needle in needles:
+        assert needle in msg, f"{needle!r} not in {msg!r}"
+    return msg
+
+
+def test_valid_dataset_passes(root: Path) -> None:
+    summary = S.validate_dataset(root, emb_dim=EMB, max_len=8)
+    assert summary.num_items == TINY.num_items
+    assert summary.rows == {"train": TINY.train_rows, "valid": TINY.valid_rows, "test": TINY.test_rows}
+    assert summary.history_len == {"train": TINY.max_len, "valid": TINY.max_len, "test": TINY.max_len}
+    assert summary.tags_per_item == TINY.tags_per_item and summary.emb_dim == EMB
+    assert issubclass(DataValidationError, QinError)
+
+
+def test_constants() -> None:
+    assert (S.USER_ID, S.ITEM_SEQ, S.LIKES_LEVEL, S.VIEWS_LEVEL) == ("user_id", "item_seq", "likes_level", "views_level")
+    assert (S.ITEM_ID, S.LABEL, S.ITEM_TAGS, S.ITEM_EMB) == ("item_id", "label", "item_tags", "item_emb_d128")
+    assert S.NUM_LEVELS == 11 and S.FILE_NAMES["item_info"] == "item_info.parquet"
+
+
+# ---- files ---------------------------------------------------------------------------------------------
+def test_missing_folder(tmp_path: Path) -> None:
+    expect(tmp_path / "nope", "nope", "does not exist", "train.parquet")
+
+
+def test_missing_file(root: Path) -> None:
+    (root / "valid.parquet").unlink()
+    expect(root, "valid.parquet", "file not found")
+
+
+def test_corrupt_parquet(root: Path) -> None:
+    (root / "train.parquet").write_bytes(b"PAR1 this is not parquet")
+    expect(root, "train.parquet", "corrupt parquet")
+
+
+def test_truncated_parquet(root: Path) -> None:
+    data = (root / "test.parquet").read_bytes()
+    (root / "test.parquet").write_bytes(data[: len(data) // 2])
+    expect(root, "test.parquet", "corrupt parquet")
+
+
+# ---- columns and types ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("split,column", [("train", "label"), ("valid", "item_seq"), ("test", "likes_level")])
+def test_missing_column(root: Path, split: str, column: str) -> None:
+    edit(root, split, lambda c: {k: v for k, v in c.items() if k != column})
+    expect(root, f"{split}.parquet", f"missing column '{column}'")
+
+
+def test_missing_item_info_column(root: Path) -> None:
+    edit(root, "item_info", lambda c: {k: v for k, v in c.items() if k != "item_tags"})
+    expect(root, "item_info.parquet", "missing column 'item_tags'")
+
+
+def test_test_label_optional(root: Path) -> None:
+    edit(root, "test", lambda c: {k: v for k, v in c.items() if k != "label"})
+    summary = S.validate_dataset(root, emb_dim=EMB)
+    assert summary.has_label == {"train": True, "valid": True, "test": False}
+
+
+@pytest.mark.parametrize(
+    "column,transform,type_,expected",
+    [
+        ("user_id", str, pa.string(), "expected an integer type"),
+        ("item_id", float, pa.float64(), "expected an integer type"),
+        ("likes_level", lambda v: [v], pa.list_(pa.int64()), "expected an integer type"),
+        ("item_seq", lambda v: [float(x) for x in v], pa.list_(pa.float64()), "expected a list of integers"),
+        ("item_seq", lambda v: v[-1], pa.int64(), "expected a list of integers"),
+        ("label", str, pa.string(), "expected integer or float 0/1 labels"),
+    ],
+)
+def test_wrong_dtype(root: Path, column: str, transform: Callable, type_: pa.DataType, expected: str) -> None:
+    edit(root, "train", lambda c: {**c, column: [transform(v) for v in c[column]]}, {column: type_})
+    expect(root, "train.parquet", f"column '{column}'", "has type", expected)
+
+
+def test_float_label_accepted(root: Path) -> None:
+    edit(root, "valid", lambda c: {**c, "label": [float(v) for v in c["label"]]}, {"label": pa.float32()})
+    S.validate_dataset(root, emb_dim=EMB)
+
+
+def test_item_emb_wrong_dtype(root: Path) -> None:
+    edit(root, "item_info", lambda c: {**c, "item_emb_d128": [[str(x) for x in v] for v in c["item_emb_d128"]]},
+         {"item_emb_d128": pa.list_(pa.string())})
+    expect(root, "item_info.parquet", "column 'item_emb_d128'", "expected a list of floats")
+
+
+def test_null_value(root: Path) -> None:
+    set_cell(root, "valid", "views_level", 7, None)
+    expect(root, "valid.parquet", "column 'views_level'", "row 7 is null")
+
+
+# ---- histories -----------------------------------------------------------------------------------------
+def test_ragged_history(root: Path) -> None:
+    def fn(c: dict[str, list]) -> dict[str, list]:
+        c["item_seq"][17] = c["item_seq"][17][1:]
+        return c
+
+    edit(root, "valid", fn)
+    expect(root, "valid.parquet", "column 'item_seq'", "row 17", f"length {TINY.max_len - 1}", f"expected {TINY.max_len}")
+
+
+def test_null_history_element(root: Path) -> None:
+    def fn(c: dict[str, list]) -> dict[str, list]:
+        c["item_seq"][4][0] = None
+        return c
+
+    edit(root, "train", fn)
+    expect(root, "train.parquet", "column 'item_seq'", "row 4", "null")
+
+
+def test_negative_history_id(root: Path) -> None:
+    def fn(c: dict[str, list]) -> dict[str, list]:
+        c["item_seq"][9][-1] = -3
+        return c
+
+    edit(root, "test", fn)
+    expect(root, "test.parquet", "column 'item_seq'", "row 9", "-3", "expected ids >= 0")
+
+
+def test_history_id_beyond_items(root: Path) -> None:
+    def fn(c: dict[str, list]) -> dict[str, list]:
+        c["item_seq"][11][-2] = TINY.num_items
+        return c
+
+    edit(root, "train", fn)
+    expect(root, "train.parquet", "column 'item_seq'", "row 11", f"item id {TINY.num_items}", f"0..{TINY.num_items - 1}")
+
+
+def test_history_length_may_differ_between_splits(root: Path) -> None:
+    edit(root, "test", lambda c: {**c, "item_seq": [v[-5:] for v in c["item_seq"]]})
+    summary = S.validate_dataset(root, emb_dim=EMB, max_len=8)
+    assert summary.history_len["test"] == 5 and summary.history_len["train"] == TINY.max_len
+
+
+# ---- scalar values -------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "split,column,value,expected",
+    [
+        ("train", "item_id", -1, "expected an item id in 0.."),
+        ("valid", "item_id", TINY.num_items + 5, f"0..{TINY.num_items - 1}"),
+        ("test", "user_id", -7, "expected a user id >= 0"),
+        ("train", "likes_level", 11, "expected a level in 0..10"),
+        ("valid", "views_level", -1, "expected a level in 0..10"),
+        ("train", "label", 2, "expected 0 or 1"),
+        ("test", "label", -1, "expected 0 or 1"),
+    ],
+)
+def test_bad_scalar(root: Path, split: str, column: str, value: int, expected: str) -> None:
+    set_cell(root, split, column, 3, value)
+    expect(root, f"{split}.parquet", f"column '{column}'", "row 3", f"value {value}", expected)
+
+
+def test_label_half(root: Path) -> None:
+    set_cell(root, "train", "label", 5, 0.5, pa.float64())
+    expect(root, "train.parquet", "column 'label'", "row 5", "0.5", "expected 0 or 1")
+
+
+def test_empty_split(root: Path) -> None:
+    edit(root, "valid", lambda c: {k: v[:0] for k, v in c.items()})
+    expect(root, "valid.parquet", "split is empty")
+
+
+# ---- item_info -----------------------------------------------------------------------------------------
+def test_item_info_not_position_indexed(root: Path) -> None:
+    set_cell(root, "item_info", "item_id", 7, 9)
+    expect(root, "item_info.parquet", "column 'item_id'", "row 7", "value 9", "expected 7")
+
+
+def test_item_info_missing_padding_row(root: Path) -> None:
+    edit(root, "item_info", lambda c: {k: v[1:] for k, v in c.items()})
+    expect(root, "item_info.parquet", "column 'item_id'", "row 0", "value 1", "expected 0", "padding")
+
+
+def test_padding_row_tags_nonzero(root: Path) -> None:
+    set_cell(root, "item_info", "item_tags", 0, [0] * (TINY.tags_per_item - 1) + [3])
+    expect(root, "item_info.parquet", "column 'item_tags'", "row 0", "3", "expected all zeros")
+
+
+def test_padding_row_vector_nonzero(root: Path) -> None:
+    set_cell(root, "item_info", "item_emb_d128", 0, [0.0, 0.5] + [0.0] * (EMB - 2))
+    expect(root, "item_info.parquet", "column 'item_emb_d128'", "row 0", "0.5", "position 1", "expected all zeros")
+
+
+def test_negative_tag(root: Path) -> None:
+    set_cell(root, "item_info", "item_tags", 4, [-2] * TINY.tags_per_item)
+    expect(root, "item_info.parquet", "column 'item_tags'", "row 4", "-2")
+
+
+def test_tag_beyond_num_tags(root: Path) -> None:
+    set_cell(root, "item_info", "item_tags", 6, [0] * (TINY.tags_per_item - 1) + [TINY.num_tags + 4])
+    expect(root, "item_info.parquet", "column 'item_tags'", "row 6", str(TINY.num_tags + 4), "num_tags=40",
+           num_tags=TINY.num_tags)
+    assert S.validate_dataset(root, emb_dim=EMB).num_tags == TINY.num_tags + 5  # inferred when not given
+
+
+def test_ragged_tags(root: Path) -> None:
+    set_cell(root, "item_info", "item_tags", 5, [1])
+    expect(root, "item_info.parquet", "column 'item_tags'", "row 5", "length 1", f"expected {TINY.tags_per_item}")
+
+
+def test_vector_wrong_width(root: Path) -> None:
+    set_cell(root, "item_info", "item_emb_d128", 8, [0.1] * (EMB + 1))
+    expect(root, "item_info.parquet", "column 'item_emb_d128'", "row 8", f"length {EMB + 1}", f"expected {EMB}")
+
+
+def test_vector_width_other_than_128(root: Path) -> None:
+    expect(root, "item_info.parquet", "column 'item_emb_d128'", f"length {EMB}", "expected 128", emb_dim=128)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_vector_not_finite(root: Path, bad: float) -> None:
+    set_cell(root, "item_info", "item_emb_d128", 12, [0.1] * 3 + [bad] + [0.1] * (EMB - 4))
+    expect(root, "item_info.parquet", "column 'item_emb_d128'", "row 12", str(np.float32(bad)), "position 3", "finite")
+
+
+# ---- readers -------------------------------------------------------------------------------------------
+def test_read_split_truncates_and_pads(root: Path) -> None:
+    raw = np.array(pq.read_table(root / "train.parquet").column("item_seq").to_pylist())
+    short = S.read_split(root, "train", TINY.num_items, max_len=5)
+    assert short.item_seq.dtype == np.int32 and short.item_seq.flags.c_contiguous
+    np.testing.assert_array_equal(short.item_seq, raw[:, -5:])
+    long = S.read_split(root, "train", TINY.num_items, max_len=TINY.max_len + 3)
+    np.testing.assert_array_equal(long.item_seq[:, 3:], raw)
+    assert not long.item_seq[:, :3].any()
+
+
+def test_read_split_chunked(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    whole = S.read_split(root, "train", TINY.num_items, max_len=6)
+    monkeypatch.setattr(S, "CHUNK_ROWS", 7)
+    chunked = S.read_split(root, "train", TINY.num_items, max_len=6)
+    for name in ("user_id", "item_seq", "item_id", "likes_level", "views_level", "label"):
+        np.testing.assert_array_equal(getattr(whole, name), getattr(chunked, name))
+
+
+def test_error_in_later_chunk_names_global_row(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    set_cell(root, "train", "likes_level", 250, 42)
+    monkeypatch.setattr(S, "CHUNK_ROWS", 64)
+    expect(root, "train.parquet", "column 'likes_level'", "row 250", "value 42")
