@@ -5,26 +5,22 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # torch is pinned in the same pip call: here it resolves to the CPU wheel on disk (no multi-GB CUDA download).
 TORCH_PIN := torch==2.13.0
+# the test suite exercises the sweep (Optuna) and serve (ONNX) extras too
+EXTRAS ?= dev,sweep,serve
 export WANDB_MODE ?= offline
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: install install-sweep install-serve train test test-slow test-all bench clean help
+.PHONY: install train test test-slow test-all bench clean help
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check "$(TORCH_PIN)" -e ".[dev]"
+	$(PY) -m pip install --quiet --disable-pip-version-check "$(TORCH_PIN)" -e ".[$(EXTRAS)]"
 	touch $(STAMP)
 
-install: $(STAMP)  ## create .venv and install the package with dev extras
-
-install-sweep: $(STAMP)  ## add the sweep extra (Optuna, joblib, submitit launchers)
-	$(PY) -m pip install --quiet "$(TORCH_PIN)" -e ".[dev,sweep]"
-
-install-serve: $(STAMP)  ## add the serve extra (ONNX export + onnxruntime)
-	$(PY) -m pip install --quiet "$(TORCH_PIN)" -e ".[dev,serve]"
+install: $(STAMP)  ## create .venv and install the package with the dev, sweep and serve extras
 
 train: $(STAMP)  ## train QIN on the embedded synthetic dataset (generated on first use)
 	$(PY) -m qin_lightning.train $(ARGS)

@@ -11,3 +11,64 @@ os.environ.setdefault("HYDRA_FULL_ERROR", "1")
 import torch  # noqa: E402
 
 torch.set_num_threads(1)
+
+from pathlib import Path  # noqa: E402
+from typing import Iterator  # noqa: E402
+
+import pytest  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
+from hydra.core.global_hydra import GlobalHydra  # noqa: E402
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from omegaconf import DictConfig, open_dict  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CONFIG_DIR = str(REPO_ROOT / "conf")
+
+
+def tiny_overrides(tmp: Path) -> list[str]:
+    """Overrides that make any experiment a seconds-long CPU run on a tiny synthetic dataset."""
+    return [
+        f"paths.cache_dir={tmp}/cache",
+        f"paths.log_dir={tmp}/logs",
+        "data.synthetic.num_items=60",
+        "data.synthetic.num_tags=20",
+        "data.synthetic.num_users=40",
+        "data.synthetic.train_rows=512",
+        "data.synthetic.valid_rows=256",
+        "data.synthetic.test_rows=128",
+        "data.batch_size=128",
+        "data.eval_batch_size=256",
+        "data.max_len=8",
+        "data.synthetic.max_len=8",
+        "trainer.max_epochs=2",
+        "trainer.accelerator=cpu",
+        "trainer.enable_model_summary=false",
+        "callbacks.progress_bar=null",
+        "callbacks.model_summary=null",
+        "threads=1",
+    ]
+
+
+def tiny_model_overrides(experiment: str | None = None) -> list[str]:
+    """Small widths for QIN (or DIN) so a step takes milliseconds."""
+    if experiment == "din":
+        return ["model.net.embedding_dim=8", "model.net.attention_units=[16,8]", "model.net.dnn_units=[32,16]"]
+    return ["model.net.embedding_dim=8"]
+
+
+def compose_train(overrides: list[str], output_dir: Path) -> DictConfig:
+    """Compose conf/train.yaml as Hydra would, with the run folder set to ``output_dir``."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR):
+        cfg = compose(config_name="train", return_hydra_config=True, overrides=overrides)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(output_dir)
+        del cfg["hydra"]
+    return cfg
+
+
+@pytest.fixture(autouse=True)
+def _clear_hydra() -> Iterator[None]:
+    yield
+    GlobalHydra.instance().clear()

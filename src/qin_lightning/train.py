@@ -67,10 +67,8 @@ def sweep_name() -> str | None:
 
 
 def output_dir(cfg: DictConfig) -> Path:
-    try:
-        return Path(HydraConfig.get().runtime.output_dir)
-    except ValueError:  # composed without Hydra's runtime (tests, notebooks)
-        return Path(cfg.paths.output_dir)
+    """The run folder (``paths.output_dir``: Hydra's run/sweep job folder unless overridden)."""
+    return Path(cfg.paths.output_dir)
 
 
 def data_choice() -> str | None:
