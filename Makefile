@@ -2,36 +2,41 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
+STAMP := $(VENV)/.installed-base
+DEV_STAMP := $(VENV)/.installed-dev
 # torch is pinned in the same pip call: here it resolves to the CPU wheel on disk (no multi-GB CUDA download).
 TORCH_PIN := torch==2.13.0
-# the test suite exercises the sweep (Optuna) and serve (ONNX) extras too
-EXTRAS ?= dev,sweep,serve
+# the test suite exercises the sweep (Optuna) and serve (ONNX) extras too; `make train` needs none of them
+DEV_EXTRAS ?= dev,sweep,serve
 export WANDB_MODE ?= offline
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: install train test test-slow test-all bench clean help
+.PHONY: install train test test-slow bench clean help
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check "$(TORCH_PIN)" -e ".[$(EXTRAS)]"
+	$(PY) -m pip install --quiet --disable-pip-version-check "$(TORCH_PIN)" -e .
 	touch $(STAMP)
 
-install: $(STAMP)  ## create .venv and install the package with the dev, sweep and serve extras
+$(DEV_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet --disable-pip-version-check "$(TORCH_PIN)" -e ".[$(DEV_EXTRAS)]"
+	touch $(DEV_STAMP)
+
+install: $(DEV_STAMP)  ## create .venv and install the package with the dev, sweep and serve extras
 
 train: $(STAMP)  ## train QIN on the embedded synthetic dataset (generated on first use)
 	$(PY) -m qin_lightning.train $(ARGS)
 
-test: $(STAMP)  ## the whole default test suite
+test: $(DEV_STAMP)  ## the whole default test suite
 	$(PY) -m pytest tests -q
 
-test-slow: $(STAMP)  ## only the slow tests
+test-slow: $(DEV_STAMP)  ## only the slow tests
 	$(PY) -m pytest tests -q -m slow
 
-bench: $(STAMP)  ## benchmark plain vs fast paths, writes experiments/bench/bench.json
+bench: $(DEV_STAMP)  ## benchmark plain vs fast paths, writes experiments/bench/bench.json
 	$(PY) -m qin_lightning.bench --out experiments/bench/bench.json $(ARGS)
 
 clean:  ## remove outputs and caches (keeps .venv)
