@@ -11,9 +11,15 @@ r, r + world_size, ... So every row is seen exactly once per epoch across ranks 
 every rank runs the same number of steps; batch sizes differ by at most one row and are <= batch_size
 (except with batch_size 1 and n not divisible by world_size, where some batches hold 2 rows). A single
 process without shuffling gets plain fixed-size batches in row order (the last one smaller).
-Evaluation loaders are sequential in row order and not sharded: each rank evaluates the whole split, so
-metrics need no gathering. The samplers subclass DistributedSampler only so that Lightning does not wrap
-them in its own distributed sampler.
+Evaluation policy: validation and test loaders are sharded the same way without shuffling (rank r takes
+chunks r, r + world_size, ... of the row order), so under DDP each rank evaluates a disjoint part of the
+split, every row exactly once, and all ranks run the same number of steps. The metrics (torchmetrics: AUROC
+keeps every prediction, dist_reduce_fx="cat") are synchronised across ranks in `compute()`, so the logged
+value is the metric of the whole split, equal to single-process evaluation. The predict loader is never
+sharded: every rank yields the whole test split in row order (predictions are written by one process).
+In a single process every eval loader is plain fixed-size batches in row order (the last one smaller).
+The samplers subclass DistributedSampler only so that Lightning does not wrap them in its own distributed
+sampler.
 """
 
 from __future__ import annotations
@@ -252,18 +258,23 @@ class MMCTRDataModule(L.LightningDataModule):
         self._train_sampler = self.train_sampler()
         return self._loader(self._load(S.TRAIN), self._train_sampler)
 
-    def _eval_loader(self, split: str) -> DataLoader:
+    def eval_sampler(self, split: str, rank: int | None = None, world_size: int | None = None) -> ShardedBatchSampler:
+        """Sequential batches of `split`, sharded over the DDP ranks (defaults: torch.distributed; module doc)."""
         data = self._load(split)
-        return self._loader(data, ShardedBatchSampler(len(data), self.eval_batch_size, False, rank=0, world_size=1))
+        return ShardedBatchSampler(len(data), self.eval_batch_size, False, rank=rank, world_size=world_size)
+
+    def _eval_loader(self, split: str, sharded: bool) -> DataLoader:
+        sampler = self.eval_sampler(split) if sharded else self.eval_sampler(split, rank=0, world_size=1)
+        return self._loader(self._load(split), sampler)
 
     def val_dataloader(self) -> DataLoader:
-        return self._eval_loader(S.VALID)
+        return self._eval_loader(S.VALID, sharded=True)
 
     def test_dataloader(self) -> DataLoader:
-        return self._eval_loader(S.TEST)
+        return self._eval_loader(S.TEST, sharded=True)
 
     def predict_dataloader(self) -> DataLoader:
-        return self._eval_loader(S.TEST)
+        return self._eval_loader(S.TEST, sharded=False)
 
     # ---- resume ----------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
