@@ -563,7 +563,15 @@ class MovieLensSource:
         meta = out_dir / "meta.json"
         if meta.is_file() and all((out_dir / f).is_file() for f in S.FILE_NAMES.values()):
             return out_dir
-        convert_movielens(self.resolved_src(), out_dir, protocol=self.protocol, split=self.split, encoder=self.encoder,
+        src = self.resolved_src()
+        if not src.exists():
+            raise ConfigError(
+                f"data.source.src={self.src}: no such file or folder (looked in {Path.cwd()} and {REPO_ROOT}), "
+                "expected a MovieLens release zip or folder from https://grouplens.org/datasets/movielens/ "
+                "(set data.source.src=PATH or QIN_MOVIELENS_SRC, or use a prepared folder: "
+                "data.root=FOLDER data.source=null)"
+            )
+        convert_movielens(src, out_dir, protocol=self.protocol, split=self.split, encoder=self.encoder,
                           seed=self.seed, max_len=self.max_len, negatives=self.negatives,
                           cache_dir=self.cache_dir, overwrite=False)  # fmt: skip
         return out_dir
