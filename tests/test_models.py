@@ -226,11 +226,11 @@ def test_mid_placement_batch_norm_over_rows():
 # --- config errors -----------------------------------------------------------------------------------------
 
 def test_unknown_names_raise_config_error_naming_the_key():
-    with pytest.raises(ConfigError, match=r"model\.attention\.activation.*'gelu'.*relu"):
+    with pytest.raises(ConfigError, match=r"model\.net\.attention\.activation.*'gelu'.*relu"):
         TargetAttention(6, activation="gelu")
-    with pytest.raises(ConfigError, match=r"model\.interaction\.placement.*'pre'.*post"):
+    with pytest.raises(ConfigError, match=r"model\.net\.interaction\.placement.*'pre'.*post"):
         QuadraticNetwork(6, placement="pre")
-    with pytest.raises(ConfigError, match=r"model\.interaction\.activation.*'tanh'"):
+    with pytest.raises(ConfigError, match=r"model\.net\.interaction\.activation.*'tanh'"):
         QuadraticNetwork(6, activation="tanh")
-    with pytest.raises(ConfigError, match=r"model\.interaction\.activation"):
+    with pytest.raises(ConfigError, match=r"model\.net\.interaction\.activation"):
         MLP(6, [4], activation="tanh")

@@ -20,6 +20,7 @@ from torchmetrics.classification import BinaryAUROC
 
 from qin_lightning.errors import QinError
 from qin_lightning.metrics import BinaryLogLoss
+from qin_lightning.resume import rng_state, set_rng_state
 
 if TYPE_CHECKING:
     from qin_lightning.data.datamodule import Batch
@@ -71,6 +72,8 @@ class CTRModule(LightningModule):
         self.val_history: list[dict[str, float]] = []
         # the resolved run configuration, stored in checkpoints so eval/predict can rebuild the run.
         self.run_config: dict[str, Any] | None = None
+        # RNG states from a checkpoint, restored right before the first resumed training batch (exact resume)
+        self._pending_rng: dict[str, Any] | None = None
 
     # ---- forward -------------------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
@@ -116,6 +119,13 @@ class CTRModule(LightningModule):
     # ---- evaluation ----------------------------------------------------------------------------------------
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         probs = torch.sigmoid(self(batch).float())
+        n = self.nonfinite_check_every_n_steps
+        if n > 0 and not torch.isfinite(probs).all():
+            raise NonFiniteLossError(
+                f"non-finite validation prediction at epoch {self.current_epoch}, validation batch {batch_idx}"
+                f" ({int((~torch.isfinite(probs)).sum())} of {probs.numel()} predictions);"
+                " training stopped, the last good checkpoint is kept. Try a lower lr or check the input data."
+            )
         self.val_auc.update(probs, batch.label.long())
         self.val_logloss.update(probs, batch.label)
 
@@ -145,6 +155,25 @@ class CTRModule(LightningModule):
     def predict_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         return torch.sigmoid(self(batch).float())
 
+    # ---- resume ------------------------------------------------------------------------------------------
+    def on_train_batch_start(self, batch: Batch, batch_idx: int) -> None:
+        if self._pending_rng is not None:  # first batch after a resume: continue the saved RNG streams
+            set_rng_state(self._pending_rng)
+            self._pending_rng = None
+
+    def on_train_epoch_end(self) -> None:
+        # Lightning does not step epoch-interval plateau schedulers at the end of an epoch it resumed (mid-epoch
+        # or from an end-of-epoch checkpoint), since the monitored metric is not in the checkpoint. We have it in
+        # `val_history`, so step the scheduler here exactly as an uninterrupted run would have.
+        fit_loop = self.trainer.fit_loop
+        if not (fit_loop.restarting and fit_loop.epoch_loop._num_ready_batches_reached()):
+            return
+        if not self.val_history or self.val_history[-1]["epoch"] != self.current_epoch:
+            return
+        for config in self.trainer.lr_scheduler_configs:
+            if config.interval == "epoch" and isinstance(config.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                config.scheduler.step(self.val_history[-1]["auc"])
+
     # ---- optimisation --------------------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer = torch.optim.Adam(self.net.parameters(), lr=self.lr)
@@ -166,9 +195,11 @@ class CTRModule(LightningModule):
     # ---- checkpoint ----------------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["qin_val_history"] = list(self.val_history)
+        checkpoint["qin_rng"] = rng_state()
         if self.run_config is not None:
             checkpoint["qin_config"] = self.run_config
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.val_history = list(checkpoint.get("qin_val_history", []))
         self.run_config = checkpoint.get("qin_config", self.run_config)
+        self._pending_rng = checkpoint.get("qin_rng")

@@ -3,12 +3,18 @@
 Composes ``conf/train.yaml``, builds the datamodule and the model, fits with Lightning, reloads the best
 weights, writes ``results.json`` into the run folder and prints ``best val/auc=<value>`` as its last line.
 Returns the optimised metric so Hydra sweepers (Optuna) can use it.
+
+Resume: ``ckpt_path=last`` (see ``qin_lightning.resume`` for where it is looked up) or ``ckpt_path=<file>``.
+SIGINT/SIGTERM during training save ``checkpoints/last.ckpt`` after the current batch and exit with status
+128 + signal number, printing the command that resumes. User errors (bad data/config, non-finite loss) end
+with ``error: <one line>`` and exit status 2 (``debug=true`` shows the traceback).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import sys
 import time
 import traceback
 from pathlib import Path
@@ -18,16 +24,18 @@ import hydra
 import lightning.pytorch as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import Logger, WandbLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from qin_lightning.cli import run_reporting_errors, set_threads
-from qin_lightning.errors import ConfigError
+from qin_lightning.cli import set_threads
+from qin_lightning.errors import ConfigError, QinError
 from qin_lightning.files import atomic_write_json
-from qin_lightning.module import CTRModule
+from qin_lightning.module import CTRModule, NonFiniteLossError
+from qin_lightning.resume import GracefulInterrupt, TrainingInterrupted, make_train_data_resumable, resolve_ckpt_path
 
 log = logging.getLogger("qin_lightning.train")
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
@@ -45,9 +53,22 @@ def build_module(cfg: DictConfig, dm: pl.LightningDataModule) -> CTRModule:
     """Instantiate ``cfg.model`` (a CTRModule around ``model.net``) with the data's item tables."""
     if "net" not in cfg.model:
         raise ConfigError("config key 'model.net' is missing: a model config must define the network under 'net'")
-    net = instantiate(cfg.model.net, item_tags=dm.item_tags, item_mm=dm.item_mm, num_tags=dm.num_tags)
+    net = instantiate_reporting(cfg.model.net, item_tags=dm.item_tags, item_mm=dm.item_mm, num_tags=dm.num_tags)
     model_kwargs = {k: v for k, v in cfg.model.items() if k != "net"}
-    return instantiate(OmegaConf.create(model_kwargs), net=net)
+    return instantiate_reporting(OmegaConf.create(model_kwargs), net=net)
+
+
+def instantiate_reporting(node: DictConfig, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate``, re-raising a QinError raised inside a constructor as itself (one line)."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as err:
+        cause = err.__cause__
+        while cause is not None and not isinstance(cause, QinError):
+            cause = cause.__cause__
+        if isinstance(cause, QinError):
+            raise cause from err
+        raise
 
 
 def instantiate_list(group: DictConfig | None) -> list[Any]:
@@ -94,15 +115,26 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         with open_dict(cfg):
             cfg.logger.wandb.group = sweep_name()
     callbacks: list[Callback] = instantiate_list(cfg.get("callbacks"))
+    callbacks.append(GracefulInterrupt())
     loggers: list[Logger] = instantiate_list(cfg.get("logger"))
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for lg in loggers:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
 
-    trainer.fit(module, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
+    ckpt_cb = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
+    ckpt_dir = Path(ckpt_cb.dirpath) if ckpt_cb is not None and ckpt_cb.dirpath else out_dir / "checkpoints"
+    resume_from = resolve_ckpt_path(cfg.get("ckpt_path"), out_dir, ckpt_dir, multirun=sweep_name() is not None)
+    if resume_from is not None:
+        log.info("resuming from %s", resume_from)
+    make_train_data_resumable(dm, trainer)
+    try:
+        trainer.fit(module, datamodule=dm, ckpt_path=resume_from)
+    except NonFiniteLossError as err:
+        last = ckpt_dir / "last.ckpt"
+        kept = f"; last good checkpoint: {last}" if last.is_file() else "; no checkpoint was written before it"
+        raise NonFiniteLossError(f"{err}{kept}") from err
 
     # keep and finally reload the best weights (FuxiCTR protocol)
-    ckpt_cb = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
     best_path = ckpt_cb.best_model_path if ckpt_cb is not None else ""
     if best_path:
         state = torch.load(best_path, map_location="cpu", weights_only=False)
@@ -155,31 +187,46 @@ def _finish_wandb(loggers: list[Logger]) -> None:
         wandb.finish()
 
 
-def _record_failure(cfg: DictConfig, err: BaseException) -> None:
+def _record_failure(cfg: DictConfig, err: BaseException, status: str = "failed") -> None:
     """A failed run leaves a results.json saying so (the report lists it instead of silently dropping it)."""
-    atomic_write_json(
-        output_dir(cfg) / "results.json",
-        {
-            "status": "failed",
-            "experiment": cfg.get("experiment_name"),
-            "seed": cfg.get("seed"),
-            "error": f"{type(err).__name__}: {err}",
-            "overrides": _overrides(),
-        },
-    )
+    record: dict[str, Any] = {
+        "status": status,
+        "experiment": cfg.get("experiment_name"),
+        "seed": cfg.get("seed"),
+        "error": f"{type(err).__name__}: {err}",
+        "overrides": _overrides(),
+    }
+    if isinstance(err, TrainingInterrupted):
+        record["checkpoint"] = err.checkpoint
+    atomic_write_json(output_dir(cfg) / "results.json", record)
+
+
+def resume_command(cfg: DictConfig) -> str:
+    """The command line that continues this run in its own folder."""
+    overrides = [o for o in _overrides() if not o.startswith(("ckpt_path=", "hydra.run.dir="))]
+    args = " ".join([*overrides, f"hydra.run.dir={output_dir(cfg)}", "ckpt_path=last"])
+    return f"python -m qin_lightning.train {args}"
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> float:
     """Hydra entry point; returns ``cfg.optimized_metric`` (best validation AUC) for sweepers."""
+    debug = bool(cfg.get("debug"))
     try:
-        results = run_reporting_errors(lambda: train(cfg), debug=bool(cfg.get("debug")))
+        results = train(cfg)
+    except TrainingInterrupted as err:
+        _record_failure(cfg, err, status="interrupted")
+        print(f"interrupted: {err}\nresume with: {resume_command(cfg)}", file=sys.stderr, flush=True)
+        raise SystemExit(128 + err.signum) from None
     except BaseException as err:
         _record_failure(cfg, err)
-        if sweep_name() is not None and not isinstance(err, KeyboardInterrupt):
+        if sweep_name() is not None and not isinstance(err, (KeyboardInterrupt, SystemExit)):
             # one failed job must not kill a sweep: it is recorded and reported as failed
             log.error("run failed: %s", "".join(traceback.format_exception_only(type(err), err)).strip())
             return float("nan")
+        if isinstance(err, QinError) and not debug:
+            print(f"error: {err}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
         raise
     metric = cfg.get("optimized_metric", "val/auc")
     value = results["best_val_auc"] if metric == "val/auc" else results.get(metric.replace("/", "_"), math.nan)

@@ -58,7 +58,7 @@ class TargetAttention(nn.Module):
         super().__init__()
         if activation not in ACTIVATIONS:
             raise ConfigError(
-                f"model.attention.activation: unknown value {activation!r}, expected one of {list(ACTIVATIONS)}"
+                f"model.net.attention.activation: unknown value {activation!r}, expected one of {list(ACTIVATIONS)}"
             )
         self.input_dim = input_dim
         self.attention_dim = attention_dim if attention_dim is not None else 2 * input_dim

@@ -63,7 +63,7 @@ class QuadraticLayer(nn.Module):
         init_linear(self.linear)
         norm_dim = input_dim if placement == "post" else input_dim * num_row
         self.norm = nn.BatchNorm1d(norm_dim) if batch_norm else None
-        self.activation = make_activation(activation, "model.interaction.activation")
+        self.activation = make_activation(activation, "model.net.interaction.activation")
         self.dropout_h = nn.Dropout(dropout)
         self.dropout_y = nn.Dropout(dropout)
         self._cache = WeightsCache()
@@ -135,11 +135,11 @@ class QuadraticNetwork(nn.Module):
         super().__init__()
         if placement not in PLACEMENTS:
             raise ConfigError(
-                f"model.interaction.placement: unknown value {placement!r}, expected one of {list(PLACEMENTS)}"
+                f"model.net.interaction.placement: unknown value {placement!r}, expected one of {list(PLACEMENTS)}"
             )
         if activation not in QNN_ACTIVATIONS:
             raise ConfigError(
-                f"model.interaction.activation: unknown value {activation!r}, expected one of "
+                f"model.net.interaction.activation: unknown value {activation!r}, expected one of "
                 f"{list(QNN_ACTIVATIONS)}"
             )
         self.out_dim = input_dim
@@ -168,7 +168,7 @@ class MLP(nn.Module):
     ) -> None:
         super().__init__()
         if len(hidden_units) == 0:
-            raise ConfigError("model.interaction.hidden_units: empty list, expected at least one layer width")
+            raise ConfigError("model.net.interaction.hidden_units: empty list, expected at least one layer width")
         layers: list[nn.Module] = []
         width = input_dim
         for units in hidden_units:
@@ -177,7 +177,7 @@ class MLP(nn.Module):
             layers.append(linear)
             if batch_norm:
                 layers.append(nn.BatchNorm1d(units))
-            layers.append(make_activation(activation, "model.interaction.activation"))
+            layers.append(make_activation(activation, "model.net.interaction.activation"))
             if dropout > 0:
                 layers.append(nn.Dropout(dropout))
             width = units

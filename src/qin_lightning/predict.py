@@ -1,0 +1,113 @@
+"""Challenge submission: ``python -m qin_lightning.predict ckpt_path=<ckpt> output=prediction.csv [zip=true]``.
+
+Writes ``ID,Task2`` (ID = 0..N-1 in test.parquet row order, Task2 = click probability, 9 significant digits:
+float32 round-trips) streamed batch by batch into a temporary file beside the output, fsync'ed and renamed
+when complete: memory holds one batch of predictions at a time on top of the test split's id tensors, and an
+interrupted run never leaves a partial CSV. ``zip=true`` also writes ``<name>.zip`` containing the CSV.
+An existing output is only replaced with ``overwrite=true``. Model and data settings come from the checkpoint
+(only ``data.root`` and ``data.batch_size`` may be overridden, see ``qin_lightning.eval``).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+from omegaconf import DictConfig
+
+from qin_lightning.cli import set_threads
+from qin_lightning.data import schema as S
+from qin_lightning.errors import ConfigError, QinError
+from qin_lightning.eval import CONFIG_DIR, load_for_inference, pick_device, predict_batches
+
+HEADER = "ID,Task2\n"
+
+
+def zip_path(csv_path: Path) -> Path:
+    return csv_path.with_suffix(".zip")
+
+
+def _temp_beside(path: Path) -> Path:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    return Path(tmp)
+
+
+def _commit(tmp: Path, path: Path) -> None:
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def check_outputs(outputs: list[Path], overwrite: bool) -> None:
+    for path in outputs:
+        if path.exists() and not overwrite:
+            raise ConfigError(f"output {path} already exists; pass overwrite=true to replace it")
+        if path.is_dir():
+            raise ConfigError(f"output {path} is a folder, expected a file path such as prediction.csv")
+
+
+def predict(cfg: DictConfig) -> dict[str, Any]:
+    """Write the submission CSV (and zip); returns {"output", "zip", "rows"}."""
+    set_threads(cfg.get("threads"))
+    out = Path(str(cfg.output)).expanduser()
+    if out.suffix.lower() != ".csv":
+        raise ConfigError(f"output={out}: expected a .csv file name (the zip is named after it)")
+    outputs = [out] + ([zip_path(out)] if cfg.get("zip") else [])
+    check_outputs(outputs, bool(cfg.get("overwrite")))  # fail before any work
+    net, _, dm = load_for_inference(str(cfg.ckpt_path), cfg.get("data"), "predict")
+    data = dm.dataset(S.TEST)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temp_beside(out)
+    try:
+        rows = 0
+        with open(tmp, "w", newline="\n") as f:
+            f.write(HEADER)
+            for _, probs in predict_batches(net, data, dm.eval_batch_size, pick_device(str(cfg.device))):
+                if not np.isfinite(probs).all():
+                    bad = rows + int(np.flatnonzero(~np.isfinite(probs))[0])
+                    raise QinError(f"{cfg.ckpt_path}: the model predicts a non-finite probability for test row {bad}")
+                ids = np.arange(rows, rows + len(probs))
+                np.savetxt(f, np.column_stack([ids, probs.astype(np.float64)]), fmt=("%d", "%.9g"), delimiter=",")
+                rows += len(probs)
+        if rows != len(data):
+            raise QinError(f"wrote {rows} predictions for {len(data)} test rows")
+        _commit(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    result: dict[str, Any] = {"output": str(out), "zip": None, "rows": rows}
+    if cfg.get("zip"):
+        zpath = zip_path(out)
+        ztmp = _temp_beside(zpath)
+        try:
+            with zipfile.ZipFile(ztmp, "w", compression=zipfile.ZIP_DEFLATED) as z:
+                z.write(out, arcname=out.name)
+            _commit(ztmp, zpath)
+        except BaseException:
+            ztmp.unlink(missing_ok=True)
+            raise
+        result["zip"] = str(zpath)
+    return result
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="predict")
+def main(cfg: DictConfig) -> None:
+    try:
+        r = predict(cfg)
+    except QinError as err:
+        if cfg.get("debug"):
+            raise
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+    print(f"wrote {r['rows']} predictions to {r['output']}" + (f" and {r['zip']}" if r["zip"] else ""), flush=True)
+
+
+if __name__ == "__main__":
+    main()

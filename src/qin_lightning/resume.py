@@ -1,0 +1,235 @@
+"""Surviving interruptions: where `ckpt_path=last` is found, exact mid-epoch resume, SIGINT/SIGTERM handling.
+
+What a checkpoint written by our training holds (so a resumed run continues exactly where it stopped):
+- weights, Adam state, the plateau scheduler, EarlyStopping / ModelCheckpoint state and loop progress (Lightning);
+- the datamodule's sampler epoch (``MMCTRDataModule.state_dict``) and, via ``ResumableLoader``, how many
+  batches of the current epoch were already trained: the resumed epoch skips exactly those (the permutation
+  depends only on ``seed + epoch``, so the remaining batches are the same ones in the same order);
+- the global RNG states (torch CPU/CUDA, numpy, python; ``CTRModule.on_save_checkpoint``), put back right
+  before the first resumed training batch, so dropout draws continue the same stream.
+
+`ckpt_path=last` is looked up (``resolve_ckpt_path``):
+1. ``<run folder>/checkpoints/last.ckpt`` of the current run folder (resume in place with
+   ``hydra.run.dir=<old run folder>``);
+2. single runs only: else the newest ``last.ckpt`` of a sibling run folder, i.e. with the default
+   ``hydra.run.dir`` the most recent earlier run of the same ``experiment_name`` under
+   ``logs/train/runs/<experiment_name>/``; the resumed run then writes into its own, new folder.
+Nothing found: a ConfigError saying where it looked.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import signal
+import sys
+from pathlib import Path
+from types import FrameType
+from typing import Any, Callable, Iterator
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from torch.utils.data import DataLoader
+
+from qin_lightning.errors import ConfigError
+
+log = logging.getLogger("qin_lightning.resume")
+LAST_NAME = "last.ckpt"
+HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+# ---- where to resume from -----------------------------------------------------------------------------------
+def resolve_ckpt_path(ckpt_path: str | None, run_dir: Path, checkpoint_dir: Path, multirun: bool) -> str | None:
+    """The checkpoint file that `ckpt_path` (None | "last" | a path) designates; ConfigError if there is none."""
+    if ckpt_path is None or str(ckpt_path).strip() == "":
+        return None
+    if str(ckpt_path) != "last":
+        path = Path(ckpt_path).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"ckpt_path={ckpt_path}: file not found, expected a .ckpt written by qin_lightning.train")
+        return str(path)
+    own = checkpoint_dir / LAST_NAME
+    if own.is_file():
+        return str(own)
+    looked = [str(own)]
+    if not multirun:
+        pattern = f"*/{checkpoint_dir.relative_to(run_dir)}/{LAST_NAME}" if checkpoint_dir.is_relative_to(run_dir) \
+            else f"*/checkpoints/{LAST_NAME}"
+        siblings = [p for p in run_dir.parent.glob(pattern) if p.is_file() and run_dir not in p.parents]
+        if siblings:
+            newest = max(siblings, key=lambda p: p.stat().st_mtime)
+            log.info("ckpt_path=last: resuming the most recent run of this experiment, %s", newest)
+            return str(newest)
+        looked.append(str(run_dir.parent / pattern))
+    raise ConfigError(
+        f"ckpt_path=last: no checkpoint to resume from (looked for {' and '.join(looked)}); "
+        "pass hydra.run.dir=<the interrupted run's folder> or ckpt_path=<a .ckpt file>"
+    )
+
+
+# ---- RNG state ----------------------------------------------------------------------------------------------
+def rng_state() -> dict[str, Any]:
+    """Every global RNG that training may draw from (dropout: torch; numpy/python saved anyway), as tensors and
+    plain Python values only, so checkpoints stay loadable with ``torch.load(weights_only=True)``."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss = random.getstate()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": [str(kind), torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
+        "python": [int(version), list(internal), gauss],
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what `rng_state` returned."""
+    torch.set_rng_state(state["torch"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ---- exact mid-epoch resume of the training data ------------------------------------------------------------
+class ResumableLoader:
+    """The training DataLoader plus `state_dict`/`load_state_dict` (Lightning saves it in checkpoints).
+
+    The state is the number of batches of the current epoch already trained (read from the trainer's progress
+    through `batches_done`); after loading a mid-epoch state, the next iteration skips that many batches.
+    Iterating does not draw from the global torch RNG (the DataLoader gets its own generator), so creating an
+    epoch's iterator does not shift the dropout stream between an interrupted and an uninterrupted run.
+    """
+
+    def __init__(self, loader: DataLoader, batches_done: Callable[[], int]) -> None:
+        self.loader = loader
+        if loader.generator is None:
+            loader.generator = torch.Generator().manual_seed(0)  # only feeds worker base seeds
+        self._batches_done = batches_done
+        self._skip = 0
+
+    @property
+    def sampler(self) -> Any:  # Lightning calls sampler.set_epoch(epoch) through this
+        return self.loader.sampler
+
+    @property
+    def dataset(self) -> Any:
+        return self.loader.dataset
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[Any]:
+        skip, self._skip = self._skip, 0
+        iterator = iter(self.loader)
+        for _ in range(skip):  # index gathers only: cheap next to a training step
+            next(iterator)
+        yield from iterator
+
+    def state_dict(self) -> dict[str, int]:
+        return {"batches_done": int(self._batches_done()), "epoch": int(getattr(self.sampler, "epoch", 0))}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        done = int(state.get("batches_done", 0))
+        self._skip = done if 0 < done < len(self) else 0  # a finished epoch restarts at the next one
+
+
+def make_train_data_resumable(dm: pl.LightningDataModule, trainer: pl.Trainer) -> None:
+    """Make `dm.train_dataloader()` return a ResumableLoader reading `trainer`'s batch progress."""
+    original = dm.train_dataloader
+
+    def batches_done() -> int:
+        return trainer.fit_loop.epoch_loop.batch_progress.current.processed
+
+    def train_dataloader() -> ResumableLoader:
+        return ResumableLoader(original(), batches_done)
+
+    dm.train_dataloader = train_dataloader  # type: ignore[method-assign]
+
+
+# ---- signals ------------------------------------------------------------------------------------------------
+class TrainingInterrupted(Exception):
+    """SIGINT/SIGTERM stopped training after saving a checkpoint (not a QinError: exit status 128 + signal)."""
+
+    def __init__(self, signum: int, checkpoint: str, epoch: int, step: int) -> None:
+        self.signum = signum
+        self.checkpoint = checkpoint
+        name = signal.Signals(signum).name
+        super().__init__(
+            f"{name} received: saved the training state at epoch {epoch}, global step {step} to {checkpoint}"
+        )
+
+
+class GracefulInterrupt(Callback):
+    """On SIGINT/SIGTERM during training: finish the current batch, save `last.ckpt`, stop (TrainingInterrupted).
+
+    The save happens at the end of a training batch (a state Lightning resumes exactly mid-epoch). A signal
+    during the last batch or validation of an epoch is acted on after the next batch, so the epoch's
+    validation, checkpoint and lr schedule are complete. A second signal stops immediately (no save).
+    With DDP the decision is reduced over ranks (any rank signalled: every rank saves and stops).
+    """
+
+    def __init__(self, checkpoint_path: Callable[[pl.Trainer], Path] | None = None) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+        self._checkpoint_path = checkpoint_path
+
+    def request_stop(self, signum: int = signal.SIGTERM) -> None:
+        """Act as if `signum` had been received (tests, or a controlling program)."""
+        self.signum = signum
+
+    def _handler(self, signum: int, frame: FrameType | None) -> None:
+        if self.signum is not None:  # second signal: give up on saving
+            self._restore()
+            raise KeyboardInterrupt
+        self.signum = signum
+        print(f"\n{signal.Signals(signum).name} received: saving a checkpoint after the current training batch"
+              " (send it again to stop at once, without saving)", file=sys.stderr, flush=True)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers can only be installed from the main thread
+        for sig in HANDLED_SIGNALS:
+            self._previous[sig] = signal.getsignal(sig)
+            signal.signal(sig, self._handler)
+
+    def _restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._restore()
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._restore()
+
+    def path(self, trainer: pl.Trainer) -> Path:
+        if self._checkpoint_path is not None:
+            return self._checkpoint_path(trainer)
+        ckpt = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
+        if ckpt is not None and ckpt.dirpath:
+            return Path(ckpt.dirpath) / LAST_NAME
+        folder = Path(trainer.default_root_dir) / "checkpoints"
+        return folder / LAST_NAME
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        stop = self.signum is not None
+        if trainer.world_size > 1:
+            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
+        if not stop or batch_idx + 1 >= trainer.num_training_batches:
+            return
+        path = self.path(trainer)
+        trainer.save_checkpoint(path)
+        for logger in trainer.loggers:  # flush buffered metrics (metrics.csv continues on resume)
+            logger.save()
+        raise TrainingInterrupted(self.signum or signal.SIGTERM, str(path), trainer.current_epoch, trainer.global_step)

@@ -1,0 +1,246 @@
+"""Bad input ends in one clear line (file, column, value/row, expectation), never a traceback, at the CLI level.
+
+tests/test_schema.py covers the validator function by function; here each mistake goes through training
+(`train(cfg)` in-process, or the real `python -m qin_lightning.train` for a representative few), including
+config mistakes and the non-finite guard.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from conftest import REPO_ROOT, compose_train, tiny_model_overrides, tiny_overrides
+
+from qin_lightning.data import schema as S
+from qin_lightning.data.synthetic import SyntheticConfig, generate
+from qin_lightning.errors import QinError
+from qin_lightning.module import NonFiniteLossError
+from qin_lightning.train import train
+
+MMCTR = SyntheticConfig(num_items=60, num_tags=20, num_users=40, train_rows=256, valid_rows=128, test_rows=64,
+                        max_len=8, emb_dim=S.EMB_DIM, name="errors")
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return generate(MMCTR, tmp_path_factory.mktemp("errors") / "data")
+
+
+@pytest.fixture
+def data(base: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    dst = tmp_path / "data"
+    shutil.copytree(base, dst)
+    return dst
+
+
+def mmctr_args(tmp_path: Path, root: Path) -> list[str]:
+    keep = [o for o in tiny_overrides(tmp_path) if not o.startswith("data.")]
+    return [*keep, *tiny_model_overrides(), "data=mmctr", f"data.root={root}", "data.batch_size=64",
+            "data.eval_batch_size=128", "data.max_len=8", "trainer.max_epochs=1"]
+
+
+def rewrite(root: Path, split: str, fn: Callable[[dict[str, list]], dict[str, list]],
+            types: dict[str, pa.DataType] | None = None) -> None:
+    path = S.split_path(root, split)
+    table = pq.read_table(path)
+    cols = fn(table.to_pydict())
+    types = types or {}
+    pq.write_table(pa.table({k: pa.array(v, type=types.get(k, table.schema.field(k).type if k in table.schema.names
+                                                          else None)) for k, v in cols.items()}), path)
+
+
+def cell(split: str, column: str, row: int, value: object, type_: pa.DataType | None = None):
+    def apply(root: Path) -> None:
+        def fn(cols: dict[str, list]) -> dict[str, list]:
+            cols[column][row] = value
+            return cols
+
+        rewrite(root, split, fn, {column: type_} if type_ is not None else None)
+
+    return apply
+
+
+def drop_column(split: str, column: str):
+    return lambda root: rewrite(root, split, lambda c: {k: v for k, v in c.items() if k != column})
+
+
+def swap_item_rows(root: Path) -> None:
+    def fn(c: dict[str, list]) -> dict[str, list]:
+        for k in c:
+            c[k][3], c[k][4] = c[k][4], c[k][3]
+        return c
+
+    rewrite(root, S.ITEM_INFO, fn)
+
+
+def drop_padding_row(root: Path) -> None:
+    rewrite(root, S.ITEM_INFO, lambda c: {k: v[1:] for k, v in c.items()})
+
+
+def narrow_vectors(root: Path) -> None:
+    rewrite(root, S.ITEM_INFO, lambda c: {**c, S.ITEM_EMB: [v[:64] for v in c[S.ITEM_EMB]]})
+
+
+def empty_valid(root: Path) -> None:
+    rewrite(root, S.VALID, lambda c: {k: v[:0] for k, v in c.items()})
+
+
+# (corruption, extra overrides, substrings the message must contain)
+CASES = {
+    "missing_column": (drop_column(S.VALID, S.LIKES_LEVEL), [], ["valid.parquet: missing column 'likes_level'"]),
+    "string_ids": ((lambda r: rewrite(r, S.TRAIN, lambda c: {**c, S.USER_ID: [str(x) for x in c[S.USER_ID]]},
+                                      {S.USER_ID: pa.string()})),
+                   [], ["train.parquet: column 'user_id' has type string, expected an integer type"]),
+    "float_item_ids": ((lambda r: rewrite(r, S.VALID, lambda c: {**c, S.ITEM_ID: [float(x) for x in c[S.ITEM_ID]]},
+                                          {S.ITEM_ID: pa.float64()})),
+                       [], ["valid.parquet: column 'item_id' has type double, expected an integer type"]),
+    "ragged_history": (cell(S.TRAIN, S.ITEM_SEQ, 5, [1, 2, 3]), [],
+                       ["train.parquet: column 'item_seq' row 5 has length 3, expected 8"]),
+    "negative_history_id": (cell(S.TRAIN, S.ITEM_SEQ, 2, [0] * 7 + [-4]), [],
+                            ["train.parquet: column 'item_seq' row 2 contains negative item id -4"]),
+    "negative_user_id": (cell(S.VALID, S.USER_ID, 9, -1), [], ["valid.parquet: column 'user_id' row 9 has value -1"]),
+    "history_id_beyond_items": (cell(S.TRAIN, S.ITEM_SEQ, 3, [0] * 7 + [60]), [],
+                                ["train.parquet: column 'item_seq' row 3 contains item id 60, expected 0..59"]),
+    "target_beyond_items": (cell(S.VALID, S.ITEM_ID, 4, 999), [],
+                            ["valid.parquet: column 'item_id' row 4 has value 999", "item_info.parquet has 60 rows"]),
+    "tag_beyond_vocabulary": (lambda r: None, ["data.num_tags=5"],
+                              ["item_info.parquet: column 'item_tags' row", "expected 0..4 (num_tags=5)"]),
+    "item_info_not_position_indexed": (swap_item_rows, [],
+                                       ["item_info.parquet: column 'item_id' row 3 has value 4, expected 3"]),
+    "item_info_without_padding_row": (drop_padding_row, [],
+                                      ["item_info.parquet: column 'item_id' row 0 has value 1, expected 0",
+                                       "row 0 is the padding item"]),
+    "vector_nan": (cell(S.ITEM_INFO, S.ITEM_EMB, 7, [float("nan")] * S.EMB_DIM), [],
+                   ["item_info.parquet: column 'item_emb_d128' row 7 has value nan", "expected finite floats"]),
+    "vector_inf": (cell(S.ITEM_INFO, S.ITEM_EMB, 8, [0.0] * 5 + [float("inf")] * (S.EMB_DIM - 5)), [],
+                   ["item_info.parquet: column 'item_emb_d128' row 8 has value inf at position 5"]),
+    "vector_width_differs_from_config": (narrow_vectors, [],
+                                         ["item_info.parquet: column 'item_emb_d128' row 0 has length 64, "
+                                          "expected 128"]),
+    "label_outside_0_1": (cell(S.TRAIN, S.LABEL, 11, 2), [], ["train.parquet: column 'label' row 11 has value 2.0",
+                                                              "expected 0 or 1"]),
+    "empty_split": (empty_valid, [], ["valid.parquet: split is empty (0 rows)"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_data_is_one_clear_line(case: str, data: Path, tmp_path: Path) -> None:
+    corrupt, extra, needles = CASES[case]
+    corrupt(data)
+    cfg = compose_train(mmctr_args(tmp_path, data) + extra, tmp_path / "run")
+    with pytest.raises(QinError) as info:
+        train(cfg)
+    msg = str(info.value)
+    assert "\n" not in msg
+    for needle in needles:
+        assert needle in msg, f"{needle!r} not in {msg!r}"
+
+
+def test_clean_mmctr_folder_trains(data: Path, tmp_path: Path) -> None:
+    assert train(compose_train(mmctr_args(tmp_path, data), tmp_path / "run"))["status"] == "completed"
+
+
+# ---- through the real command line ---------------------------------------------------------------------------
+def run_cli(tmp_path: Path, args: list[str], module: str = "qin_lightning.train",
+            pythonpath: list[Path] = ()) -> subprocess.CompletedProcess[str]:  # type: ignore[assignment]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([*map(str, pythonpath), str(REPO_ROOT / "src")])}
+    env.pop("HYDRA_FULL_ERROR", None)  # the user's default experience
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess[str], *needles: str) -> str:
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: "), proc.stderr[-3000:]
+    for needle in needles:
+        assert needle in last, f"{needle!r} not in {last!r}"
+    return last
+
+
+def test_cli_missing_file_and_debug_traceback(data: Path, tmp_path: Path) -> None:
+    (data / S.TRAIN_FILE).unlink()
+    proc = run_cli(tmp_path, mmctr_args(tmp_path, data))
+    assert_one_line_error(proc, f"{data / S.TRAIN_FILE}: file not found")
+    results = list((tmp_path / "logs").rglob("results.json"))
+    assert len(results) == 1 and json.loads(results[0].read_text())["status"] == "failed"
+    proc = run_cli(tmp_path, [*mmctr_args(tmp_path, data), "debug=true"])
+    assert proc.returncode != 0 and "Traceback" in proc.stderr and "DataValidationError" in proc.stderr
+
+
+def test_cli_corrupt_parquet(data: Path, tmp_path: Path) -> None:
+    (data / S.VALID_FILE).write_bytes(b"PAR1 this is not a parquet file")
+    assert_one_line_error(run_cli(tmp_path, mmctr_args(tmp_path, data)),
+                          f"{data / S.VALID_FILE}: unreadable or corrupt parquet")
+
+
+def test_cli_unknown_experiment_has_no_traceback(tmp_path: Path) -> None:
+    proc = run_cli(tmp_path, ["+experiment=no_such_thing", *tiny_overrides(tmp_path)])
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "experiment/no_such_thing" in proc.stderr
+
+
+def test_cli_unknown_attention_activation(tmp_path: Path) -> None:
+    proc = run_cli(tmp_path, [*tiny_overrides(tmp_path), *tiny_model_overrides(),
+                              "model.net.attention.activation=gelu"])
+    assert_one_line_error(proc, "model.net.attention.activation: unknown value 'gelu'", "relu")
+
+
+POISON_CALLBACK = '''
+import lightning.pytorch as pl
+import torch
+
+class PoisonItems(pl.Callback):
+    """Puts NaN into the multimodal item table at (epoch, batch): the next loss is NaN."""
+    def __init__(self, epoch: int, batch: int) -> None:
+        self.epoch, self.batch = epoch, batch
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if (trainer.current_epoch, batch_idx) == (self.epoch, self.batch):
+            with torch.no_grad():
+                pl_module.net.items.item_mm.fill_(float("nan"))
+'''
+
+
+def test_cli_non_finite_loss_stops_keeping_last_good_checkpoint(tmp_path: Path) -> None:
+    (tmp_path / "poison_cb.py").write_text(POISON_CALLBACK)
+    run_dir = tmp_path / "run"
+    args = [*tiny_overrides(tmp_path), *tiny_model_overrides(), "trainer.max_epochs=3", f"hydra.run.dir={run_dir}",
+            "+callbacks.poison._target_=poison_cb.PoisonItems", "+callbacks.poison.epoch=1",
+            "+callbacks.poison.batch=2"]
+    proc = run_cli(tmp_path, args, pythonpath=[tmp_path])
+    last = assert_one_line_error(proc, "non-finite training loss nan at epoch 1, global step 6",
+                                 "non-finite logits", f"last good checkpoint: {run_dir / 'checkpoints' / 'last.ckpt'}")
+    assert "128 non-finite logits" in last
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["epoch"] == 0 and all(torch.isfinite(v).all() for v in ckpt["state_dict"].values()
+                                      if v.is_floating_point())
+    assert json.loads((run_dir / "results.json").read_text())["status"] == "failed"
+
+
+def test_non_finite_guard_in_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import qin_lightning.module as M
+
+    real = M.F.binary_cross_entropy_with_logits
+    calls = {"n": 0}
+
+    def nan_after_five(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        calls["n"] += 1
+        loss = real(logits, target)
+        return loss * float("nan") if calls["n"] > 5 else loss
+
+    monkeypatch.setattr(M.F, "binary_cross_entropy_with_logits", nan_after_five)
+    cfg = compose_train(tiny_overrides(tmp_path) + tiny_model_overrides(), tmp_path / "run")
+    with pytest.raises(NonFiniteLossError, match=r"global step 5 .*last good checkpoint: .*last.ckpt"):
+        train(cfg)

@@ -1,0 +1,150 @@
+"""Resume: exact continuation mid-epoch and from an epoch boundary, `ckpt_path=last` lookup, real SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from conftest import REPO_ROOT, compose_train, tiny_model_overrides, tiny_overrides
+
+from qin_lightning.errors import ConfigError
+from qin_lightning.resume import GracefulInterrupt, TrainingInterrupted, resolve_ckpt_path
+from qin_lightning.train import train
+
+# 16 batches per epoch, lr high enough that the plateau schedule halves it at some epoch, dropout on (QNN)
+RESUME = ["data.batch_size=32", "trainer.max_epochs=4", "model.lr=3e-2", "callbacks.early_stopping.patience=8"]
+
+
+class StopAt(pl.Callback):
+    """Asks the GracefulInterrupt callback to stop at (epoch, batch) as if a signal had arrived then."""
+
+    def __init__(self, epoch: int, batch: int) -> None:
+        self.epoch, self.batch = epoch, batch
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: object,
+                             batch_idx: int) -> None:
+        if (trainer.current_epoch, batch_idx) == (self.epoch, self.batch):
+            next(c for c in trainer.callbacks if isinstance(c, GracefulInterrupt)).request_stop(signal.SIGTERM)
+
+
+def _cfg(tmp_path: Path, run: str, extra: list[str] = ()):  # type: ignore[assignment]
+    return compose_train(tiny_overrides(tmp_path) + tiny_model_overrides() + RESUME + list(extra), tmp_path / run)
+
+
+def _history(results: dict) -> list[dict]:
+    return results["val_history"]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """One uninterrupted run (shared by the tests of this module: same data cache, same seed)."""
+    tmp = tmp_path_factory.mktemp("resume")
+    return tmp, train(_cfg(tmp, "reference"))
+
+
+def test_reference_run_uses_the_plateau_schedule(reference: tuple[Path, dict]) -> None:
+    lrs = [h["lr"] for h in _history(reference[1])]
+    assert len(lrs) == 4 and len(set(lrs)) > 1, "the test should cover an lr reduction"
+
+
+@pytest.mark.parametrize("stop", [(1, 5), (2, 0)])
+def test_resume_mid_epoch_is_exact(reference: tuple[Path, dict], stop: tuple[int, int]) -> None:
+    tmp, ref = reference
+    run = f"stopped_{stop[0]}_{stop[1]}"
+    cfg = _cfg(tmp, run, ["+callbacks.stop_at._target_=test_resume.StopAt", f"+callbacks.stop_at.epoch={stop[0]}",
+                          f"+callbacks.stop_at.batch={stop[1]}"])
+    with pytest.raises(TrainingInterrupted, match=r"SIGTERM received: saved the training state at epoch"):
+        train(cfg)
+    ckpt = torch.load(tmp / run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["epoch"] == stop[0] and ckpt["global_step"] == stop[0] * 16 + stop[1] + 1
+    resumed = train(_cfg(tmp, run, ["ckpt_path=last"]))
+    assert _history(resumed) == _history(ref)
+    assert resumed["best_val_auc"] == ref["best_val_auc"]
+
+
+def test_resume_from_epoch_boundary_is_exact(reference: tuple[Path, dict]) -> None:
+    tmp, ref = reference
+    train(_cfg(tmp, "short", ["trainer.max_epochs=2"]))  # last.ckpt = end of epoch 1 (after validation)
+    resumed = train(_cfg(tmp, "short", ["ckpt_path=last"]))
+    assert _history(resumed) == _history(ref)
+
+
+def test_last_lookup(tmp_path: Path) -> None:
+    runs = tmp_path / "logs" / "train" / "runs" / "qin"
+    old, new = runs / "2024-01-01_00-00-00", runs / "2024-01-02_00-00-00"
+    with pytest.raises(ConfigError, match=r"ckpt_path=last: no checkpoint to resume from .*hydra.run.dir="):
+        resolve_ckpt_path("last", new, new / "checkpoints", multirun=False)
+    (old / "checkpoints").mkdir(parents=True)
+    (old / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    assert resolve_ckpt_path("last", new, new / "checkpoints", multirun=False) == str(old / "checkpoints" / "last.ckpt")
+    with pytest.raises(ConfigError, match="no checkpoint"):  # a sweep job only resumes its own folder
+        resolve_ckpt_path("last", new, new / "checkpoints", multirun=True)
+    (new / "checkpoints").mkdir(parents=True)
+    (new / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    assert resolve_ckpt_path("last", new, new / "checkpoints", multirun=False) == str(new / "checkpoints" / "last.ckpt")
+    with pytest.raises(ConfigError, match="ckpt_path=nope.ckpt: file not found"):
+        resolve_ckpt_path("nope.ckpt", new, new / "checkpoints", multirun=False)
+    assert resolve_ckpt_path(None, new, new / "checkpoints", multirun=False) is None
+
+
+MARKER_CALLBACK = '''
+import json, time
+from pathlib import Path
+import lightning.pytorch as pl
+
+class Marker(pl.Callback):
+    """Writes (epoch, batch) after every training batch and slows training down (no effect on numbers)."""
+    def __init__(self, path: str, sleep: float) -> None:
+        self.path, self.sleep = Path(path), sleep
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.path.write_text(json.dumps({"epoch": trainer.current_epoch, "batch": batch_idx}))
+        time.sleep(self.sleep)
+'''
+
+
+def test_sigterm_mid_epoch_then_resume_matches(reference: tuple[Path, dict], tmp_path: Path) -> None:
+    """A real SIGTERM to a training subprocess in epoch >= 1, mid-epoch; `ckpt_path=last` finishes it exactly."""
+    tmp, ref = reference
+    (tmp_path / "marker_cb.py").write_text(MARKER_CALLBACK)
+    marker = tmp_path / "progress.json"
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO_ROOT / "src")])}
+    env.pop("HYDRA_FULL_ERROR", None)
+    args = [*tiny_overrides(tmp), *tiny_model_overrides(), *RESUME, f"hydra.run.dir={run_dir}"]
+    slow = ["+callbacks.marker._target_=marker_cb.Marker", f"+callbacks.marker.path={marker}",
+            "+callbacks.marker.sleep=0.15"]
+    proc = subprocess.Popen([sys.executable, "-m", "qin_lightning.train", *args, *slow], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            state = json.loads(marker.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            state = {"epoch": -1, "batch": -1}
+        if state["epoch"] >= 1 and 2 <= state["batch"] <= 10:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "training finished before it could be interrupted: " + proc.communicate()[1][-2000:]
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    assert "resume with: python -m qin_lightning.train" in err and "ckpt_path=last" in err
+    stopped = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert stopped["epoch"] >= 1 and stopped["global_step"] % 16 != 0, "expected a mid-epoch checkpoint"
+    assert json.loads((run_dir / "results.json").read_text())["status"] == "interrupted"
+
+    proc = subprocess.run([sys.executable, "-m", "qin_lightning.train", *args, "ckpt_path=last"], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    resumed = json.loads((run_dir / "results.json").read_text())
+    assert resumed["status"] == "completed"
+    assert resumed["val_history"] == _history(ref)
