@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from qin_lightning.errors import ConfigError
 from qin_lightning.models.items import WeightsCache, _clear_cache_hook, caching_allowed
+from qin_lightning.models.ragged import Ragged, row_dot, row_sum
 
 ACTIVATIONS = ("relu", "softmax", "silu", "relu2")
 
@@ -104,8 +105,28 @@ class TargetAttention(nn.Module):
         pooled = torch.bmm(weights.unsqueeze(1), value).squeeze(1)  # (B, da)
         return self.W_o(pooled) + target  # (B, d)
 
+    def forward_packed(self, target: Tensor, values: Tensor, ragged: Ragged, mask: Tensor) -> Tensor:
+        """Same function as `forward`, with the history given only at its non-padding positions.
+
+        values (P, d): history vectors at the True positions of mask (B, S), row-major (`ragged`).
+        Padding items are zero vectors with weight exactly 0, so leaving them out drops only exact-zero terms
+        (scores and weights are still formed on the dense (B, S) grid: same activation, same dropout mask).
+        """
+        if self.fast:
+            qk, vo = self.products()
+            keys, query = values, target @ qk  # (P, d), (B, d)
+        else:
+            keys, query = self.W_k(values), self.W_q(target)  # (P, da), (B, da)
+        score = row_dot(query, keys, ragged) * self.scale  # (P,)
+        scores = score.new_zeros(mask.numel()).scatter(0, ragged.flat, score).view(mask.shape)  # (B, S)
+        weights = self.dropout(attention_weights(scores, mask, self.activation))  # (B, S)
+        weight = weights.reshape(-1).index_select(0, ragged.flat)  # (P,)
+        pooled = row_sum(weight, values if self.fast else self.W_v(values), ragged)  # (B, d | da)
+        return (pooled @ vo if self.fast else self.W_o(pooled)) + target  # (B, d)
+
     def train(self, mode: bool = True) -> "TargetAttention":
-        self._cache.clear()
+        if mode:  # training invalidates the inference cache; eval() keeps a valid one
+            self._cache.clear()
         return super().train(mode)
 
 
@@ -127,3 +148,8 @@ class MeanPooling(nn.Module):
         # target (B, d) unused, history (B, S, d), mask (B, S) bool -> (B, d)
         m = mask.to(history.dtype).unsqueeze(-1)  # (B, S, 1)
         return (history * m).sum(1) / m.sum(1).clamp(min=1.0)
+
+    def forward_packed(self, target: Tensor, values: Tensor, ragged: Ragged, mask: Tensor) -> Tensor:
+        """`forward` with the history given at its non-padding positions only (values (P, d), `ragged`)."""
+        total = row_sum(values.new_ones(values.shape[0]), values, ragged)  # (B, d)
+        return total / mask.sum(1, keepdim=True).to(values.dtype).clamp(min=1.0)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from qin_lightning.models.history import attend_history
 from qin_lightning.models.interaction import MLP, init_linear
 from qin_lightning.models.items import ItemEncoder, init_embedding
+from qin_lightning.models.ragged import Ragged, row_sum
 
 
 class DINAttention(nn.Module):
@@ -30,6 +32,18 @@ class DINAttention(nn.Module):
         weights = self.score(self.mlp(features)).view(b, s) * mask.to(history.dtype)  # (B, S)
         return torch.bmm(weights.unsqueeze(1), history).squeeze(1)  # (B, d)
 
+    def forward_packed(self, target: Tensor, values: Tensor, ragged: Ragged, mask: Tensor) -> Tensor:
+        """`forward` with the history given at its non-padding positions only: values (P, d), `ragged`.
+
+        Padding positions have weight score * 0 = 0 and zero vectors, so they add exact zeros in `forward`.
+        In eval mode (or without dropout) the output is the same function; in training the attention-MLP
+        dropout draws masks for the P real positions only (same distribution, different random stream).
+        """
+        t = target.index_select(0, ragged.rows)  # (P, d)
+        features = torch.cat([t, values, t - values, t * values], dim=-1)  # (P, 4d)
+        weights = self.score(self.mlp(features)).squeeze(-1)  # (P,)
+        return row_sum(weights, values, ragged)  # (B, d)
+
 
 class DIN(nn.Module):
     """Deep Interest Network baseline; `forward` returns logits (B,).
@@ -38,7 +52,7 @@ class DIN(nn.Module):
     with ReLU and dropout 0.1; DNN [1024, 512, 256, 128, 64, 32] with Linear -> BN -> ReLU -> Dropout, then
     Linear -> logit. The challenge's FuxiCTR template uses Dice in the attention MLP; REFERENCE (the paper's
     baseline) says ReLU, which we follow. `dnn_dropout` 0.1 is the challenge's MicroLens tuner value
-    (its template default is 0).
+    (its template default is 0). `pack_history` (exact, see models.history): attend only non-padding items.
     """
 
     def __init__(
@@ -53,8 +67,10 @@ class DIN(nn.Module):
         dnn_units: list[int] = [1024, 512, 256, 128, 64, 32],  # noqa: B006
         dnn_dropout: float = 0.1,
         batch_norm: bool = True,
+        pack_history: bool = True,
     ) -> None:
         super().__init__()
+        self.pack_history = pack_history
         self.items = ItemEncoder(item_tags, item_mm, num_tags, embedding_dim)
         self.likes_embedding = nn.Embedding(num_levels, embedding_dim, padding_idx=0)
         self.views_embedding = nn.Embedding(num_levels, embedding_dim, padding_idx=0)
@@ -75,8 +91,6 @@ class DIN(nn.Module):
 
     def forward(self, item_seq: Tensor, item_id: Tensor, likes_level: Tensor, views_level: Tensor) -> Tensor:
         # item_seq (B, S), item_id / likes_level / views_level (B,) -> logits (B,)
-        items = self.items(torch.cat([item_seq, item_id.unsqueeze(1)], dim=1))  # (B, S+1, 3E)
-        history, target = items[:, :-1], items[:, -1]
-        pooled = self.attention(target, history, item_seq > 0)  # (B, 3E)
+        target, pooled = attend_history(self.items, self.attention, item_seq, item_id, self.pack_history)
         x = torch.cat([self.likes_embedding(likes_level), self.views_embedding(views_level), target, pooled], -1)
         return self.head(self.dnn(x)).squeeze(-1)  # (B,)

@@ -97,6 +97,11 @@ class QuadraticLayer(nn.Module):
         # x (B, D) -> (B, D)
         if self.can_fold():
             weight_t, bias, shift = self.folded()
+            if not (torch.is_grad_enabled() or torch.is_autocast_enabled(x.device.type)):  # in place: same ops
+                y = torch.addmm(bias, x, weight_t).mul_(x)  # (B, D)
+                if shift is not None:
+                    y.add_(shift)
+                return self.activation(y).add_(x)  # eval: dropout is the identity
             y = x * torch.addmm(bias, x, weight_t)  # (B, D)
             if shift is not None:
                 y = y + shift
@@ -114,7 +119,8 @@ class QuadraticLayer(nn.Module):
         return self.dropout_y(self.activation(y)) + x
 
     def train(self, mode: bool = True) -> "QuadraticLayer":
-        self._cache.clear()
+        if mode:  # training invalidates the inference cache; eval() keeps a valid one
+            self._cache.clear()
         return super().train(mode)
 
 

@@ -7,15 +7,36 @@ of those tensors is unchanged (same storage, same in-place version counter, same
 
 from __future__ import annotations
 
-from typing import Callable
+import contextlib
+from typing import Callable, Iterator
 
 import torch
 from torch import Tensor, nn
 
+_CACHES_AS_CONSTANTS = False
+
 
 def caching_allowed() -> bool:
-    """Inference caches are used only with autograd off and outside tracing/compilation (export, compile)."""
-    return not (torch.is_grad_enabled() or torch.jit.is_tracing() or torch.compiler.is_compiling())
+    """Inference caches are used only with autograd off and outside tracing/compilation (export, compile),
+    unless `caches_as_constants()` is active (export: the tracer then records the cached tensors as constants).
+    """
+    if torch.is_grad_enabled():
+        return False
+    return _CACHES_AS_CONSTANTS or not (torch.jit.is_tracing() or torch.compiler.is_compiling())
+
+
+@contextlib.contextmanager
+def caches_as_constants() -> Iterator[None]:
+    """Let a trace (ONNX export) use the inference caches: the exported graph gathers from the (N, 3E) item
+    table and uses the folded / pre-multiplied matrices. Build the caches first (one eval forward under
+    `torch.no_grad()` outside the trace), or the trace records their computation instead.
+    """
+    global _CACHES_AS_CONSTANTS
+    previous, _CACHES_AS_CONSTANTS = _CACHES_AS_CONSTANTS, True
+    try:
+        yield
+    finally:
+        _CACHES_AS_CONSTANTS = previous
 
 
 def init_embedding(table: nn.Embedding, std: float = 1e-4) -> None:
@@ -24,6 +45,11 @@ def init_embedding(table: nn.Embedding, std: float = 1e-4) -> None:
     if table.padding_idx is not None:
         with torch.no_grad():
             table.weight[table.padding_idx].zero_()
+
+
+def gather_rows(table: Tensor, ids: Tensor) -> Tensor:
+    """table[ids] for a (N, ...) table and ids of any shape, via index_select (a faster row copy on CPU)."""
+    return table.index_select(0, ids.reshape(-1)).view(*ids.shape, *table.shape[1:])
 
 
 class WeightsCache:
@@ -46,7 +72,8 @@ class WeightsCache:
     def get(self, tensors: list[Tensor], compute: Callable[[], Tensor | tuple[Tensor, ...]]):
         key = self.key(tensors)
         if self._value is None or key != self._key:
-            self._value = compute()
+            with torch.autocast(tensors[0].device.type, enabled=False):  # cached values are full precision
+                self._value = compute()
             self._key = key
         return self._value
 
@@ -98,11 +125,11 @@ class ItemEncoder(nn.Module):
 
     def encode(self, ids: Tensor) -> Tensor:
         """Literal encoding of `ids` (any shape) -> (*ids.shape, 3E)."""
-        tags = self.item_tags[ids]  # (..., T)
+        tags = gather_rows(self.item_tags, ids)  # (..., T)
         tag_mask = (tags > 0).unsqueeze(-1).to(self.tag_embedding.weight.dtype)  # (..., T, 1)
         tag_sum = (self.tag_embedding(tags) * tag_mask).sum(-2)  # (..., E)
         tag_mean = tag_sum / tag_mask.sum(-2).clamp(min=1.0)  # 0 when the item has no tags
-        mm = self.mm_projection(self.item_mm[ids].to(self.mm_projection.weight.dtype))  # (..., E)
+        mm = self.mm_projection(gather_rows(self.item_mm, ids).to(self.mm_projection.weight.dtype))  # (..., E)
         out = torch.cat([self.id_embedding(ids), tag_mean, mm], dim=-1)  # (..., 3E)
         return out * (ids > 0).unsqueeze(-1).to(out.dtype)  # padding item -> exact zeros
 
@@ -117,9 +144,10 @@ class ItemEncoder(nn.Module):
 
     def forward(self, ids: Tensor) -> Tensor:
         if self.cache_at_inference and not self.training and caching_allowed():
-            return self.item_table()[ids]  # (..., 3E)
+            return gather_rows(self.item_table(), ids)  # (..., 3E)
         return self.encode(ids)
 
     def train(self, mode: bool = True) -> "ItemEncoder":
-        self._cache.clear()
+        if mode:  # training invalidates the inference cache; eval() keeps a valid one
+            self._cache.clear()
         return super().train(mode)

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from qin_lightning.models.attention import TargetAttention
+from qin_lightning.models.history import attend_history
 from qin_lightning.models.interaction import QuadraticNetwork, init_linear
 from qin_lightning.models.items import ItemEncoder, init_embedding
 
@@ -18,6 +19,11 @@ class QIN(nn.Module):
     likes_level / views_level: tables of `num_levels` rows with row 0 as padding (zero, never trained), as in
     the published FuxiCTR run, whose feature map declares `padding_idx: 0` for both (its training log,
     QIN_variety_v9_9701.log); all rows count as parameters (31,244,293 in total with the defaults).
+
+    `pack_history=True` (exact): encode and attend only the non-padding history positions (histories are
+    mostly padding: ~8 of 64 items), when the attention module has `forward_packed`. Padding items are exact
+    zero vectors with zero weight, so only exact-zero terms are dropped. Used for CPU tensors outside
+    tracing/compilation; on CUDA the dense form runs (packing needs a data-dependent size: a host sync).
     """
 
     def __init__(
@@ -29,8 +35,10 @@ class QIN(nn.Module):
         num_levels: int = 11,
         attention: Callable[[int], nn.Module] = TargetAttention,
         interaction: Callable[[int], nn.Module] = QuadraticNetwork,
+        pack_history: bool = True,
     ) -> None:
         super().__init__()
+        self.pack_history = pack_history
         self.items = ItemEncoder(item_tags, item_mm, num_tags, embedding_dim)
         self.likes_embedding = nn.Embedding(num_levels, embedding_dim, padding_idx=0)
         self.views_embedding = nn.Embedding(num_levels, embedding_dim, padding_idx=0)
@@ -51,8 +59,6 @@ class QIN(nn.Module):
 
     def forward(self, item_seq: Tensor, item_id: Tensor, likes_level: Tensor, views_level: Tensor) -> Tensor:
         # item_seq (B, S), item_id / likes_level / views_level (B,) -> logits (B,)
-        items = self.items(torch.cat([item_seq, item_id.unsqueeze(1)], dim=1))  # (B, S+1, 3E), one lookup
-        history, target = items[:, :-1], items[:, -1]  # (B, S, 3E), (B, 3E)
-        pooled = self.attention(target, history, item_seq > 0)  # (B, 3E)
+        target, pooled = attend_history(self.items, self.attention, item_seq, item_id, self.pack_history)
         x = torch.cat([self.likes_embedding(likes_level), self.views_embedding(views_level), target, pooled], -1)
         return self.head(self.interaction(x)).squeeze(-1)  # (B,)
