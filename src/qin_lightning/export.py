@@ -1,0 +1,116 @@
+"""Export a trained network for serving: `python -m qin_lightning.export CKPT --format onnx [--out model.onnx]`.
+
+The exported model takes (item_seq (B, S) int64, item_id (B,), likes_level (B,), views_level (B,)) and returns
+click probabilities (B,) float32. It is self-contained and is the fast inference form of the same function:
+the (N, 3E) item table is stored in the graph (no tag pooling / projection per request), attention uses the
+pre-multiplied d x d matrices and every QNN layer is one folded D x D matrix (models.switches). The batch
+and history axes are dynamic. Written atomically; an existing file is replaced only with `--overwrite`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import sys
+import warnings
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from qin_lightning.checkpoint import load_network
+from qin_lightning.cli import run_reporting_errors
+from qin_lightning.errors import QinError
+from qin_lightning.files import atomic_write_bytes
+from qin_lightning.models.items import caches_as_constants
+from qin_lightning.models.switches import set_fast_paths
+
+INPUT_NAMES = ["item_seq", "item_id", "likes_level", "views_level"]
+OUTPUT_NAME = "probability"
+FORMATS = ("onnx",)
+OPSET = 17
+
+
+class ProbabilityModel(nn.Module):
+    """Wraps a CTR network (logits) into the serving signature returning probabilities."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, item_seq: Tensor, item_id: Tensor, likes_level: Tensor, views_level: Tensor) -> Tensor:
+        return torch.sigmoid(self.net(item_seq, item_id, likes_level, views_level).float())  # (B,)
+
+
+def example_inputs(seq_len: int, batch: int = 2) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """A small valid request (some padding) used to build the caches and to trace."""
+    item_seq = torch.zeros(batch, seq_len, dtype=torch.long)
+    item_seq[:, -1] = 1
+    ones = torch.ones(batch, dtype=torch.long)
+    return item_seq, ones, ones, ones
+
+
+def onnx_bytes(net: nn.Module, seq_len: int = 64, opset: int = OPSET) -> bytes:
+    """The ONNX model (bytes) of `net` in its fast eval form; `net` is left in eval mode with fast paths on."""
+    net.eval()
+    set_fast_paths(net, True)
+    model = ProbabilityModel(net).eval()
+    inputs = example_inputs(seq_len)
+    buffer = io.BytesIO()
+    with torch.no_grad():
+        model(*inputs)  # builds the item table, attention products and folded QNN layers
+        with caches_as_constants(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracer warnings about constants are what we want here
+            torch.onnx.export(
+                model,
+                inputs,
+                buffer,
+                input_names=INPUT_NAMES,
+                output_names=[OUTPUT_NAME],
+                dynamic_axes={
+                    "item_seq": {0: "batch", 1: "history"},
+                    "item_id": {0: "batch"},
+                    "likes_level": {0: "batch"},
+                    "views_level": {0: "batch"},
+                    OUTPUT_NAME: {0: "batch"},
+                },
+                opset_version=opset,
+                do_constant_folding=True,
+                dynamo=False,  # TorchScript-based exporter: no onnxscript dependency
+            )
+    return buffer.getvalue()
+
+
+def export_onnx(net: nn.Module, out: str | Path, seq_len: int = 64, overwrite: bool = False) -> Path:
+    """Write `net` as ONNX to `out` atomically; QinError if `out` exists and `overwrite` is False."""
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise QinError(f"{out}: file exists; pass --overwrite to replace it")
+    return atomic_write_bytes(out, onnx_bytes(net, seq_len))
+
+
+def export_checkpoint(checkpoint: str | Path, out: str | Path | None = None, fmt: str = "onnx",
+                      overwrite: bool = False) -> Path:
+    """Load a training checkpoint (qin_lightning.checkpoint) and export it; returns the written path."""
+    if fmt not in FORMATS:
+        raise QinError(f"--format: unknown value {fmt!r}, expected one of {list(FORMATS)}")
+    net, cfg = load_network(checkpoint)
+    seq_len = int((cfg.get("data") or {}).get("max_len") or 64)
+    target = Path(out) if out is not None else Path(checkpoint).with_suffix(".onnx")
+    return export_onnx(net, target, seq_len=seq_len, overwrite=overwrite)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m qin_lightning.export", description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint", type=Path, help="a .ckpt written by qin_lightning.train")
+    parser.add_argument("--format", default="onnx", choices=FORMATS, dest="fmt")
+    parser.add_argument("--out", type=Path, default=None, help="output file (default: CHECKPOINT with .onnx)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    args = parser.parse_args(argv)
+    path = run_reporting_errors(lambda: export_checkpoint(args.checkpoint, args.out, args.fmt, args.overwrite))
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB; inputs {', '.join(INPUT_NAMES)} -> {OUTPUT_NAME})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

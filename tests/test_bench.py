@@ -1,0 +1,67 @@
+"""The benchmark entry point on a tiny dataset: JSON keys, plain/fast parity, data-only mode (no timings)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from qin_lightning.bench import BenchArgs, main, parse_args, percentile, run
+from qin_lightning.errors import ConfigError
+
+from conftest import tiny_model_overrides
+
+REQUIRED = [
+    "train_samples_per_s", "infer_samples_per_s", "plain_train_samples_per_s", "plain_infer_samples_per_s",
+    "latency_p50_ms", "latency_p99_ms", "plain_latency_p50_ms", "plain_latency_p99_ms", "peak_rss_mb",
+    "device", "threads", "torch_version", "config", "command", "auc_plain", "auc_fast", "max_abs_prob_diff",
+    "train_speedup", "infer_speedup", "data", "model",
+]
+
+
+def tiny_args(tmp: Path, model: str = "qin", **changes) -> BenchArgs:
+    args = BenchArgs(model=model, data_scale="tiny", train_rows=256, eval_rows=192, batch_size=64, rounds=2,
+                     train_steps=1, infer_batches=1, requests=30, threads=1, data_root=str(tmp / "data"),
+                     overrides=tiny_model_overrides(model if model == "din" else None))
+    for key, value in changes.items():
+        setattr(args, key, value)
+    return args
+
+
+def test_cli_writes_json_with_parity(tmp_path: Path, capsys: pytest.CaptureFixture):
+    out = tmp_path / "bench" / "bench.json"
+    argv = ["--data-scale", "tiny", "--train-rows", "256", "--eval-rows", "192", "--batch-size", "64",
+            "--rounds", "2", "--train-steps", "1", "--infer-batches", "1", "--requests", "30", "--threads", "1",
+            "--data-root", str(tmp_path / "data"), "--out", str(out)]
+    argv += [x for o in tiny_model_overrides() for x in ("--override", o)]
+    assert main(argv) == 0
+    assert "train samples/s" in capsys.readouterr().out
+    record = json.loads(out.read_text())
+    for key in REQUIRED:
+        assert key in record, key
+    assert record["command"].startswith("python -m qin_lightning.bench") and "--batch-size 64" in record["command"]
+    assert record["config"]["batch_size"] == 64 and record["data"]["num_items"] == 60
+    assert len(record["train_rounds_samples_per_s"]["plain"]) == 2
+    assert record["max_abs_prob_diff"] < 1e-5 and record["auc_abs_diff"] < 1e-6
+    assert record["model"]["fast_paths"]["attention.fast"] is True
+    if "onnx_skipped" not in record:
+        assert record["onnx_latency_p99_ms"] > 0 and record["onnx_max_abs_prob_diff"] < 1e-5
+    assert not list(out.parent.glob(".*.tmp"))
+
+
+def test_din_and_data_only(tmp_path: Path):
+    record = run(tiny_args(tmp_path, "din", onnx=False))
+    assert record["max_abs_prob_diff"] < 1e-5 and record["infer_samples_per_s"] > 0
+    data = run(tiny_args(tmp_path, data_only=True))
+    assert "train_samples_per_s" not in data
+    assert data["data"]["rows"]["train"] == 256 and data["data"]["total_bytes"] > 0
+    assert data["data"]["generated_now"] is False  # reused from the first run (same fingerprint)
+
+
+def test_errors_and_helpers(tmp_path: Path):
+    with pytest.raises(ConfigError, match="--model"):
+        run(tiny_args(tmp_path, "dcn"))
+    args, out = parse_args(["--model", "din", "--threads", "3", "--compile", "--precision", "bf16"])
+    assert (args.model, args.threads, args.compile, args.precision, out) == ("din", 3, True, "bf16", None)
+    assert percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.5 and percentile([5.0], 99) == 5.0
