@@ -60,7 +60,8 @@ def test_config_default_source_and_switches(tmp_path: Path, monkeypatch: pytest.
 
 def test_prepares_on_first_use_into_fingerprint_folder(tmp_path: Path) -> None:
     src = make_source(tmp_path, "csv")
-    cfg = compose_train(movielens_overrides(tmp_path) + [f"data.source.src={src}", "data.source.protocol=rating"], tmp_path)
+    overrides = movielens_overrides(tmp_path) + [f"data.source.src={src}", "data.source.protocol=rating"]
+    cfg = compose_train(overrides, tmp_path)
     dm: MMCTRDataModule = instantiate(cfg.data)
     fp = MovieLensSource(src=str(src), protocol="rating", encoder="hashing").fingerprint()
     assert dm.data_dir == tmp_path / "data" / "movielens" / fp
@@ -77,8 +78,11 @@ def test_prepares_on_first_use_into_fingerprint_folder(tmp_path: Path) -> None:
 def test_missing_source_is_a_clear_config_error(tmp_path: Path) -> None:
     missing = tmp_path / "nope" / "ml-25m.zip"
     cfg = compose_train(movielens_overrides(tmp_path) + [f"data.source.src={missing}"], tmp_path / "run")
-    with pytest.raises(ConfigError, match=r"data\.source\.src=.*ml-25m\.zip: no such file or folder.*grouplens"):
+    with pytest.raises(ConfigError, match=r"data\.source\.src=.*ml-25m\.zip: no such file or folder, .*grouplens"):
         train(cfg)
+    relative = compose_train(movielens_overrides(tmp_path) + ["data.source.src=nope/ml-1m.zip"], tmp_path / "run2")
+    with pytest.raises(ConfigError, match=r"data\.source\.src=nope/ml-1m\.zip: no such file or folder \(looked in "):
+        train(relative)
     assert not (tmp_path / "data" / "movielens").exists() or not any((tmp_path / "data" / "movielens").iterdir())
 
 

@@ -565,8 +565,9 @@ class MovieLensSource:
             return out_dir
         src = self.resolved_src()
         if not src.exists():
+            where = "" if Path(self.src).expanduser().is_absolute() else f" (looked in {Path.cwd()} and {REPO_ROOT})"
             raise ConfigError(
-                f"data.source.src={self.src}: no such file or folder (looked in {Path.cwd()} and {REPO_ROOT}), "
+                f"data.source.src={self.src}: no such file or folder{where}, "
                 "expected a MovieLens release zip or folder from https://grouplens.org/datasets/movielens/ "
                 "(set data.source.src=PATH or QIN_MOVIELENS_SRC, or use a prepared folder: "
                 "data.root=FOLDER data.source=null)"
