@@ -69,3 +69,22 @@ def test_cli_end_to_end(tmp_path: Path, logger: str) -> None:
     assert len(results) == 1
     if logger == "wandb":
         assert list(results[0].parent.rglob("wandb/offline-run-*")), "wandb must run offline into the run folder"
+
+
+def test_logged_val_auc_matches_fresh_evaluation_of_last_weights(tmp_path: Path) -> None:
+    """Inference caches never go stale across epochs (fused Adam does not bump version counters)."""
+    import torch
+    from torchmetrics.functional.classification import binary_auroc
+
+    from qin_lightning.train import build_datamodule, build_module
+
+    cfg = compose_train(tiny_overrides(tmp_path) + tiny_model_overrides() + ["trainer.max_epochs=3"], tmp_path / "run")
+    results = train(cfg)
+    fresh = build_module(cfg, dm := build_datamodule(cfg))
+    state = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    fresh.load_state_dict(state["state_dict"])
+    fresh.eval()
+    with torch.inference_mode():
+        probs = torch.cat([torch.sigmoid(fresh(b)) for b in dm.val_dataloader()])
+        labels = torch.cat([b.label.long() for b in dm.val_dataloader()])
+    assert float(binary_auroc(probs, labels)) == pytest.approx(results["val_history"][-1]["auc"], abs=1e-6)

