@@ -52,7 +52,7 @@ class CTRModule(LightningModule):
         min_delta: float = 1e-6,
         compile: bool = False,
         nonfinite_check_every_n_steps: int = 1,
-        fused_adam: bool = True,
+        fused_adam: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["net"], logger=False)
@@ -185,7 +185,7 @@ class CTRModule(LightningModule):
 
     # ---- optimisation --------------------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:
-        # fused: one kernel for all parameters (the same Adam update, several times faster than the loop)
+        # fused_adam: one kernel for all parameters (the same update, faster; off by default, see the config)
         optimizer = torch.optim.Adam(self.net.parameters(), lr=self.lr, fused=self.fused_adam)
         # FuxiCTR semantics: every epoch without an improvement > min_delta multiplies lr by lr_factor.
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
