@@ -12,7 +12,6 @@ number of impressions, over users that have both a positive and a negative impre
 from __future__ import annotations
 
 import math
-import sys
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -26,7 +25,7 @@ from torch import nn
 from torchmetrics.functional.classification import binary_auroc
 
 from qin_lightning.checkpoint import load_network
-from qin_lightning.cli import set_threads
+from qin_lightning.cli import run_reporting_errors, set_threads
 from qin_lightning.data import schema as S
 from qin_lightning.data.datamodule import Batch, MMCTRDataModule, SplitDataset
 from qin_lightning.errors import ConfigError, QinError
@@ -212,13 +211,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="eval")
 def main(cfg: DictConfig) -> None:
-    try:
-        r = evaluate(cfg)
-    except QinError as err:
-        if cfg.get("debug"):
-            raise
-        print(f"error: {err}", file=sys.stderr, flush=True)
-        raise SystemExit(2) from None
+    r = run_reporting_errors(lambda: evaluate(cfg), debug=bool(cfg.get("debug")))
     print(f"wrote {r['output']}")
     print(f"{r['split']}: rows={r['rows']} auc={r['auc']:.6f} logloss={r['logloss']:.6f} gauc={r['gauc']:.6f}",
           flush=True)

@@ -11,7 +11,6 @@ An existing output is only replaced with ``overwrite=true``. Model and data sett
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 import zipfile
 from pathlib import Path
@@ -21,7 +20,7 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig
 
-from qin_lightning.cli import set_threads
+from qin_lightning.cli import run_reporting_errors, set_threads
 from qin_lightning.data import schema as S
 from qin_lightning.errors import ConfigError, QinError
 from qin_lightning.eval import CONFIG_DIR, load_for_inference, pick_device, predict_batches
@@ -99,13 +98,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="predict")
 def main(cfg: DictConfig) -> None:
-    try:
-        r = predict(cfg)
-    except QinError as err:
-        if cfg.get("debug"):
-            raise
-        print(f"error: {err}", file=sys.stderr, flush=True)
-        raise SystemExit(2) from None
+    r = run_reporting_errors(lambda: predict(cfg), debug=bool(cfg.get("debug")))
     print(f"wrote {r['rows']} predictions to {r['output']}" + (f" and {r['zip']}" if r["zip"] else ""), flush=True)
 
 

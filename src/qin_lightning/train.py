@@ -17,6 +17,7 @@ import math
 import sys
 import time
 import traceback
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,8 @@ from qin_lightning.module import CTRModule, NonFiniteLossError
 from qin_lightning.resume import GracefulInterrupt, TrainingInterrupted, make_train_data_resumable, resolve_ckpt_path
 
 log = logging.getLogger("qin_lightning.train")
+# Lightning 2.6 on torch 2.13: an internal deprecation notice printed on every run, nothing for the user to do
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
 
@@ -230,6 +233,11 @@ def main(cfg: DictConfig) -> float:
         raise
     metric = cfg.get("optimized_metric", "val/auc")
     value = results["best_val_auc"] if metric == "val/auc" else results.get(metric.replace("/", "_"), math.nan)
+    print(
+        f"run folder: {output_dir(cfg)} (results.json, checkpoints/, csv/); best epoch {results['best_epoch']} of"
+        f" {results['epochs_trained']}, {results['n_params']:,} parameters, {results['train_seconds']:.0f} s",
+        flush=True,
+    )
     print(f"best val/auc={results['best_val_auc']:.6f}", flush=True)
     return float(value)
 
