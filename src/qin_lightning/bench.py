@@ -176,7 +176,7 @@ def load_data(args: BenchArgs, record: dict[str, Any]) -> MMCTRDataModule:
         "rows": {name: len(d) for name, d in splits.items()},
         "num_items": dm.num_items,
         "num_tags": dm.num_tags,
-        "mean_history_len_train": float((history > 0).sum(1).float().mean()),
+        "mean_history_len_train": float((history > 0).sum(1, dtype=torch.int32).float().mean()),
         "generated_now": not existed,
         "generate_s": round(t1 - t0, 3),
         "load_s": round(t2 - t1, 3),
