@@ -135,3 +135,17 @@ def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert all((tmp_path / "cli" / name).is_file() for name in FILES)
     assert synthetic.main(["--out", str(tmp_path / "cli"), "--scale", "tiny", "--seed", "4"]) == 2
     assert capsys.readouterr().err.startswith("error: ")
+
+
+def test_meta_records_the_oracle_auc(tmp_path: Path) -> None:
+    """synthetic.json records the AUC of the true click probabilities (the ceiling a model can reach)."""
+    import json
+
+    import numpy as np
+
+    from qin_lightning.data.synthetic import oracle_auc
+
+    assert oracle_auc(np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1])) == 0.75
+    out = generate(SyntheticConfig.tiny(), tmp_path / "d")
+    oracle = json.loads((out / "synthetic.json").read_text())["oracle_auc"]
+    assert set(oracle) == {"train", "valid", "test"} and all(0.6 < v <= 1.0 for v in oracle.values())

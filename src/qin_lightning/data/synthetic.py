@@ -239,12 +239,27 @@ def _calibrate_bias(config: SyntheticConfig, world: _World) -> float:
     return 0.5 * (lo + hi)
 
 
-def _split_chunks(config: SyntheticConfig, world: _World, split: str, rows: int, bias: float) -> Iterator[pa.Table]:
+def oracle_auc(probs: np.ndarray, labels: np.ndarray) -> float:
+    """AUC of the true click probabilities (Mann-Whitney; the ceiling no model can beat on this data)."""
+    ranks = np.empty(probs.shape[0], dtype=np.float64)
+    ranks[np.argsort(probs, kind="stable")] = np.arange(1, probs.shape[0] + 1)
+    pos = labels == 1
+    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def _split_chunks(
+    config: SyntheticConfig, world: _World, split: str, rows: int, bias: float, truth: list[tuple[np.ndarray, np.ndarray]]
+) -> Iterator[pa.Table]:
+    """The split's row groups; appends (true probability, label) of every row to `truth`."""
     for index, start in enumerate(range(0, rows, CHUNK_ROWS)):
         rng = _rng(config, _SPLIT_STREAM[split], index)
         r = _rows(config, world, min(CHUNK_ROWS, rows - start), rng)
         p = 1.0 / (1.0 + np.exp(-(r.pop("logit") + bias)))
         label = (rng.random(p.shape[0]) < p).astype(np.int64)
+        truth.append((p.astype(np.float32), label.astype(np.int8)))
         yield S.split_table(
             r[S.USER_ID], r[S.ITEM_SEQ], r[S.LIKES_LEVEL], r[S.VIEWS_LEVEL], r[S.ITEM_ID], label
         )
@@ -277,9 +292,13 @@ def _write_all(config: SyntheticConfig, tmp: Path) -> None:
     bias = _calibrate_bias(config, world)
     pq.write_table(_item_table(config, world), tmp / S.ITEM_INFO_FILE, compression="zstd")
     sizes = {S.TRAIN: config.train_rows, S.VALID: config.valid_rows, S.TEST: config.test_rows}
+    oracle: dict[str, float] = {}
     for split, rows in sizes.items():
-        _write_table_chunks(tmp / S.FILE_NAMES[split], _split_chunks(config, world, split, rows, bias))
-    meta = {"fingerprint": config.fingerprint(), "generator_version": GENERATOR_VERSION, "config": dataclasses.asdict(config)}
+        truth: list[tuple[np.ndarray, np.ndarray]] = []
+        _write_table_chunks(tmp / S.FILE_NAMES[split], _split_chunks(config, world, split, rows, bias, truth))
+        oracle[split] = round(oracle_auc(np.concatenate([t[0] for t in truth]), np.concatenate([t[1] for t in truth])), 4)
+    meta = {"fingerprint": config.fingerprint(), "generator_version": GENERATOR_VERSION,
+            "config": dataclasses.asdict(config), "oracle_auc": oracle}
     (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
 
 
