@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO_ROOT, tiny_model_overrides, tiny_overrides
+from conftest import REPO_ROOT, compose_train, tiny_model_overrides, tiny_overrides
 
 
 def _run_train(tmp_path: Path, args: list[str]) -> subprocess.CompletedProcess[str]:
@@ -60,3 +60,29 @@ def test_optuna_two_trials(tmp_path: Path) -> None:
     best = json.loads(json.dumps(__import__("yaml").safe_load((sweep / "optimization_results.yaml").read_text())))
     assert best["best_value"] == pytest.approx(max(r["best_val_auc"] for r in results))
     assert "best_params" in best, proc.stdout[-500:]
+
+
+def test_wandb_multirun_groups_runs_and_finishes_each(tmp_path: Path) -> None:
+    """logger=wandb in a multirun: one offline wandb run per job, grouped by the sweep name, job type = experiment."""
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONPATH": str(REPO_ROOT / "src")}
+    overrides = [o for o in tiny_overrides(tmp_path) if not o.startswith("trainer.max_epochs")]
+    args = ["-m", "+experiment=qin", "seed=1,2", "logger=wandb", *overrides, *tiny_model_overrides(),
+            "trainer.max_epochs=1", f"hydra.sweep.dir={tmp_path}/logs/train/multiruns/my_sweep"]
+    proc = subprocess.run([sys.executable, "-m", "qin_lightning.train", *args], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sweep = _sweep_dir(tmp_path)
+    runs = sorted(sweep.glob("*/wandb/offline-run-*/run-*.wandb"))
+    assert len(runs) == 2, "every job of the multirun logs its own (finished) wandb run"
+    assert len({r.parent.name for r in runs}) == 2
+
+
+def test_wandb_group_is_the_sweep_name_in_a_multirun(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from qin_lightning import train as train_module
+
+    cfg = compose_train(["logger=wandb", "+experiment=ablation_softmax", *tiny_overrides(tmp_path),
+                         *tiny_model_overrides(), "trainer.fast_dev_run=true", "hydra.mode=MULTIRUN",
+                         f"hydra.sweep.dir={tmp_path}/multiruns/my_sweep"], tmp_path / "run")
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    train_module.train(cfg)
+    assert cfg.logger.wandb.group == "my_sweep" and cfg.logger.wandb.job_type == "ablation_softmax"
