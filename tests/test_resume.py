@@ -77,6 +77,20 @@ def test_resume_from_epoch_boundary_is_exact(reference: tuple[Path, dict]) -> No
     assert _history(resumed) == _history(ref)
 
 
+def test_resume_after_a_non_improving_epoch_is_exact(tmp_path: Path) -> None:
+    """last.ckpt is written after every epoch (not only improving ones), and the plateau step of the epoch the
+    checkpoint closes (lr x 0.5 after a worse epoch) is taken on resume."""
+    extra = ["model.fused_adam=true"]  # with this seed: epoch 1 is worse than epoch 0
+    ref = train(_cfg(tmp_path, "reference", extra))
+    aucs = [h["auc"] for h in _history(ref)]
+    assert aucs[1] < aucs[0], "the test needs a non-improving epoch 1"
+    train(_cfg(tmp_path, "short", ["trainer.max_epochs=2", *extra]))
+    ckpt = torch.load(tmp_path / "short" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["epoch"] == 1, "last.ckpt must be the latest epoch even when it did not improve"
+    resumed = train(_cfg(tmp_path, "short", ["ckpt_path=last", *extra]))
+    assert _history(resumed) == _history(ref)
+
+
 def test_last_lookup(tmp_path: Path) -> None:
     runs = tmp_path / "logs" / "train" / "runs" / "qin"
     old, new = runs / "2024-01-01_00-00-00", runs / "2024-01-02_00-00-00"

@@ -170,6 +170,15 @@ class CTRModule(LightningModule):
             set_rng_state(self._pending_rng)
             self._pending_rng = None
 
+    def on_train_start(self) -> None:
+        # A checkpoint written at an epoch's validation end (every last.ckpt) precedes Lightning's plateau step for
+        # that epoch, and a run resumed from it starts the next epoch without taking that step. The scheduler
+        # counts its steps (last_epoch), `val_history` holds every validated epoch: take the missing steps now.
+        for config in self.trainer.lr_scheduler_configs:
+            if isinstance(config.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                for entry in self.val_history[config.scheduler.last_epoch :]:
+                    config.scheduler.step(entry["auc"])
+
     def on_train_epoch_end(self) -> None:
         # Lightning does not step epoch-interval plateau schedulers at the end of an epoch it resumed (mid-epoch
         # or from an end-of-epoch checkpoint), since the monitored metric is not in the checkpoint. We have it in
