@@ -4,16 +4,14 @@ from __future__ import annotations
 
 from typing import Callable
 
-import torch
 from torch import Tensor, nn
 
 from qin_lightning.models.attention import TargetAttention
-from qin_lightning.models.history import attend_history
+from qin_lightning.models.features import SampleFeatures
 from qin_lightning.models.interaction import QuadraticNetwork, init_linear
-from qin_lightning.models.items import ItemEncoder, init_embedding
 
 
-class QIN(nn.Module):
+class QIN(SampleFeatures):
     """Quadratic Interest Network; `forward` returns logits (B,).
 
     likes_level / views_level: tables of `num_levels` rows with row 0 as padding (zero, never trained), as in
@@ -37,28 +35,14 @@ class QIN(nn.Module):
         interaction: Callable[[int], nn.Module] = QuadraticNetwork,
         pack_history: bool = True,
     ) -> None:
-        super().__init__()
-        self.pack_history = pack_history
-        self.items = ItemEncoder(item_tags, item_mm, num_tags, embedding_dim)
-        self.likes_embedding = nn.Embedding(num_levels, embedding_dim, padding_idx=0)
-        self.views_embedding = nn.Embedding(num_levels, embedding_dim, padding_idx=0)
-        init_embedding(self.likes_embedding)
-        init_embedding(self.views_embedding)
+        super().__init__(item_tags, item_mm, num_tags, embedding_dim, num_levels, pack_history)
         item_dim = self.items.out_dim  # 3E
         self.attention = attention(item_dim)
         self.interaction = interaction(2 * embedding_dim + 2 * item_dim)  # 8E
         self.head = nn.Linear(self.interaction.out_dim, 1)
         init_linear(self.head)
 
-    def embedding_parameters(self) -> list[nn.Parameter]:
-        return self.items.embedding_parameters() + [self.likes_embedding.weight, self.views_embedding.weight]
-
-    def dense_parameters(self) -> list[nn.Parameter]:
-        embedding = {id(p) for p in self.embedding_parameters()}
-        return [p for p in self.parameters() if p.requires_grad and id(p) not in embedding]
-
     def forward(self, item_seq: Tensor, item_id: Tensor, likes_level: Tensor, views_level: Tensor) -> Tensor:
         # item_seq (B, S), item_id / likes_level / views_level (B,) -> logits (B,)
-        target, pooled = attend_history(self.items, self.attention, item_seq, item_id, self.pack_history)
-        x = torch.cat([self.likes_embedding(likes_level), self.views_embedding(views_level), target, pooled], -1)
+        x = self.features(self.attention, item_seq, item_id, likes_level, views_level)  # (B, 8E)
         return self.head(self.interaction(x)).squeeze(-1)  # (B,)
