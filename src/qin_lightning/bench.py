@@ -36,7 +36,6 @@ from typing import Any, Callable, Iterator
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 from torchmetrics.functional.classification import binary_auroc
@@ -48,6 +47,7 @@ from qin_lightning.errors import ConfigError
 from qin_lightning.files import atomic_write_json
 from qin_lightning.models.switches import fast_path_state, set_fast_paths
 from qin_lightning.module import CTRModule
+from qin_lightning.train import build_module
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 MICROLENS_ITEMS, MICROLENS_TAGS = 91_718, 11_740  # incl. the padding id 0 (REFERENCE section 1)
@@ -231,14 +231,6 @@ def compose_config(args: BenchArgs) -> DictConfig:
             return compose(config_name="train", overrides=[f"model={args.model}", *args.overrides])
     finally:
         GlobalHydra.instance().clear()
-
-
-def build_module(cfg: DictConfig, dm: MMCTRDataModule, args: BenchArgs) -> CTRModule:
-    net = instantiate(cfg.model.net, item_tags=dm.item_tags, item_mm=dm.item_mm, num_tags=dm.num_tags)
-    kwargs = {k: v for k, v in cfg.model.items() if k != "net"}
-    module: CTRModule = instantiate(OmegaConf.create(kwargs), net=net)
-    module.compile = args.compile
-    return module
 
 
 def autocast(args: BenchArgs, device: torch.device) -> contextlib.AbstractContextManager:
@@ -514,7 +506,8 @@ def run(args: BenchArgs, out: str | Path | None = None, command: str | None = No
 
 def run_model(args: BenchArgs, dm: MMCTRDataModule, device: torch.device, record: dict[str, Any]) -> None:
     cfg = compose_config(args)
-    module = build_module(cfg, dm, args).to(device)
+    module = build_module(cfg, dm).to(device)
+    module.compile = args.compile
     net = module.net
     record["model"] = {
         "name": args.model,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import Callable, TypeVar
+from typing import Callable, NoReturn, TypeVar
 
 import torch
 
@@ -24,6 +24,12 @@ def set_threads(threads: int | None) -> None:
     torch.set_num_threads(threads)
 
 
+def exit_with_error(err: QinError) -> NoReturn:
+    """End the process with ``error: <message>`` on stderr, exit status 2, no traceback."""
+    print(f"error: {err}", file=sys.stderr, flush=True)
+    raise SystemExit(2) from None
+
+
 def run_reporting_errors(fn: Callable[[], T], debug: bool = False) -> T:
     """Run ``fn``; a ``QinError`` ends the process with ``error: <message>`` (exit 2) and no traceback."""
     try:
@@ -31,5 +37,4 @@ def run_reporting_errors(fn: Callable[[], T], debug: bool = False) -> T:
     except QinError as err:
         if debug:
             raise
-        print(f"error: {err}", file=sys.stderr, flush=True)
-        raise SystemExit(2) from None
+        exit_with_error(err)

@@ -30,20 +30,13 @@ from qin_lightning.data import schema as S
 from qin_lightning.data.datamodule import Batch, MMCTRDataModule, SplitDataset
 from qin_lightning.errors import ConfigError, QinError
 from qin_lightning.files import atomic_write_json
-from qin_lightning.metrics import LOGLOSS_EPS
+from qin_lightning.metrics import BinaryLogLoss
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 DATA_OVERRIDES = ("root", "batch_size")  # the only data settings eval/predict may change
 
 
 # ---- metrics ------------------------------------------------------------------------------------------------
-def logloss(probs: np.ndarray, labels: np.ndarray, eps: float = LOGLOSS_EPS) -> float:
-    """Mean binary cross-entropy of clipped probabilities (same as `metrics.BinaryLogLoss`)."""
-    p = np.clip(probs.astype(np.float64), eps, 1.0 - eps)
-    y = labels.astype(np.float64)
-    return float(-(y * np.log(p) + (1.0 - y) * np.log(1.0 - p)).mean())
-
-
 def group_auc(user: np.ndarray, labels: np.ndarray, scores: np.ndarray) -> tuple[float, int]:
     """(gAUC, number of users counted): impression-weighted mean of per-user AUCs, one-class users skipped.
 
@@ -188,7 +181,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     gauc, gauc_users = group_auc(users, labels, probs)
     metrics = {
         "auc": float(binary_auroc(torch.from_numpy(probs), torch.from_numpy(labels).long())),
-        "logloss": logloss(probs, labels),
+        "logloss": float(BinaryLogLoss()(torch.from_numpy(probs), torch.from_numpy(labels))),
         "gauc": gauc,
     }
     out = Path(str(cfg.output)) if cfg.get("output") else ckpt.with_name(f"{ckpt.stem}.eval_{split}.json")

@@ -30,9 +30,10 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import Logger, WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from qin_lightning.cli import set_threads
+from qin_lightning.cli import exit_with_error, set_threads
 from qin_lightning.errors import ConfigError, QinError
 from qin_lightning.files import atomic_write_json
 from qin_lightning.module import CTRModule, NonFiniteLossError
@@ -112,7 +113,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     dm = build_datamodule(cfg)
     module = build_module(cfg, dm)
-    module.run_config = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    module.run_config = resolved  # type: ignore[assignment]
 
     if "wandb" in (cfg.get("logger") or {}) and cfg.logger.wandb is not None and cfg.logger.wandb.group is None:
         with open_dict(cfg):
@@ -122,7 +124,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     loggers: list[Logger] = instantiate_list(cfg.get("logger"))
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for lg in loggers:
-        lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
+        lg.log_hyperparams(resolved)  # type: ignore[arg-type]
 
     ckpt_cb = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint) and c.monitor), None)
     ckpt_dir = Path(ckpt_cb.dirpath) if ckpt_cb is not None and ckpt_cb.dirpath else out_dir / "checkpoints"
@@ -201,7 +203,8 @@ def _record_failure(cfg: DictConfig, err: BaseException, status: str = "failed")
     }
     if isinstance(err, TrainingInterrupted):
         record["checkpoint"] = err.checkpoint
-    atomic_write_json(output_dir(cfg) / "results.json", record)
+    if rank_zero_only.rank == 0:  # under DDP every rank gets here; one writes
+        atomic_write_json(output_dir(cfg) / "results.json", record)
 
 
 def resume_command(cfg: DictConfig) -> str:
@@ -228,8 +231,7 @@ def main(cfg: DictConfig) -> float:
             log.error("run failed: %s", "".join(traceback.format_exception_only(type(err), err)).strip())
             return float("nan")
         if isinstance(err, QinError) and not debug:
-            print(f"error: {err}", file=sys.stderr, flush=True)
-            raise SystemExit(2) from None
+            exit_with_error(err)
         raise
     metric = cfg.get("optimized_metric", "val/auc")
     value = results["best_val_auc"] if metric == "val/auc" else results.get(metric.replace("/", "_"), math.nan)
