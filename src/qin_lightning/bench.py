@@ -6,7 +6,8 @@ one (models.switches.set_fast_paths) on the same batches (ABAB...), and the medi
   + the CTRModule optimizer step, samples/s;
 - inference: eval mode, `torch.inference_mode`, batches of `--batch-size`, samples/s;
 - single-request latency (batch 1, p50/p99 over `--requests`) of the eager model (plain and fast) and of the
-  exported ONNX model in onnxruntime (if installed); inputs are prepared beforehand (not timed);
+  exported ONNX model in onnxruntime (if installed), exact fp32 and `--weights int8` interleaved; inputs are
+  prepared beforehand (not timed);
 - AUC parity: the trained weights evaluated on the validation split by both paths (AUCs and max |dp|);
 - peak RSS (getrusage) and the RSS after each phase.
 Data: a synthetic dataset in the MMCTR layout (qin_lightning.data) with the real MicroLens vocabulary sizes
@@ -33,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import numpy as np
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
@@ -383,49 +385,80 @@ def measure_latency(net: nn.Module, requests: list[Batch], args: BenchArgs, devi
     record["latency_requests"] = len(requests)
 
 
+def interleaved_latency_ms(runs: dict[str, Callable[[int], object]], count: int, chunk: int = 50,
+                           warmup: int = 20) -> dict[str, list[float]]:
+    """Batch-1 latencies of several CPU runners measured side by side: `chunk` requests of each in turn
+    (ABAB...), so a noisy neighbour or a clock change hits every runner alike."""
+    for run in runs.values():
+        for i in range(min(warmup, count)):
+            run(i)
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for first in range(0, count, chunk):
+        for name, run in runs.items():
+            for i in range(first, min(first + chunk, count)):
+                t0 = time.perf_counter()
+                run(i)
+                times[name].append((time.perf_counter() - t0) * 1e3)
+    return times
+
+
 def measure_onnx(net: nn.Module, requests: list[Batch], batches: list[Batch], args: BenchArgs,
                  record: dict[str, Any]) -> None:
-    """Export (qin_lightning.export), then onnxruntime latency, throughput and parity vs the eager model."""
+    """Export (qin_lightning.export) in both weight formats, then onnxruntime batch-1 latency (fp32 and int8
+    interleaved), throughput and parity vs the eager model: fp32 max |dp|; int8 max/mean |dp| and validation
+    AUC (keys `onnx_*` for the exact fp32 export, `onnx_int8_*` for `--weights int8`)."""
     try:
         import onnxruntime as ort
     except ImportError:
         record["onnx_skipped"] = "onnxruntime not installed (pip install -e '.[serve]')"
         return
-    from qin_lightning.export import INPUT_NAMES, export_onnx
+    from qin_lightning.export import DEFAULT_BLOCK_SIZE, export_onnx, int8_onnx_bytes
+    from qin_lightning.onnx_runtime import feed as onnx_feed
+    from qin_lightning.onnx_runtime import open_session
 
     cpu_net = net.to("cpu").eval()
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         path = export_onnx(cpu_net, Path(tmp) / "model.onnx", seq_len=requests[0].item_seq.shape[1])
         record["onnx_export_s"] = round(time.perf_counter() - t0, 2)
-        record["onnx_file_mb"] = round(path.stat().st_size / 2**20, 1)
-        sessions = {}
-        for threads in sorted({args.threads, 1}, reverse=True):
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
-            sessions[threads] = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        models = {"onnx": path.read_bytes()}
+    models["onnx_int8"] = int8_onnx_bytes(models["onnx"], DEFAULT_BLOCK_SIZE)
+    record["onnx_int8_block_size"] = DEFAULT_BLOCK_SIZE
+    for key, model in models.items():
+        record[f"{key}_file_mb"] = round(len(model) / 2**20, 1)
     record["onnxruntime_version"] = ort.__version__
+    thread_counts = sorted({args.threads, 1}, reverse=True)
+    sessions = {(key, t): open_session(model, threads=t) for key, model in models.items() for t in thread_counts}
 
     def feed(batch: Batch) -> dict[str, Any]:
-        return {name: t.cpu().numpy() for name, t in zip(INPUT_NAMES, inputs(batch))}
+        return onnx_feed(*inputs(batch))
 
     feeds = [feed(r) for r in requests]
-    for threads, sess in sessions.items():
+    for threads in thread_counts:
         suffix = "_1thread" if threads != args.threads else ""
-        times = latency_ms(lambda i: sess.run(None, feeds[i]), len(feeds), torch.device("cpu"))
-        record[f"onnx{suffix}_latency_p50_ms"] = percentile(times, 50)
-        record[f"onnx{suffix}_latency_p99_ms"] = percentile(times, 99)
-    session = sessions[args.threads]
+        runs = {key: (lambda i, s=sessions[(key, threads)]: s.run(None, feeds[i])) for key in models}
+        for key, times in interleaved_latency_ms(runs, len(feeds)).items():
+            record[f"{key}{suffix}_latency_p50_ms"] = percentile(times, 50)
+            record[f"{key}{suffix}_latency_p99_ms"] = percentile(times, 99)
     full = [b for b in batches if b.label.shape[0] == args.batch_size] or batches
     chosen = [feed(full[i % len(full)]) for i in range(args.infer_batches)]
-    session.run(None, chosen[0])
-    t0 = time.perf_counter()
-    outs = [session.run(None, f)[0] for f in chosen]
-    record["onnx_infer_samples_per_s"] = sum(len(o) for o in outs) / (time.perf_counter() - t0)
+    for key in models:
+        session = sessions[(key, args.threads)]
+        session.run(None, chosen[0])
+        t0 = time.perf_counter()
+        n = sum(len(session.run(None, f)[0]) for f in chosen)
+        record[f"{key}_infer_samples_per_s"] = n / (time.perf_counter() - t0)
     set_fast_paths(cpu_net, True)
-    reference = predict(cpu_net, Batch(*(t.cpu() for t in full[0])), args, torch.device("cpu"))
-    record["onnx_max_abs_prob_diff"] = float((torch.from_numpy(outs[0]) - reference).abs().max())
+    cpu_batches = [Batch(*(t.cpu() for t in b)) for b in batches]
+    reference = torch.cat([predict(cpu_net, b, args, torch.device("cpu")) for b in cpu_batches])
+    labels = torch.cat([b.label for b in cpu_batches]).long()
+    for key in models:
+        session = sessions[(key, args.threads)]
+        probs = torch.from_numpy(np.concatenate([session.run(None, feed(b))[0] for b in cpu_batches]))
+        diff = (probs - reference).abs()
+        record[f"{key}_max_abs_prob_diff"] = float(diff.max())
+        record[f"{key}_mean_abs_prob_diff"] = float(diff.mean())
+        record[f"{key}_auc"] = float(binary_auroc(probs, labels))
 
 
 # ---- report ----------------------------------------------------------------------------------------------
@@ -453,10 +486,14 @@ def table(record: dict[str, Any]) -> str:
         lines.append(f"{'latency p50 / p99 ms, 1 thread':34s} "
                      f"{fmt(r('plain_latency_1thread_p50_ms')) + ' / ' + fmt(r('plain_latency_1thread_p99_ms')):>14s} "
                      f"{fmt(r('latency_1thread_p50_ms')) + ' / ' + fmt(r('latency_1thread_p99_ms')):>14s}")
-    for suffix, label in (("", ""), ("_1thread", ", 1 thread")):
-        if r(f"onnx{suffix}_latency_p50_ms") is not None:
-            lines.append(f"{'ONNX latency p50 / p99 ms' + label:34s} {'':>14s} "
-                         f"{fmt(r(f'onnx{suffix}_latency_p50_ms')) + ' / ' + fmt(r(f'onnx{suffix}_latency_p99_ms')):>14s}")
+    for key, name in (("onnx", "ONNX fp32"), ("onnx_int8", "ONNX int8")):
+        for suffix, label in (("", ""), ("_1thread", ", 1 thread")):
+            if r(f"{key}{suffix}_latency_p50_ms") is not None:
+                lines.append(f"{name + ' latency p50 / p99 ms' + label:34s} {'':>14s} "
+                             f"{fmt(r(f'{key}{suffix}_latency_p50_ms')) + ' / ' + fmt(r(f'{key}{suffix}_latency_p99_ms')):>14s}")
+    if r("onnx_int8_auc") is not None:
+        lines.append(f"ONNX int8 vs eager: AUC {r('onnx_int8_auc'):.6f} vs {r('auc_fast'):.6f}, "
+                     f"mean |dp| {fmt(r('onnx_int8_mean_abs_prob_diff'))}, max |dp| {fmt(r('onnx_int8_max_abs_prob_diff'))}")
     if r("epoch_seconds") is not None:
         lines.append(f"{'whole epoch s (fast)':34s} {'':>14s} {fmt(r('epoch_seconds')):>14s}")
     lines.append(f"max |p_fast - p_plain| = {fmt(r('max_abs_prob_diff'))}; peak RSS {fmt(r('peak_rss_mb'))} MB; "

@@ -1,6 +1,8 @@
 """Evaluate a checkpoint: ``python -m qin_lightning.eval ckpt_path=<ckpt> [split=valid|test] [data.root=...]``.
 
-Prints and writes AUC, logloss and gAUC of one split. The network and the data configuration come from the
+Prints and writes AUC, logloss and gAUC of one split. With ``onnx=<model.onnx>`` the probabilities come from
+that exported model (qin_lightning.export, e.g. its `--weights int8` form) run in onnxruntime instead of the
+checkpoint's PyTorch network; the checkpoint still names the data. The network and the data configuration come from the
 checkpoint (`qin_config`, written by `qin_lightning.train`); only where the data lives (``data.root``) and the
 batch size (``data.batch_size``) may be overridden. The data's item tables must be the ones the model was
 trained with (same rows, same values), else the ids would silently mean other items.
@@ -31,6 +33,7 @@ from qin_lightning.data.datamodule import Batch, MMCTRDataModule, SplitDataset
 from qin_lightning.errors import ConfigError, QinError
 from qin_lightning.files import atomic_write_json
 from qin_lightning.metrics import BinaryLogLoss
+from qin_lightning.onnx_runtime import feed, open_session
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 DATA_OVERRIDES = ("root", "batch_size")  # the only data settings eval/predict may change
@@ -153,6 +156,13 @@ def predict_batches(
             yield batch, torch.sigmoid(logits.float()).cpu().numpy()
 
 
+def onnx_predict_batches(session: Any, data: SplitDataset, batch_size: int) -> Iterator[tuple[Batch, np.ndarray]]:
+    """Like `predict_batches`, with an onnxruntime session of an exported model (qin_lightning.onnx_runtime)."""
+    for index in torch.arange(len(data)).split(batch_size):
+        batch = data[index]
+        yield batch, session.run(None, feed(batch.item_seq, batch.item_id, batch.likes_level, batch.views_level))[0]
+
+
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Metrics of `cfg.split` for `cfg.ckpt_path`; writes them to JSON (atomic) and returns them."""
     started = time.time()
@@ -168,14 +178,20 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             f"{dm.data_dir / S.FILE_NAMES[split]}: has no '{S.LABEL}' column, so it cannot be evaluated "
             "(use python -m qin_lightning.predict for the submission file)"
         )
+    onnx_model = Path(str(cfg.onnx)) if cfg.get("onnx") else None
+    if onnx_model is not None:
+        session = open_session(onnx_model, threads=torch.get_num_threads(), name="onnx")
+        batches = onnx_predict_batches(session, data, dm.eval_batch_size)
+    else:
+        batches = predict_batches(net, data, dm.eval_batch_size, pick_device(str(cfg.device)))
     probs = np.empty(len(data), dtype=np.float32)
     start = 0
-    for batch, p in predict_batches(net, data, dm.eval_batch_size, pick_device(str(cfg.device))):
+    for batch, p in batches:
         probs[start : start + len(p)] = p
         start += len(p)
     if not np.isfinite(probs).all():
         bad = int(np.flatnonzero(~np.isfinite(probs))[0])
-        raise QinError(f"{ckpt}: the model predicts a non-finite probability for {split} row {bad}")
+        raise QinError(f"{onnx_model or ckpt}: the model predicts a non-finite probability for {split} row {bad}")
     labels = data.label.numpy()
     users = data.user_id.numpy()
     gauc, gauc_users = group_auc(users, labels, probs)
@@ -184,7 +200,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "logloss": float(BinaryLogLoss()(torch.from_numpy(probs), torch.from_numpy(labels))),
         "gauc": gauc,
     }
-    out = Path(str(cfg.output)) if cfg.get("output") else ckpt.with_name(f"{ckpt.stem}.eval_{split}.json")
+    scored = onnx_model if onnx_model is not None else ckpt
+    out = Path(str(cfg.output)) if cfg.get("output") else scored.with_name(f"{scored.stem}.eval_{split}.json")
     results = {
         **metrics,
         "split": split,
@@ -193,6 +210,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "gauc_users": gauc_users,
         "users": int(np.unique(users).size),
         "checkpoint": str(ckpt),
+        "onnx": str(onnx_model) if onnx_model is not None else None,
         "experiment": run_cfg.get("experiment_name"),
         "data_dir": str(dm.data_dir),
         "seconds": round(time.time() - started, 2),

@@ -1,10 +1,15 @@
-"""Export a trained network for serving: `python -m qin_lightning.export CKPT --format onnx [--out model.onnx]`.
+"""Export a trained network for serving: `python -m qin_lightning.export CKPT [--out model.onnx] [--weights int8]`.
 
 The exported model takes (item_seq (B, S) int64, item_id (B,), likes_level (B,), views_level (B,)) and returns
 click probabilities (B,) float32. It is self-contained and is the fast inference form of the same function:
 the (N, 3E) item table is stored in the graph (no tag pooling / projection per request), attention uses the
 pre-multiplied d x d matrices and every QNN layer is one folded D x D matrix (models.switches). The batch
 and history axes are dynamic. Written atomically; an existing file is replaced only with `--overwrite`.
+
+`--weights fp32` (default) is exact (same function up to rounding) and runs on any ONNX runtime.
+`--weights int8` stores the weight matrices as blockwise int8 (qin_lightning.onnx_int8): about 4x fewer bytes
+read per single request, an approximation of the model, onnxruntime only. Check its accuracy with
+`python -m qin_lightning.eval ckpt_path=CKPT onnx=model.int8.onnx`.
 """
 
 from __future__ import annotations
@@ -24,11 +29,14 @@ from qin_lightning.errors import QinError
 from qin_lightning.files import atomic_write_bytes
 from qin_lightning.models.items import caches_as_constants
 from qin_lightning.models.switches import set_fast_paths
+from qin_lightning.onnx_runtime import INPUT_NAMES as ONNX_INPUTS
 
-INPUT_NAMES = ["item_seq", "item_id", "likes_level", "views_level"]
+INPUT_NAMES = list(ONNX_INPUTS)
 OUTPUT_NAME = "probability"
 FORMATS = ("onnx",)
+WEIGHTS = ("fp32", "int8")
 OPSET = 17
+DEFAULT_BLOCK_SIZE = 128  # int8 weights: one scale per 128 inputs of each output column
 
 
 class ProbabilityModel(nn.Module):
@@ -81,23 +89,54 @@ def onnx_bytes(net: nn.Module, seq_len: int = 64, opset: int = OPSET) -> bytes:
     return buffer.getvalue()
 
 
-def export_onnx(net: nn.Module, out: str | Path, seq_len: int = 64, overwrite: bool = False) -> Path:
+def check_weights(weights: str, block_size: int) -> None:
+    """QinError for an unknown `--weights`, a bad `--block-size` or (int8) a missing onnx package."""
+    if weights not in WEIGHTS:
+        raise QinError(f"--weights: unknown value {weights!r}, expected one of {list(WEIGHTS)}")
+    if weights == "int8":
+        try:
+            import onnx  # noqa: F401
+        except ImportError:
+            raise QinError("--weights int8: needs the onnx package (pip install -e '.[serve]')") from None
+        from qin_lightning.onnx_int8 import check_block_size
+
+        check_block_size(block_size)
+
+
+def int8_onnx_bytes(fp32_model: bytes, block_size: int = DEFAULT_BLOCK_SIZE) -> bytes:
+    """The `--weights int8` form of an fp32 export (qin_lightning.onnx_int8)."""
+    import onnx
+
+    from qin_lightning.onnx_int8 import quantize_weights_int8
+
+    return quantize_weights_int8(onnx.load_from_string(fp32_model), block_size).SerializeToString()
+
+
+def export_onnx(net: nn.Module, out: str | Path, seq_len: int = 64, overwrite: bool = False,
+                weights: str = "fp32", block_size: int = DEFAULT_BLOCK_SIZE) -> Path:
     """Write `net` as ONNX to `out` atomically; QinError if `out` exists and `overwrite` is False."""
+    check_weights(weights, block_size)
     out = Path(out)
     if out.exists() and not overwrite:
         raise QinError(f"{out}: file exists; pass --overwrite to replace it")
-    return atomic_write_bytes(out, onnx_bytes(net, seq_len))
+    model = onnx_bytes(net, seq_len)
+    if weights == "int8":
+        model = int8_onnx_bytes(model, block_size)
+    return atomic_write_bytes(out, model)
 
 
 def export_checkpoint(checkpoint: str | Path, out: str | Path | None = None, fmt: str = "onnx",
-                      overwrite: bool = False) -> Path:
+                      overwrite: bool = False, weights: str = "fp32",
+                      block_size: int = DEFAULT_BLOCK_SIZE) -> Path:
     """Load a training checkpoint (qin_lightning.checkpoint) and export it; returns the written path."""
     if fmt not in FORMATS:
         raise QinError(f"--format: unknown value {fmt!r}, expected one of {list(FORMATS)}")
+    check_weights(weights, block_size)
     net, cfg = load_network(checkpoint)
     seq_len = int((cfg.get("data") or {}).get("max_len") or 64)
-    target = Path(out) if out is not None else Path(checkpoint).with_suffix(".onnx")
-    return export_onnx(net, target, seq_len=seq_len, overwrite=overwrite)
+    suffix = ".onnx" if weights == "fp32" else f".{weights}.onnx"
+    target = Path(out) if out is not None else Path(checkpoint).with_suffix(suffix)
+    return export_onnx(net, target, seq_len=seq_len, overwrite=overwrite, weights=weights, block_size=block_size)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,8 +145,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--format", default="onnx", choices=FORMATS, dest="fmt")
     parser.add_argument("--out", type=Path, default=None, help="output file (default: CHECKPOINT with .onnx)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    parser.add_argument("--weights", default="fp32", choices=WEIGHTS,
+                        help="fp32: exact (default); int8: blockwise int8 weight matrices, faster, approximate, "
+                             "onnxruntime only (default output CHECKPOINT.int8.onnx)")
+    parser.add_argument("--block-size", type=int, default=DEFAULT_BLOCK_SIZE,
+                        help="int8: inputs per scale (a power of two >= 16)")
     args = parser.parse_args(argv)
-    path = run_reporting_errors(lambda: export_checkpoint(args.checkpoint, args.out, args.fmt, args.overwrite))
+    path = run_reporting_errors(lambda: export_checkpoint(args.checkpoint, args.out, args.fmt, args.overwrite,
+                                                          args.weights, args.block_size))
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB; inputs {', '.join(INPUT_NAMES)} -> {OUTPUT_NAME})")
     return 0
 
