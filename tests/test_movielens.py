@@ -390,6 +390,24 @@ def test_source_prepare_and_fingerprint(tmp_path: Path) -> None:
     assert (out / "train.parquet").stat().st_mtime_ns == mtime
 
 
+def test_minilm_data_is_found_without_the_text_extra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A folder converted with MiniLM keeps its name (fingerprint) where sentence-transformers is missing, so
+    eval / predict of such a checkpoint work; only a new conversion asks for the extra."""
+    import qin_lightning.data.text_embed as te
+
+    src = make_source(tmp_path, "1m")
+    monkeypatch.setattr(te, "minilm_available", lambda: True)
+    with_extra = MovieLensSource(src=str(src), encoder="minilm").fingerprint()
+    auto_with_extra = MovieLensSource(src=str(src), encoder="auto").fingerprint()
+    monkeypatch.setattr(te, "minilm_available", lambda: False)
+    s = MovieLensSource(src=str(src), encoder="minilm")
+    assert s.fingerprint() == with_extra == auto_with_extra
+    assert MovieLensSource(src=str(src), encoder="auto").fingerprint() == \
+        MovieLensSource(src=str(src), encoder="hashing").fingerprint() != with_extra
+    with pytest.raises(ConfigError, match="needs the optional extra `text`.*data.source.encoder"):
+        s.prepare(tmp_path / "root" / s.fingerprint())
+
+
 # ---- the real ml-latest-small --------------------------------------------------------------------------
 @pytest.mark.skipif(not ML_SMALL.is_file(), reason=f"{ML_SMALL} not present (MovieLens ml-latest-small zip)")
 def test_ml_latest_small(tmp_path: Path) -> None:

@@ -5,9 +5,12 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import Callable, NoReturn, TypeVar
+from typing import Any, Callable, NoReturn, TypeVar
 
 import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig
 
 from qin_lightning.errors import QinError
 
@@ -38,3 +41,16 @@ def run_reporting_errors(fn: Callable[[], T], debug: bool = False) -> T:
         if debug:
             raise
         exit_with_error(err)
+
+
+def instantiate_reporting(node: DictConfig, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate``, re-raising a QinError raised inside a constructor as itself (one line)."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as err:
+        cause = err.__cause__
+        while cause is not None and not isinstance(cause, QinError):
+            cause = cause.__cause__
+        if isinstance(cause, QinError):
+            raise cause from err
+        raise

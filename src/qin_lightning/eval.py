@@ -21,13 +21,12 @@ from typing import Any, Iterator
 import hydra
 import numpy as np
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torchmetrics.functional.classification import binary_auroc
 
 from qin_lightning.checkpoint import load_network
-from qin_lightning.cli import run_reporting_errors, set_threads
+from qin_lightning.cli import instantiate_reporting, run_reporting_errors, set_threads
 from qin_lightning.data import schema as S
 from qin_lightning.data.datamodule import Batch, MMCTRDataModule, SplitDataset
 from qin_lightning.errors import ConfigError, QinError
@@ -129,7 +128,7 @@ def load_for_inference(
         raise ConfigError("ckpt_path is required, e.g. ckpt_path=logs/train/runs/qin/<run>/checkpoints/last.ckpt")
     net, run_cfg = load_network(ckpt_path)
     data = data_config(run_cfg, data_overrides, ckpt_path)
-    dm = instantiate(OmegaConf.create(data), _convert_="object")
+    dm = instantiate_reporting(OmegaConf.create(data), _convert_="object")
     dm.prepare_data()
     dm.setup(stage)
     check_item_tables(net, dm, ckpt_path)

@@ -25,7 +25,6 @@ import hydra
 import lightning.pytorch as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
@@ -33,7 +32,7 @@ from lightning.pytorch.loggers import Logger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from qin_lightning.cli import exit_with_error, set_threads
+from qin_lightning.cli import exit_with_error, instantiate_reporting, set_threads
 from qin_lightning.errors import ConfigError, QinError
 from qin_lightning.files import atomic_write_json
 from qin_lightning.module import CTRModule, NonFiniteLossError
@@ -47,7 +46,7 @@ CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
 def build_datamodule(cfg: DictConfig) -> pl.LightningDataModule:
     """Instantiate ``cfg.data``, generate/prepare it if needed and load it (stage ``fit``)."""
-    dm = instantiate(cfg.data, _convert_="object")
+    dm = instantiate_reporting(cfg.data, _convert_="object")
     dm.prepare_data()
     dm.setup("fit")
     return dm
@@ -60,19 +59,6 @@ def build_module(cfg: DictConfig, dm: pl.LightningDataModule) -> CTRModule:
     net = instantiate_reporting(cfg.model.net, item_tags=dm.item_tags, item_mm=dm.item_mm, num_tags=dm.num_tags)
     model_kwargs = {k: v for k, v in cfg.model.items() if k != "net"}
     return instantiate_reporting(OmegaConf.create(model_kwargs), net=net)
-
-
-def instantiate_reporting(node: DictConfig, **kwargs: Any) -> Any:
-    """``hydra.utils.instantiate``, re-raising a QinError raised inside a constructor as itself (one line)."""
-    try:
-        return instantiate(node, **kwargs)
-    except InstantiationException as err:
-        cause = err.__cause__
-        while cause is not None and not isinstance(cause, QinError):
-            cause = cause.__cause__
-        if isinstance(cause, QinError):
-            raise cause from err
-        raise
 
 
 def instantiate_list(group: DictConfig | None) -> list[Any]:

@@ -64,7 +64,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from qin_lightning.data import schema as S
-from qin_lightning.data.text_embed import default_cache_dir, embed_texts, pca_reduce, resolve_encoder
+from qin_lightning.data.text_embed import (
+    default_cache_dir,
+    embed_texts,
+    pca_reduce,
+    encoder_id,
+    resolve_encoder,
+)
 from qin_lightning.errors import ConfigError, DataValidationError
 
 PROTOCOLS = ("sampled", "rating")
@@ -545,7 +551,7 @@ class MovieLensSource:
         return p
 
     def _encoder_name(self) -> str:
-        return resolve_encoder(self.encoder, seed=self.seed).name
+        return encoder_id(self.encoder, seed=self.seed)
 
     def fingerprint(self) -> str:
         """Folder name identifying the converted data (source name + size, options, resolved encoder)."""

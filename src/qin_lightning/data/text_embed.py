@@ -127,17 +127,31 @@ class HashingEncoder:
         return out
 
 
-def resolve_encoder(name: str, seed: int = 0) -> TextEncoder:
-    """Build the encoder called `name` ("auto" = minilm if installed, else hashing)."""
+def resolved_encoder_name(name: str) -> str:
+    """The encoder `name` stands for ("auto" = minilm if installed, else hashing), without building it."""
     if name not in ENCODERS:
         raise ConfigError(f"encoder '{name}' is unknown, expected one of {', '.join(ENCODERS)}")
     if name == "auto":
-        name = "minilm" if minilm_available() else "hashing"
+        return "minilm" if minilm_available() else "hashing"
+    return name
+
+
+def encoder_id(name: str, seed: int = 0) -> str:
+    """The `.name` of the encoder `resolve_encoder(name, seed)` would build, without needing its packages
+    (data converted with MiniLM stays usable for eval/predict where the `text` extra is missing)."""
+    if resolved_encoder_name(name) == "minilm":
+        return MiniLMEncoder.name
+    return HashingEncoder(seed=seed).name
+
+
+def resolve_encoder(name: str, seed: int = 0) -> TextEncoder:
+    """Build the encoder called `name` ("auto" = minilm if installed, else hashing)."""
+    name = resolved_encoder_name(name)
     if name == "minilm":
         if not minilm_available():
             raise ConfigError(
                 "encoder 'minilm' needs the optional extra `text` (pip install 'qin-lightning[text]'); "
-                "use --encoder hashing or auto"
+                "use encoder hashing or auto (--encoder in qin_lightning.prepare, data.source.encoder in train)"
             )
         return MiniLMEncoder()
     return HashingEncoder(seed=seed)

@@ -1,0 +1,85 @@
+"""Accuracy of the `--weights int8` export against the checkpoint, on the checkpoints' validation splits.
+
+For each checkpoint: export fp32 and int8 (qin_lightning.export) into a temporary folder, then score the
+validation split three ways with qin_lightning.eval (PyTorch, `onnx=<fp32>`, `onnx=<int8>`) and compare the
+probabilities row by row. Writes a JSON record and prints a markdown table.
+
+Run: .venv/bin/python experiments/bench/int8_accuracy.py --out experiments/bench/int8_accuracy.json CKPT [CKPT ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+
+from qin_lightning.eval import evaluate, load_for_inference, onnx_predict_batches, predict_batches
+from qin_lightning.export import export_checkpoint
+from qin_lightning.files import atomic_write_json
+from qin_lightning.onnx_runtime import open_session
+
+
+def probabilities(ckpt: Path, onnx_model: Path | None) -> np.ndarray:
+    net, _, dm = load_for_inference(ckpt, None, "validate")
+    data = dm.dataset("valid")
+    if onnx_model is None:
+        batches = predict_batches(net, data, dm.eval_batch_size, torch.device("cpu"))
+    else:
+        batches = onnx_predict_batches(open_session(onnx_model, threads=torch.get_num_threads()), data,
+                                       dm.eval_batch_size)
+    return np.concatenate([p for _, p in batches])
+
+
+def measure(ckpt: Path, tmp: Path, block_size: int) -> dict:
+    models = {
+        "fp32": export_checkpoint(ckpt, tmp / "model.onnx", overwrite=True),
+        "int8": export_checkpoint(ckpt, tmp / "model.int8.onnx", overwrite=True, weights="int8",
+                                  block_size=block_size),
+    }
+    row: dict = {"checkpoint": str(ckpt), "block_size": block_size}
+    for name, model in {"eager": None, **models}.items():
+        cfg = OmegaConf.create({"ckpt_path": str(ckpt), "split": "valid", "output": str(tmp / f"{name}.json"),
+                                "data": {"root": None, "batch_size": None}, "device": "cpu", "threads": None,
+                                "debug": False, "onnx": str(model) if model is not None else None})
+        metrics = evaluate(cfg)
+        row[name] = {k: metrics[k] for k in ("auc", "logloss", "gauc", "rows")}
+        if model is not None:
+            row[name]["file_mb"] = round(model.stat().st_size / 2**20, 1)
+    eager = probabilities(ckpt, None)
+    for name, model in models.items():
+        diff = np.abs(probabilities(ckpt, model) - eager)
+        row[name].update(max_abs_prob_diff=float(diff.max()), mean_abs_prob_diff=float(diff.mean()))
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoints", nargs="+", type=Path)
+    parser.add_argument("--block-size", type=int, default=128)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for ckpt in args.checkpoints:
+            rows.append(measure(ckpt, Path(tmp), args.block_size))
+            print(json.dumps(rows[-1]), flush=True)
+    atomic_write_json(args.out, {"command": "python experiments/bench/int8_accuracy.py " + " ".join(
+        ["--block-size", str(args.block_size), "--out", str(args.out), *map(str, args.checkpoints)]), "rows": rows})
+    print("| checkpoint | rows | AUC eager | AUC fp32 ONNX | AUC int8 ONNX | int8 - eager | logloss eager / int8 "
+          "| mean / max abs prob diff int8 |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['checkpoint']} | {r['eager']['rows']:,} | {r['eager']['auc']:.6f} | {r['fp32']['auc']:.6f} | "
+              f"{r['int8']['auc']:.6f} | {r['int8']['auc'] - r['eager']['auc']:+.6f} | "
+              f"{r['eager']['logloss']:.5f} / {r['int8']['logloss']:.5f} | "
+              f"{r['int8']['mean_abs_prob_diff']:.1e} / {r['int8']['max_abs_prob_diff']:.1e} |")
+
+
+if __name__ == "__main__":
+    main()
