@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from qin_lightning.bench import BenchArgs, main, parse_args, percentile, run
+from qin_lightning.bench import BenchArgs, main, parse_args, percentile, run, table
 from qin_lightning.errors import ConfigError
 
 from conftest import tiny_model_overrides
@@ -33,7 +33,7 @@ def test_cli_writes_json_with_parity(tmp_path: Path, capsys: pytest.CaptureFixtu
     out = tmp_path / "bench" / "bench.json"
     argv = ["--data-scale", "tiny", "--train-rows", "256", "--eval-rows", "192", "--batch-size", "64",
             "--rounds", "2", "--train-steps", "1", "--infer-batches", "1", "--requests", "30", "--threads", "1",
-            "--data-root", str(tmp_path / "data"), "--out", str(out)]
+            "--onnx-requests", "40", "--data-root", str(tmp_path / "data"), "--out", str(out)]
     argv += [x for o in tiny_model_overrides() for x in ("--override", o)]
     assert main(argv) == 0
     assert "train samples/s" in capsys.readouterr().out
@@ -47,6 +47,9 @@ def test_cli_writes_json_with_parity(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert record["model"]["fast_paths"]["attention.fast"] is True
     if "onnx_skipped" not in record:
         assert record["onnx_latency_p99_ms"] > 0 and record["onnx_max_abs_prob_diff"] < 1e-5
+        assert record["onnx_auc"] == pytest.approx(record["auc_fast"], abs=1e-6)
+        assert record["onnx_int8_latency_p99_ms"] > 0 and record["onnx_int8_mean_abs_prob_diff"] < 1e-2
+        assert "ONNX int8 latency" in table(record)
     assert not list(out.parent.glob(".*.tmp"))
 
 

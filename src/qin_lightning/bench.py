@@ -69,6 +69,7 @@ class BenchArgs:
     train_steps: int = 2  # per configuration and round
     infer_batches: int = 2  # per configuration and round
     requests: int = 1_000
+    onnx_requests: int = 10_000  # cheap per request: a longer window makes the p99 less a matter of luck
     threads: int = 2
     device: str = "cpu"
     precision: str = "32"  # 32 | bf16
@@ -436,8 +437,8 @@ def measure_onnx(net: nn.Module, requests: list[Batch], batches: list[Batch], ar
     feeds = [feed(r) for r in requests]
     for threads in thread_counts:
         suffix = "_1thread" if threads != args.threads else ""
-        runs = {key: (lambda i, s=sessions[(key, threads)]: s.run(None, feeds[i])) for key in models}
-        for key, times in interleaved_latency_ms(runs, len(feeds)).items():
+        runs = {key: (lambda i, s=sessions[(key, threads)]: s.run(None, feeds[i % len(feeds)])) for key in models}
+        for key, times in interleaved_latency_ms(runs, args.onnx_requests).items():
             record[f"{key}{suffix}_latency_p50_ms"] = percentile(times, 50)
             record[f"{key}{suffix}_latency_p99_ms"] = percentile(times, 99)
     full = [b for b in batches if b.label.shape[0] == args.batch_size] or batches
@@ -601,6 +602,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[BenchArgs, Path | None]:
     p.add_argument("--train-steps", type=int, default=d.train_steps, help="training steps per config and round")
     p.add_argument("--infer-batches", type=int, default=d.infer_batches, help="batches per config and round")
     p.add_argument("--requests", type=int, default=d.requests, help="single requests for the latency")
+    p.add_argument("--onnx-requests", type=int, default=d.onnx_requests,
+                   help="single requests for each ONNX latency (cycling over the --requests inputs)")
     p.add_argument("--threads", type=int, default=d.threads)
     p.add_argument("--device", default=d.device)
     p.add_argument("--precision", choices=("32", "bf16"), default=d.precision)
