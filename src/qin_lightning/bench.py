@@ -6,8 +6,8 @@ one (models.switches.set_fast_paths) on the same batches (ABAB...), and the medi
   + the CTRModule optimizer step, samples/s;
 - inference: eval mode, `torch.inference_mode`, batches of `--batch-size`, samples/s;
 - single-request latency (batch 1, p50/p99 over `--requests`) of the eager model (plain and fast) and of the
-  exported ONNX model in onnxruntime (if installed), exact fp32 and `--weights int8` interleaved; inputs are
-  prepared beforehand (not timed);
+  exported ONNX model in onnxruntime (if installed), exact fp32 and `--weights int8` in alternating rounds
+  (`--onnx-requests`, one live session at a time); inputs are prepared beforehand (not timed);
 - AUC parity: the trained weights evaluated on the validation split by both paths (AUCs and max |dp|);
 - peak RSS (getrusage) and the RSS after each phase.
 Data: a synthetic dataset in the MMCTR layout (qin_lightning.data) with the real MicroLens vocabulary sizes
@@ -386,27 +386,32 @@ def measure_latency(net: nn.Module, requests: list[Batch], args: BenchArgs, devi
     record["latency_requests"] = len(requests)
 
 
-def interleaved_latency_ms(runs: dict[str, Callable[[int], object]], count: int, chunk: int = 50,
-                           warmup: int = 20) -> dict[str, list[float]]:
-    """Batch-1 latencies of several CPU runners measured side by side: `chunk` requests of each in turn
-    (ABAB...), so a noisy neighbour or a clock change hits every runner alike."""
-    for run in runs.values():
-        for i in range(min(warmup, count)):
-            run(i)
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    for first in range(0, count, chunk):
-        for name, run in runs.items():
-            for i in range(first, min(first + chunk, count)):
+def onnx_latency_ms(models: dict[str, bytes], feeds: list[dict[str, Any]], threads: int, count: int,
+                    rounds: int = 4, warmup: int = 20) -> dict[str, list[float]]:
+    """Batch-1 latencies of several exported models side by side: in each of `rounds` rounds every model gets
+    a fresh session (the only one alive, as in a serving process: onnxruntime's idle pool threads spin and
+    would slow a second session) and count / rounds timed requests, after `warmup` untimed ones."""
+    from qin_lightning.onnx_runtime import open_session
+
+    times: dict[str, list[float]] = {name: [] for name in models}
+    per_round = max(1, count // rounds)
+    for r in range(rounds):
+        for name, model in models.items():
+            session = open_session(model, threads=threads)
+            for i in range(warmup):
+                session.run(None, feeds[i % len(feeds)])
+            for i in range(r * per_round, (r + 1) * per_round):
                 t0 = time.perf_counter()
-                run(i)
+                session.run(None, feeds[i % len(feeds)])
                 times[name].append((time.perf_counter() - t0) * 1e3)
+            del session
     return times
 
 
 def measure_onnx(net: nn.Module, requests: list[Batch], batches: list[Batch], args: BenchArgs,
                  record: dict[str, Any]) -> None:
     """Export (qin_lightning.export) in both weight formats, then onnxruntime batch-1 latency (fp32 and int8
-    interleaved), throughput and parity vs the eager model: fp32 max |dp|; int8 max/mean |dp| and validation
+    alternating, onnx_latency_ms), throughput and parity vs the eager model: fp32 max |dp|; int8 max/mean |dp| and validation
     AUC (keys `onnx_*` for the exact fp32 export, `onnx_int8_*` for `--weights int8`)."""
     try:
         import onnxruntime as ort
@@ -428,34 +433,31 @@ def measure_onnx(net: nn.Module, requests: list[Batch], batches: list[Batch], ar
     for key, model in models.items():
         record[f"{key}_file_mb"] = round(len(model) / 2**20, 1)
     record["onnxruntime_version"] = ort.__version__
-    thread_counts = sorted({args.threads, 1}, reverse=True)
-    sessions = {(key, t): open_session(model, threads=t) for key, model in models.items() for t in thread_counts}
 
     def feed(batch: Batch) -> dict[str, Any]:
         return onnx_feed(*inputs(batch))
 
     feeds = [feed(r) for r in requests]
-    for threads in thread_counts:
+    for threads in sorted({args.threads, 1}, reverse=True):
         suffix = "_1thread" if threads != args.threads else ""
-        runs = {key: (lambda i, s=sessions[(key, threads)]: s.run(None, feeds[i % len(feeds)])) for key in models}
-        for key, times in interleaved_latency_ms(runs, args.onnx_requests).items():
+        for key, times in onnx_latency_ms(models, feeds, threads, args.onnx_requests).items():
             record[f"{key}{suffix}_latency_p50_ms"] = percentile(times, 50)
             record[f"{key}{suffix}_latency_p99_ms"] = percentile(times, 99)
     full = [b for b in batches if b.label.shape[0] == args.batch_size] or batches
     chosen = [feed(full[i % len(full)]) for i in range(args.infer_batches)]
-    for key in models:
-        session = sessions[(key, args.threads)]
-        session.run(None, chosen[0])
-        t0 = time.perf_counter()
-        n = sum(len(session.run(None, f)[0]) for f in chosen)
-        record[f"{key}_infer_samples_per_s"] = n / (time.perf_counter() - t0)
     set_fast_paths(cpu_net, True)
     cpu_batches = [Batch(*(t.cpu() for t in b)) for b in batches]
     reference = torch.cat([predict(cpu_net, b, args, torch.device("cpu")) for b in cpu_batches])
     labels = torch.cat([b.label for b in cpu_batches]).long()
-    for key in models:
-        session = sessions[(key, args.threads)]
+    for key, model in models.items():
+        session = open_session(model, threads=args.threads)  # one live session at a time
+        for f in chosen:  # warm-up: the first runs of a fresh session allocate its buffers
+            session.run(None, f)
+        t0 = time.perf_counter()
+        n = sum(len(session.run(None, f)[0]) for f in chosen)
+        record[f"{key}_infer_samples_per_s"] = n / (time.perf_counter() - t0)
         probs = torch.from_numpy(np.concatenate([session.run(None, feed(b))[0] for b in cpu_batches]))
+        del session
         diff = (probs - reference).abs()
         record[f"{key}_max_abs_prob_diff"] = float(diff.max())
         record[f"{key}_mean_abs_prob_diff"] = float(diff.mean())
