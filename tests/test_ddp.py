@@ -80,6 +80,9 @@ class RecordRows(Callback):
             "val_auc": float(trainer.callback_metrics["val/auc"]),
             "param_sums": [float(q.double().sum()) for q in pl_module.parameters()],
             "buffer_sums": [float(q.double().sum()) for q in pl_module.buffers()],
+            # what the DDP wrapper broadcasts from rank 0 before every training forward
+            "broadcast_buffers": [tuple(b.shape) for b in trainer.strategy.model.modules_buffers],
+            "ignored": sorted(trainer.strategy.model.parameters_to_ignore),
         }
         train.served, self.steps, self.trained_rows = [], 0, 0
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -136,6 +139,9 @@ def test_ddp_two_cpu_processes(tmp_path: Path) -> None:
         assert r0["val_auc"] == r1["val_auc"], "val/auc must be the synchronised value on every rank"
         # same model on both ranks after validation (BatchNorm running stats included: DDP broadcasts buffers)
         assert r0["param_sums"] == r1["param_sums"] and r0["buffer_sums"] == r1["buffer_sums"]
+        # the constant item tables are not re-broadcast every step; the BatchNorm statistics are
+        assert r0["ignored"] == ["net.items.item_mm", "net.items.item_tags"]
+        assert r0["broadcast_buffers"] and all(len(shape) <= 1 for shape in r0["broadcast_buffers"])
         orders.append(both)
     assert not torch.equal(orders[0], orders[1]), "each epoch must draw a new permutation"
 

@@ -38,6 +38,9 @@ def squared_l2(params: list[nn.Parameter]) -> torch.Tensor:
     return torch.stack([p.flatten().dot(p.flatten()) for p in params]).sum()  # dot: ~5x faster than pow+sum
 
 
+CONSTANT_BUFFERS = ("item_tags", "item_mm")  # the item tables: inputs stored with the model, never updated
+
+
 class CTRModule(LightningModule):
     """Trains a CTR network with BCE + L2 terms, Adam and the plateau schedule; logs AUC and logloss."""
 
@@ -68,6 +71,11 @@ class CTRModule(LightningModule):
         self.fused_adam = fused_adam
         # not a submodule (object.__setattr__): the state_dict holds the weights once, under `net.`
         object.__setattr__(self, "_forward", net)
+        # DDP broadcasts every buffer from rank 0 before each training forward; the item tables (~48 MB at
+        # MicroLens scale) never change and are identical on every rank, so they are left out of it
+        self._ddp_params_and_buffers_to_ignore = [
+            f"net.{name}" for name, _ in net.named_buffers() if name.split(".")[-1] in CONSTANT_BUFFERS
+        ]
         self.val_auc = BinaryAUROC()
         self.val_logloss = BinaryLogLoss()
         self.test_auc = BinaryAUROC()
