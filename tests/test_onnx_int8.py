@@ -146,7 +146,8 @@ def test_cli_int8_default_name_and_early_errors(trained: tuple[Path, dict], caps
     ckpt = Path(trained[1]["best_checkpoint"])
     assert main([str(ckpt), "--weights", "int8"]) == 0
     written = ckpt.with_suffix(".int8.onnx")
-    assert written.exists() and "int8.onnx" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert written.exists() and f"onnx={written}" in out and "python -m qin_lightning.eval" in out
     with pytest.raises(SystemExit) as exc:
         main([str(ckpt), "--weights", "int8", "--block-size", "100", "--out", str(ckpt.with_name("bad.onnx"))])
     assert exc.value.code == 2 and "--block-size" in capsys.readouterr().err

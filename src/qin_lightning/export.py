@@ -154,6 +154,9 @@ def main(argv: list[str] | None = None) -> int:
     path = run_reporting_errors(lambda: export_checkpoint(args.checkpoint, args.out, args.fmt, args.overwrite,
                                                           args.weights, args.block_size))
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB; inputs {', '.join(INPUT_NAMES)} -> {OUTPUT_NAME})")
+    if args.weights == "int8":
+        print(f"int8 weights approximate the checkpoint; measure the difference with: python -m qin_lightning.eval "
+              f"ckpt_path={args.checkpoint} onnx={path}")
     return 0
 
 
