@@ -116,6 +116,16 @@ def test_int8_export_is_close_to_pytorch_and_eval_scores_it(trained: tuple[Path,
         scores(tmp_path / "missing.onnx")
     with pytest.raises(QinError, match="onnxruntime cannot load it"):
         scores(_not_onnx(tmp_path))
+    with pytest.raises(QinError, match=r"onnx=.*onnxruntime failed on rows 0-.*exported from this checkpoint"):
+        scores(_other_model(tmp_path))  # a model of 10 items scoring data with 60
+
+
+def _other_model(tmp_path: Path) -> Path:
+    from qin_lightning.export import export_onnx
+    from qin_lightning.models.qin import QIN
+
+    tags, vectors = torch.randint(1, 7, (10, 5)), torch.randn(10, 16)
+    return export_onnx(QIN(tags, vectors, 7, embedding_dim=8), tmp_path / "other.onnx", seq_len=8)
 
 
 def _not_onnx(tmp_path: Path) -> Path:

@@ -1,10 +1,10 @@
 """Evaluate a checkpoint: ``python -m qin_lightning.eval ckpt_path=<ckpt> [split=valid|test] [data.root=...]``.
 
-Prints and writes AUC, logloss and gAUC of one split. With ``onnx=<model.onnx>`` the probabilities come from
-that exported model (qin_lightning.export, e.g. its `--weights int8` form) run in onnxruntime instead of the
-checkpoint's PyTorch network; the checkpoint still names the data. The network and the data configuration come from the
+Prints and writes AUC, logloss and gAUC of one split. The network and the data configuration come from the
 checkpoint (`qin_config`, written by `qin_lightning.train`); only where the data lives (``data.root``) and the
-batch size (``data.batch_size``) may be overridden. The data's item tables must be the ones the model was
+batch size (``data.batch_size``) may be overridden. With ``onnx=<model.onnx>`` the probabilities come from that
+exported model (qin_lightning.export, e.g. its `--weights int8` form) run in onnxruntime instead of the
+checkpoint's network; the checkpoint still names the data. The data's item tables must be the ones the model was
 trained with (same rows, same values), else the ids would silently mean other items.
 
 gAUC (group AUC, the MicroLens/FuxiCTR definition): AUC computed per user, averaged with weights = the user's
@@ -155,11 +155,20 @@ def predict_batches(
             yield batch, torch.sigmoid(logits.float()).cpu().numpy()
 
 
-def onnx_predict_batches(session: Any, data: SplitDataset, batch_size: int) -> Iterator[tuple[Batch, np.ndarray]]:
-    """Like `predict_batches`, with an onnxruntime session of an exported model (qin_lightning.onnx_runtime)."""
+def onnx_predict_batches(session: Any, data: SplitDataset, batch_size: int,
+                         name: str = "onnx") -> Iterator[tuple[Batch, np.ndarray]]:
+    """Like `predict_batches`, with an onnxruntime session of an exported model (qin_lightning.onnx_runtime);
+    a failing run (e.g. item ids beyond the model's table) is a QinError naming `name` and the rows."""
     for index in torch.arange(len(data)).split(batch_size):
         batch = data[index]
-        yield batch, session.run(None, feed(batch.item_seq, batch.item_id, batch.likes_level, batch.views_level))[0]
+        try:
+            probs = session.run(None, feed(batch.item_seq, batch.item_id, batch.likes_level, batch.views_level))[0]
+        except Exception as err:  # onnxruntime's errors are untyped
+            raise QinError(
+                f"{name}: onnxruntime failed on rows {int(index[0])}-{int(index[-1])} "
+                f"({str(err).splitlines()[0][:200]}); was the model exported from this checkpoint's data?"
+            ) from None
+        yield batch, probs
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
@@ -170,6 +179,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if split not in (S.VALID, S.TEST):
         raise ConfigError(f"split={split}: expected valid or test")
     ckpt = Path(str(cfg.ckpt_path))
+    onnx_model = Path(str(cfg.onnx)) if cfg.get("onnx") else None
+    session = open_session(onnx_model, threads=torch.get_num_threads(), name="onnx") if onnx_model else None
     net, run_cfg, dm = load_for_inference(ckpt, cfg.get("data"), "validate" if split == S.VALID else "test")
     data = dm.dataset(split)
     if not data.has_label:
@@ -177,10 +188,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             f"{dm.data_dir / S.FILE_NAMES[split]}: has no '{S.LABEL}' column, so it cannot be evaluated "
             "(use python -m qin_lightning.predict for the submission file)"
         )
-    onnx_model = Path(str(cfg.onnx)) if cfg.get("onnx") else None
-    if onnx_model is not None:
-        session = open_session(onnx_model, threads=torch.get_num_threads(), name="onnx")
-        batches = onnx_predict_batches(session, data, dm.eval_batch_size)
+    if session is not None:
+        batches = onnx_predict_batches(session, data, dm.eval_batch_size, name=f"onnx={onnx_model}")
     else:
         batches = predict_batches(net, data, dm.eval_batch_size, pick_device(str(cfg.device)))
     probs = np.empty(len(data), dtype=np.float32)
