@@ -162,3 +162,24 @@ def test_cli_int8_default_name_and_early_errors(trained: tuple[Path, dict], caps
         main([str(ckpt), "--weights", "int8", "--block-size", "100", "--out", str(ckpt.with_name("bad.onnx"))])
     assert exc.value.code == 2 and "--block-size" in capsys.readouterr().err
     assert not ckpt.with_name("bad.onnx").exists()
+
+
+def test_predict_with_the_exported_model(trained: tuple[Path, dict], tmp_path: Path):
+    from qin_lightning.predict import predict
+
+    ckpt = Path(trained[1]["best_checkpoint"])
+    exact = export_checkpoint(ckpt, tmp_path / "m.onnx")
+
+    def submission(name: str, onnx_model: Path | None) -> np.ndarray:
+        cfg = {"ckpt_path": str(ckpt), "output": str(tmp_path / f"{name}.csv"), "zip": False, "overwrite": False,
+               "data": {"root": None, "batch_size": None}, "device": "cpu", "threads": 1, "debug": False,
+               "onnx": str(onnx_model) if onnx_model else None}
+        result = predict(OmegaConf.create(cfg))
+        return np.loadtxt(result["output"], delimiter=",", skiprows=1)
+
+    eager, served = submission("eager", None), submission("served", exact)
+    assert served.shape == eager.shape and np.array_equal(served[:, 0], eager[:, 0])
+    np.testing.assert_allclose(served[:, 1], eager[:, 1], atol=1e-6)
+    with pytest.raises(QinError, match="onnx=.*no such file"):
+        submission("missing", tmp_path / "missing.onnx")
+    assert not (tmp_path / "missing.csv").exists()

@@ -171,6 +171,23 @@ def onnx_predict_batches(session: Any, data: SplitDataset, batch_size: int,
         yield batch, probs
 
 
+def exported_session(cfg: DictConfig) -> tuple[Path | None, Any]:
+    """(path, onnxruntime session) of the exported model `cfg.onnx`, or (None, None) when it is not set."""
+    if not cfg.get("onnx"):
+        return None, None
+    path = Path(str(cfg.onnx)).expanduser()
+    return path, open_session(path, threads=torch.get_num_threads(), name="onnx")
+
+
+def scored_batches(net: nn.Module, exported: tuple[Path | None, Any], data: SplitDataset, batch_size: int,
+                   device: str) -> Iterator[tuple[Batch, np.ndarray]]:
+    """The probabilities of the exported model when there is one (`exported_session`), else of `net`."""
+    path, session = exported
+    if session is not None:
+        return onnx_predict_batches(session, data, batch_size, name=f"onnx={path}")
+    return predict_batches(net, data, batch_size, pick_device(device))
+
+
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Metrics of `cfg.split` for `cfg.ckpt_path`; writes them to JSON (atomic) and returns them."""
     started = time.time()
@@ -179,8 +196,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if split not in (S.VALID, S.TEST):
         raise ConfigError(f"split={split}: expected valid or test")
     ckpt = Path(str(cfg.ckpt_path))
-    onnx_model = Path(str(cfg.onnx)) if cfg.get("onnx") else None
-    session = open_session(onnx_model, threads=torch.get_num_threads(), name="onnx") if onnx_model else None
+    exported = exported_session(cfg)  # checked before the data loads
+    onnx_model = exported[0]
     net, run_cfg, dm = load_for_inference(ckpt, cfg.get("data"), "validate" if split == S.VALID else "test")
     data = dm.dataset(split)
     if not data.has_label:
@@ -188,13 +205,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             f"{dm.data_dir / S.FILE_NAMES[split]}: has no '{S.LABEL}' column, so it cannot be evaluated "
             "(use python -m qin_lightning.predict for the submission file)"
         )
-    if session is not None:
-        batches = onnx_predict_batches(session, data, dm.eval_batch_size, name=f"onnx={onnx_model}")
-    else:
-        batches = predict_batches(net, data, dm.eval_batch_size, pick_device(str(cfg.device)))
     probs = np.empty(len(data), dtype=np.float32)
     start = 0
-    for batch, p in batches:
+    for batch, p in scored_batches(net, exported, data, dm.eval_batch_size, str(cfg.device)):
         probs[start : start + len(p)] = p
         start += len(p)
     if not np.isfinite(probs).all():

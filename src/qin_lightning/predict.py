@@ -5,7 +5,8 @@ float32 round-trips) streamed batch by batch into a temporary file beside the ou
 when complete: memory holds one batch of predictions at a time on top of the test split's id tensors, and an
 interrupted run never leaves a partial CSV. ``zip=true`` also writes ``<name>.zip`` containing the CSV.
 An existing output is only replaced with ``overwrite=true``. Model and data settings come from the checkpoint
-(only ``data.root`` and ``data.batch_size`` may be overridden, see ``qin_lightning.eval``).
+(only ``data.root`` and ``data.batch_size`` may be overridden, see ``qin_lightning.eval``); with
+``onnx=<model.onnx>`` the probabilities come from that exported model in onnxruntime (the file that is served).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from omegaconf import DictConfig
 from qin_lightning.cli import run_reporting_errors, set_threads
 from qin_lightning.data import schema as S
 from qin_lightning.errors import ConfigError, QinError
-from qin_lightning.eval import CONFIG_DIR, load_for_inference, pick_device, predict_batches
+from qin_lightning.eval import CONFIG_DIR, exported_session, load_for_inference, scored_batches
 
 HEADER = "ID,Task2\n"
 
@@ -60,6 +61,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError(f"output={out}: expected a .csv file name (the zip is named after it)")
     outputs = [out] + ([zip_path(out)] if cfg.get("zip") else [])
     check_outputs(outputs, bool(cfg.get("overwrite")))  # fail before any work
+    exported = exported_session(cfg)
     net, _, dm = load_for_inference(str(cfg.ckpt_path), cfg.get("data"), "predict")
     data = dm.dataset(S.TEST)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -68,10 +70,11 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         rows = 0
         with open(tmp, "w", newline="\n") as f:
             f.write(HEADER)
-            for _, probs in predict_batches(net, data, dm.eval_batch_size, pick_device(str(cfg.device))):
+            for _, probs in scored_batches(net, exported, data, dm.eval_batch_size, str(cfg.device)):
                 if not np.isfinite(probs).all():
                     bad = rows + int(np.flatnonzero(~np.isfinite(probs))[0])
-                    raise QinError(f"{cfg.ckpt_path}: the model predicts a non-finite probability for test row {bad}")
+                    model = exported[0] or cfg.ckpt_path
+                    raise QinError(f"{model}: the model predicts a non-finite probability for test row {bad}")
                 ids = np.arange(rows, rows + len(probs))
                 np.savetxt(f, np.column_stack([ids, probs.astype(np.float64)]), fmt=("%d", "%.9g"), delimiter=",")
                 rows += len(probs)
