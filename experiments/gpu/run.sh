@@ -9,7 +9,9 @@
 #   OUT=/some/dir   where the JSON / logs go (default experiments/gpu)
 #   COMPILE=1       also torch.compile the training forward in the bench (adds compile time; default 0)
 #   PYTHON=/path    interpreter to use (default: .venv/bin/python if it has torch, else python3; `make install`
-#                   is run when neither can import torch)
+#                   is run when neither can import torch). Without Hydra (the GPU machine's image) the wheels
+#                   in .whl/ are installed into a temporary folder: build them with experiments/gpu/wheels.sh
+#                   where pip works and carry .whl along.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -21,7 +23,7 @@ export PYTHONPATH="$ROOT/src${PYTHONPATH:+:$PYTHONPATH}"
 export WANDB_MODE=disabled
 export PYTHONDONTWRITEBYTECODE=1
 
-has_torch() { "$1" -c "import torch, lightning, hydra" >/dev/null 2>&1; }
+has_torch() { "$1" -c "import torch, lightning" >/dev/null 2>&1; }
 PY="${PYTHON:-}"
 if [[ -z "$PY" ]]; then
   if [[ -x .venv/bin/python ]] && has_torch .venv/bin/python; then PY=.venv/bin/python
@@ -29,7 +31,15 @@ if [[ -z "$PY" ]]; then
   else make install; PY=.venv/bin/python
   fi
 fi
-has_torch "$PY" || { echo "error: $PY cannot import torch/lightning/hydra" >&2; exit 2; }
+has_torch "$PY" || { echo "error: $PY cannot import torch/lightning" >&2; exit 2; }
+# a machine without a package index (the GPU machine's image has no Hydra): install the wheels that
+# experiments/gpu/wheels.sh built into .whl/ (carried along) into a temporary folder
+if ! "$PY" -c "import hydra, omegaconf" >/dev/null 2>&1; then
+  compgen -G ".whl/*.whl" >/dev/null || { echo "error: $PY cannot import hydra and there is no .whl/ (run bash experiments/gpu/wheels.sh where pip works, then carry .whl)" >&2; exit 2; }
+  SITE="${TMPDIR:-/tmp}/qin_gpu_site"
+  "$PY" -m pip install --quiet --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl
+  export PYTHONPATH="$PYTHONPATH:$SITE"
+fi
 
 log() { printf '\n=== %s  %s\n' "$(date +%H:%M:%S)" "$*"; }
 START=$(date +%s)
@@ -57,7 +67,7 @@ timeout 900 "$PY" -m qin_lightning.bench "${BENCH_ARGS[@]}" --out "$OUT_DIR/benc
 
 log "1-GPU DDP smoke test"
 timeout 600 "$PY" -m qin_lightning.train trainer=ddp trainer.devices=1 trainer.accelerator=gpu \
-  trainer.fast_dev_run=true paths.log_dir="$OUT_DIR/logs" 2>&1 | tail -n 20 | tee "$OUT_DIR/ddp_smoke.log"
+  trainer.fast_dev_run=true paths.log_dir="${TMPDIR:-/tmp}/qin_gpu_logs" 2>&1 | tail -n 20 | tee "$OUT_DIR/ddp_smoke.log"
 
 log "summary"
 "$PY" - "$OUT_DIR/bench_microlens_bf16.json" <<'PY' | tee "$OUT_DIR/summary.txt"
