@@ -49,6 +49,8 @@ from qin_lightning.errors import ConfigError
 from qin_lightning.files import atomic_write_json
 from qin_lightning.models.switches import fast_path_state, set_fast_paths
 from qin_lightning.module import CTRModule
+from qin_lightning.onnx_runtime import feed as onnx_feed
+from qin_lightning.onnx_runtime import open_session
 from qin_lightning.train import build_module
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
@@ -391,8 +393,6 @@ def onnx_latency_ms(models: dict[str, bytes], feeds: list[dict[str, Any]], threa
     """Batch-1 latencies of several exported models side by side: in each of `rounds` rounds every model gets
     a fresh session (the only one alive, as in a serving process: onnxruntime's idle pool threads spin and
     would slow a second session) and count / rounds timed requests, after `warmup` untimed ones."""
-    from qin_lightning.onnx_runtime import open_session
-
     times: dict[str, list[float]] = {name: [] for name in models}
     per_round = max(1, count // rounds)
     for r in range(rounds):
@@ -411,16 +411,14 @@ def onnx_latency_ms(models: dict[str, bytes], feeds: list[dict[str, Any]], threa
 def measure_onnx(net: nn.Module, requests: list[Batch], batches: list[Batch], args: BenchArgs,
                  record: dict[str, Any]) -> None:
     """Export (qin_lightning.export) in both weight formats, then onnxruntime batch-1 latency (fp32 and int8
-    alternating, onnx_latency_ms), throughput and parity vs the eager model: fp32 max |dp|; int8 max/mean |dp| and validation
-    AUC (keys `onnx_*` for the exact fp32 export, `onnx_int8_*` for `--weights int8`)."""
+    alternating, onnx_latency_ms), throughput, and parity with the eager model over the validation split
+    (max / mean |dp|, AUC); keys `onnx_*` for the exact fp32 export, `onnx_int8_*` for `--weights int8`."""
     try:
         import onnxruntime as ort
     except ImportError:
         record["onnx_skipped"] = "onnxruntime not installed (pip install -e '.[serve]')"
         return
     from qin_lightning.export import DEFAULT_BLOCK_SIZE, export_onnx, int8_onnx_bytes
-    from qin_lightning.onnx_runtime import feed as onnx_feed
-    from qin_lightning.onnx_runtime import open_session
 
     cpu_net = net.to("cpu").eval()
     with tempfile.TemporaryDirectory() as tmp:
@@ -491,12 +489,13 @@ def table(record: dict[str, Any]) -> str:
                      f"{fmt(r('latency_1thread_p50_ms')) + ' / ' + fmt(r('latency_1thread_p99_ms')):>14s}")
     for key, name in (("onnx", "ONNX fp32"), ("onnx_int8", "ONNX int8")):
         for suffix, label in (("", ""), ("_1thread", ", 1 thread")):
-            if r(f"{key}{suffix}_latency_p50_ms") is not None:
-                lines.append(f"{name + ' latency p50 / p99 ms' + label:34s} {'':>14s} "
-                             f"{fmt(r(f'{key}{suffix}_latency_p50_ms')) + ' / ' + fmt(r(f'{key}{suffix}_latency_p99_ms')):>14s}")
+            p50, p99 = r(f"{key}{suffix}_latency_p50_ms"), r(f"{key}{suffix}_latency_p99_ms")
+            if p50 is not None:
+                cell = fmt(p50) + " / " + fmt(p99)
+                lines.append(f"{name + ' latency p50 / p99 ms' + label:34s} {'':>14s} {cell:>14s}")
     if r("onnx_int8_auc") is not None:
-        lines.append(f"ONNX int8 vs eager: AUC {r('onnx_int8_auc'):.6f} vs {r('auc_fast'):.6f}, "
-                     f"mean |dp| {fmt(r('onnx_int8_mean_abs_prob_diff'))}, max |dp| {fmt(r('onnx_int8_max_abs_prob_diff'))}")
+        lines.append(f"ONNX int8 vs eager: AUC {r('onnx_int8_auc'):.6f} vs {r('auc_fast'):.6f}, mean |dp| "
+                     f"{fmt(r('onnx_int8_mean_abs_prob_diff'))}, max |dp| {fmt(r('onnx_int8_max_abs_prob_diff'))}")
     if r("epoch_seconds") is not None:
         lines.append(f"{'whole epoch s (fast)':34s} {'':>14s} {fmt(r('epoch_seconds')):>14s}")
     lines.append(f"max |p_fast - p_plain| = {fmt(r('max_abs_prob_diff'))}; peak RSS {fmt(r('peak_rss_mb'))} MB; "
