@@ -51,11 +51,14 @@ def dequantize_blockwise(packed: np.ndarray, scales: np.ndarray, k: int) -> np.n
     return w.reshape(n, blocks * block_size).T[:k]
 
 
-def _constant_values(model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    """Values of the graph's initializers and single-tensor Constant nodes, by output name."""
-    values = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+def _weight_candidates(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """Values of the constants (initializers, single-tensor Constant nodes) that are a MatMul / Gemm's right
+    operand, by name; other constants (the item table) are not decoded."""
+    wanted = {node.input[1] for node in model.graph.node if node.op_type in ("MatMul", "Gemm") and len(node.input) > 1}
+    values = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer if init.name in wanted}
     for node in model.graph.node:
-        if node.op_type == "Constant" and len(node.attribute) == 1 and node.attribute[0].name == "value":
+        if (node.op_type == "Constant" and node.output[0] in wanted and len(node.attribute) == 1
+                and node.attribute[0].name == "value"):
             values[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
     return values
 
@@ -79,7 +82,7 @@ def quantize_weights_int8(model: onnx.ModelProto, block_size: int = 128, min_ele
     check_block_size(block_size)
     out = onnx.ModelProto()
     out.CopyFrom(model)
-    values = _constant_values(out)
+    values = _weight_candidates(out)
     nodes: list[onnx.NodeProto] = []
     replaced = 0
     for node in out.graph.node:
