@@ -1,8 +1,9 @@
 """Accuracy of the `--weights int8` export against the checkpoint, on the checkpoints' validation splits.
 
-For each checkpoint: export fp32 and int8 (qin_lightning.export) into a temporary folder, then score the
-validation split three ways with qin_lightning.eval (PyTorch, `onnx=<fp32>`, `onnx=<int8>`) and compare the
-probabilities row by row. Writes a JSON record and prints a markdown table.
+For each checkpoint: load the network and its validation split once (qin_lightning.eval), export fp32 and
+int8 (qin_lightning.export) into a temporary folder, then score the split three ways (PyTorch, fp32 ONNX,
+int8 ONNX in onnxruntime) with eval's metrics and compare the probabilities row by row. Writes a JSON record
+and prints a markdown table.
 
 Run: .venv/bin/python experiments/bench/int8_accuracy.py --out experiments/bench/int8_accuracy.json CKPT [CKPT ...]
 """
@@ -16,44 +17,34 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
 
-from qin_lightning.eval import evaluate, load_for_inference, onnx_predict_batches, predict_batches
+from qin_lightning.eval import load_for_inference, scored_batches, split_metrics
 from qin_lightning.export import export_checkpoint
 from qin_lightning.files import atomic_write_json
 from qin_lightning.onnx_runtime import open_session
 
 
-def probabilities(ckpt: Path, onnx_model: Path | None) -> np.ndarray:
+def measure(ckpt: Path, tmp: Path, block_size: int) -> dict:
     net, _, dm = load_for_inference(ckpt, None, "validate")
     data = dm.dataset("valid")
-    if onnx_model is None:
-        batches = predict_batches(net, data, dm.eval_batch_size, torch.device("cpu"))
-    else:
-        batches = onnx_predict_batches(open_session(onnx_model, threads=torch.get_num_threads()), data,
-                                       dm.eval_batch_size)
-    return np.concatenate([p for _, p in batches])
-
-
-def measure(ckpt: Path, tmp: Path, block_size: int) -> dict:
+    labels, users = data.label.numpy(), data.user_id.numpy()
     models = {
         "fp32": export_checkpoint(ckpt, tmp / "model.onnx", overwrite=True),
         "int8": export_checkpoint(ckpt, tmp / "model.int8.onnx", overwrite=True, weights="int8",
                                   block_size=block_size),
     }
     row: dict = {"checkpoint": str(ckpt), "block_size": block_size}
+    probs: dict[str, np.ndarray] = {}
     for name, model in {"eager": None, **models}.items():
-        cfg = OmegaConf.create({"ckpt_path": str(ckpt), "split": "valid", "output": str(tmp / f"{name}.json"),
-                                "data": {"root": None, "batch_size": None}, "device": "cpu", "threads": None,
-                                "debug": False, "onnx": str(model) if model is not None else None})
-        metrics = evaluate(cfg)
-        row[name] = {k: metrics[k] for k in ("auc", "logloss", "gauc", "rows")}
+        exported = (model, open_session(model, threads=torch.get_num_threads())) if model else (None, None)
+        batches = scored_batches(net, exported, data, dm.eval_batch_size, "cpu")
+        probs[name] = np.concatenate([p for _, p in batches])
+        row[name] = {k: v for k, v in split_metrics(probs[name], labels, users).items() if k != "gauc_users"}
+        row[name]["rows"] = len(data)
         if model is not None:
-            row[name]["file_mb"] = round(model.stat().st_size / 2**20, 1)
-    eager = probabilities(ckpt, None)
-    for name, model in models.items():
-        diff = np.abs(probabilities(ckpt, model) - eager)
-        row[name].update(max_abs_prob_diff=float(diff.max()), mean_abs_prob_diff=float(diff.mean()))
+            diff = np.abs(probs[name] - probs["eager"])
+            row[name].update(file_mb=round(model.stat().st_size / 2**20, 1), max_abs_prob_diff=float(diff.max()),
+                             mean_abs_prob_diff=float(diff.mean()))
     return row
 
 

@@ -171,6 +171,17 @@ def onnx_predict_batches(session: Any, data: SplitDataset, batch_size: int,
         yield batch, probs
 
 
+def split_metrics(probs: np.ndarray, labels: np.ndarray, users: np.ndarray) -> dict[str, Any]:
+    """AUC, logloss, gAUC and the number of users gAUC counted, of one split's probabilities."""
+    gauc, gauc_users = group_auc(users, labels, probs)
+    return {
+        "auc": float(binary_auroc(torch.from_numpy(probs), torch.from_numpy(labels).long())),
+        "logloss": float(BinaryLogLoss()(torch.from_numpy(probs), torch.from_numpy(labels))),
+        "gauc": gauc,
+        "gauc_users": gauc_users,
+    }
+
+
 def exported_session(cfg: DictConfig) -> tuple[Path | None, Any]:
     """(path, onnxruntime session) of the exported model `cfg.onnx`, or (None, None) when it is not set."""
     if not cfg.get("onnx"):
@@ -215,12 +226,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         raise QinError(f"{onnx_model or ckpt}: the model predicts a non-finite probability for {split} row {bad}")
     labels = data.label.numpy()
     users = data.user_id.numpy()
-    gauc, gauc_users = group_auc(users, labels, probs)
-    metrics = {
-        "auc": float(binary_auroc(torch.from_numpy(probs), torch.from_numpy(labels).long())),
-        "logloss": float(BinaryLogLoss()(torch.from_numpy(probs), torch.from_numpy(labels))),
-        "gauc": gauc,
-    }
+    metrics = split_metrics(probs, labels, users)
     scored = onnx_model if onnx_model is not None else ckpt
     out = Path(str(cfg.output)) if cfg.get("output") else scored.with_name(f"{scored.stem}.eval_{split}.json")
     results = {
@@ -228,7 +234,6 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "split": split,
         "rows": len(data),
         "positive_rate": float(labels.mean()),
-        "gauc_users": gauc_users,
         "users": int(np.unique(users).size),
         "checkpoint": str(ckpt),
         "onnx": str(onnx_model) if onnx_model is not None else None,
