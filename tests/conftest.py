@@ -22,7 +22,7 @@ from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import DictConfig, open_dict  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-CONFIG_DIR = str(REPO_ROOT / "conf")
+from qin_lightning.cli import CONFIG_DIR  # noqa: E402  (the configs ship inside the package)
 
 
 def tiny_overrides(tmp: Path) -> list[str]:

@@ -42,7 +42,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 from torchmetrics.functional.classification import binary_auroc
 
-from qin_lightning.cli import run_reporting_errors
+from qin_lightning.cli import CONFIG_DIR, run_reporting_errors
 from qin_lightning.data.datamodule import Batch, MMCTRDataModule
 from qin_lightning.data.synthetic import SyntheticConfig
 from qin_lightning.errors import ConfigError
@@ -53,7 +53,6 @@ from qin_lightning.onnx_runtime import feed as onnx_feed
 from qin_lightning.onnx_runtime import open_session
 from qin_lightning.train import build_module
 
-CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 MICROLENS_ITEMS, MICROLENS_TAGS = 91_718, 11_740  # incl. the padding id 0 (REFERENCE section 1)
 CONFIGS = ("plain", "fast")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Any, Callable, NoReturn, TypeVar
 
 import torch
@@ -16,6 +17,8 @@ from qin_lightning.errors import QinError
 
 T = TypeVar("T")
 log = logging.getLogger("qin_lightning")
+# the Hydra configs ship inside the package (src/qin_lightning/conf), so an installed wheel finds them anywhere
+CONFIG_DIR = str(Path(__file__).resolve().parent / "conf")
 
 
 def set_threads(threads: int | None) -> None:

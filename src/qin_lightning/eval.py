@@ -26,7 +26,7 @@ from torch import nn
 from torchmetrics.functional.classification import binary_auroc
 
 from qin_lightning.checkpoint import load_network
-from qin_lightning.cli import instantiate_reporting, run_reporting_errors, set_threads
+from qin_lightning.cli import CONFIG_DIR, instantiate_reporting, run_reporting_errors, set_threads
 from qin_lightning.data import schema as S
 from qin_lightning.data.datamodule import Batch, MMCTRDataModule, SplitDataset
 from qin_lightning.errors import ConfigError, QinError
@@ -34,7 +34,6 @@ from qin_lightning.files import atomic_write_json
 from qin_lightning.metrics import BinaryLogLoss
 from qin_lightning.onnx_runtime import feed, open_session
 
-CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 DATA_OVERRIDES = ("root", "batch_size")  # the only data settings eval/predict may change
 
 

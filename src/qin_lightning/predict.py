@@ -21,10 +21,10 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig
 
-from qin_lightning.cli import run_reporting_errors, set_threads
+from qin_lightning.cli import CONFIG_DIR, run_reporting_errors, set_threads
 from qin_lightning.data import schema as S
 from qin_lightning.errors import ConfigError, QinError
-from qin_lightning.eval import CONFIG_DIR, exported_session, load_for_inference, scored_batches
+from qin_lightning.eval import exported_session, load_for_inference, scored_batches
 
 HEADER = "ID,Task2\n"
 

@@ -32,7 +32,7 @@ from lightning.pytorch.loggers import Logger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from qin_lightning.cli import exit_with_error, instantiate_reporting, set_threads
+from qin_lightning.cli import CONFIG_DIR, exit_with_error, instantiate_reporting, set_threads
 from qin_lightning.errors import ConfigError, QinError
 from qin_lightning.files import atomic_write_json
 from qin_lightning.module import CTRModule, NonFiniteLossError
@@ -41,7 +41,6 @@ from qin_lightning.resume import GracefulInterrupt, TrainingInterrupted, make_tr
 log = logging.getLogger("qin_lightning.train")
 # Lightning 2.6 on torch 2.13: an internal deprecation notice printed on every run, nothing for the user to do
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
-CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
 
 def build_datamodule(cfg: DictConfig) -> pl.LightningDataModule:
