@@ -1,0 +1,117 @@
+"""The converged table of a sweep: `python experiments/converged/table.py experiments/converged/synthetic.yaml`.
+
+Reads `<plan dir>/<name>/runs/*.json` (written by sweep.py) and writes `<plan dir>/<name>/table.md`: per
+experiment the validation AUC / logloss (mean ± std over seeds), the test AUC / logloss / gAUC of the
+best-validation weights, the epoch of the best validation AUC, seconds per epoch, parameters, how each run
+ended, the paper's MicroLens value, and QIN vs that row in a paired t-test over seeds.
+
+Significance: for each seed present in both rows, d = AUC(row) - AUC(qin); t = mean(d) / (sd(d) / sqrt(n)),
+two-sided at alpha = 0.05 against Student's t with n - 1 degrees of freedom (3 seeds: |t| > 4.303). Runs with the
+same seed share the data order and the initialisation seed, hence the pairing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from qin_lightning.report import PAPER_AUC
+
+# two-sided 5% critical values of Student's t, by degrees of freedom
+T_CRITICAL = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+
+
+def mean_std(values: list[float], digits: int = 4) -> str:
+    if not values:
+        return "–"
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.fmean(values):.{digits}f} ± {std:.{digits}f}"
+
+
+def paired_t(row: dict[int, float], base: dict[int, float]) -> tuple[float, int] | None:
+    """(t, n) of row - base over the seeds both have; None with fewer than 2 pairs or identical values."""
+    seeds = sorted(set(row) & set(base))
+    diffs = [row[s] - base[s] for s in seeds]
+    if len(diffs) < 2:
+        return None
+    sd = statistics.stdev(diffs)
+    if sd == 0:
+        return None
+    return statistics.fmean(diffs) / (sd / math.sqrt(len(diffs))), len(diffs)
+
+
+def verdict(row: dict[int, float], base: dict[int, float]) -> str:
+    result = paired_t(row, base)
+    if result is None:
+        return "–"
+    t, n = result
+    critical = T_CRITICAL.get(n - 1, 1.96)
+    return f"t = {t:+.2f} ({'significant' if abs(t) > critical else 'within seed spread'})"
+
+
+def seconds_per_epoch(run: dict[str, Any]) -> float:
+    timing = run.get("timing") or {}
+    if timing.get("epoch_s"):
+        return statistics.fmean(timing["epoch_s"])
+    return run["train_seconds"] / max(1, run["epochs_trained"])
+
+
+def ending(runs: list[dict[str, Any]], max_epochs: int | None) -> str:
+    reasons = [r.get("stop_reason") or ("max_epochs" if max_epochs and r["epochs_trained"] >= max_epochs
+                                         else "early_stopping") for r in runs]
+    counts = {k: reasons.count(k) for k in dict.fromkeys(reasons)}
+    return ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in counts.items())
+
+
+def table(runs: list[dict[str, Any]], order: list[str], max_epochs: int | None, baseline: str = "qin") -> str:
+    by_exp: dict[str, list[dict[str, Any]]] = {}
+    for run in runs:
+        by_exp.setdefault(run["experiment"], []).append(run)
+    base = {r["seed"]: r["best_val_auc"] for r in by_exp.get(baseline, [])}
+    lines = [
+        "| experiment | seeds | val AUC | val logloss | test AUC | test logloss | test gAUC | best epoch | s / epoch"
+        " | params | ended by | paper AUC | Δ val AUC vs qin | paired t vs qin |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    base_mean = statistics.fmean(base.values()) if base else math.nan
+    for name in [e for e in order if e in by_exp] + sorted(set(by_exp) - set(order)):
+        rs = sorted(by_exp[name], key=lambda r: r["seed"])
+        tests = [r["test_eval"] for r in rs if r.get("test_eval")]
+        aucs = {r["seed"]: r["best_val_auc"] for r in rs}
+        paper = PAPER_AUC.get(name)
+        lines.append(
+            f"| {name} | {len(rs)} | {mean_std(list(aucs.values()))} | {mean_std([r['best_val_logloss'] for r in rs])}"
+            f" | {mean_std([t['auc'] for t in tests])} | {mean_std([t['logloss'] for t in tests])}"
+            f" | {mean_std([t['gauc'] for t in tests])} | {', '.join(str(r['best_epoch'] + 1) for r in rs)}"
+            f" | {statistics.fmean(seconds_per_epoch(r) for r in rs):.1f} | {rs[0]['n_params']:,}"
+            f" | {ending(rs, max_epochs)} | {paper if paper is not None else '–'}"
+            f" | {statistics.fmean(aucs.values()) - base_mean:+.4f}"
+            f" | {'–' if name == baseline else verdict(aucs, base)} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("plan", type=Path)
+    args = parser.parse_args(argv)
+    plan = OmegaConf.to_container(OmegaConf.load(args.plan), resolve=True)
+    assert isinstance(plan, dict)
+    folder = args.plan.parent / str(plan["name"])
+    runs = [json.loads(p.read_text()) for p in sorted((folder / "runs").glob("*.json"))]
+    max_epochs = next((int(o.split("=", 1)[1]) for o in plan.get("overrides") or []
+                       if str(o).startswith("trainer.max_epochs=")), None)
+    text = table(runs, [str(e) for e in plan["experiments"]], max_epochs)
+    (folder / "table.md").write_text(text)
+    print(text, end="")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
