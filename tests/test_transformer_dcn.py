@@ -110,3 +110,23 @@ def test_onnx_export_is_exact() -> None:
         got = session.run(None, {"item_seq": item_seq[rows].numpy(), "item_id": item_id[rows].numpy(),
                                  "likes_level": likes[rows].numpy(), "views_level": views[rows].numpy()})[0]
         np.testing.assert_allclose(got, expected[rows], rtol=1e-5, atol=1e-6)
+
+
+def test_onnx_history_axis_is_fixed_and_int8_export_runs() -> None:
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from qin_lightning.export import int8_onnx_bytes, onnx_bytes
+
+    model = tiny_winner(embedding_dim=16, mm_projection_dim=16, dnn_units=[64], head_units=[32])
+    item_seq, item_id, likes, views = tiny_batch()
+    fp32 = onnx_bytes(model, seq_len=item_seq.shape[1])
+    session = ort.InferenceSession(fp32)
+    assert session.get_inputs()[0].shape == ["batch", item_seq.shape[1]]  # the traced length, declared
+    feed = {"item_seq": item_seq.numpy(), "item_id": item_id.numpy(), "likes_level": likes.numpy(),
+            "views_level": views.numpy()}
+    quantized = int8_onnx_bytes(fp32, block_size=16)
+    assert b"MatMulNBits" in quantized  # the constant weight matrices (cross net, MLPs, projections) are int8
+    int8 = ort.InferenceSession(quantized).run(None, feed)[0]
+    with torch.no_grad():
+        expected = torch.sigmoid(model(item_seq, item_id, likes, views)).numpy()
+    assert int8.shape == (6,) and np.abs(int8 - expected).max() < 0.05  # an approximation, close

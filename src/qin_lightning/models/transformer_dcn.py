@@ -98,6 +98,10 @@ class SequenceTransformer(nn.Module):
 class TransformerDCN(SampleFeatures):
     """The 1st-place model of the challenge; `forward` returns logits (B,). See the module docstring."""
 
+    # ONNX: the traced nn.MultiheadAttention records the sequence length as a constant, so an export serves
+    # exactly the history length it was traced with (qin_lightning.export reads this)
+    dynamic_history = False
+
     def __init__(
         self,
         item_tags: Tensor,
