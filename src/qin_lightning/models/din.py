@@ -72,7 +72,8 @@ class DIN(SampleFeatures):
         batch_norm: bool = True,
         pack_history: bool = True,
     ) -> None:
-        super().__init__(item_tags, item_mm, num_tags, embedding_dim, num_levels, pack_history, mm_projection_dim)
+        super().__init__(item_tags, item_mm, num_tags, embedding_dim, num_levels, mm_projection_dim)
+        self.pack_history = pack_history
         item_dim = self.items.out_dim  # I = 2E + P (256)
         self.attention = DINAttention(item_dim, list(attention_units), attention_dropout)
         self.dnn = MLP(2 * embedding_dim + 2 * item_dim, list(dnn_units), dnn_dropout, batch_norm, "relu")
@@ -81,5 +82,6 @@ class DIN(SampleFeatures):
 
     def forward(self, item_seq: Tensor, item_id: Tensor, likes_level: Tensor, views_level: Tensor) -> Tensor:
         # item_seq (B, S), item_id / likes_level / views_level (B,) -> logits (B,)
-        x = self.features(self.attention, item_seq, item_id, likes_level, views_level)  # (B, 2E + 2I) = (B, 640)
+        x = self.features(self.attention, item_seq, item_id, likes_level, views_level, self.pack_history)
+        # x (B, 2E + 2I) = (B, 640)
         return self.head(self.dnn(x)).squeeze(-1)  # (B,)

@@ -24,11 +24,9 @@ class SampleFeatures(nn.Module):
         num_tags: int,
         embedding_dim: int,
         num_levels: int,
-        pack_history: bool,
         mm_projection_dim: int = 128,
     ) -> None:
         super().__init__()
-        self.pack_history = pack_history
         self.items = ItemEncoder(item_tags, item_mm, num_tags, embedding_dim, mm_projection_dim)
         self.likes_embedding = nn.Embedding(num_levels, embedding_dim, padding_idx=0)
         self.views_embedding = nn.Embedding(num_levels, embedding_dim, padding_idx=0)
@@ -45,8 +43,14 @@ class SampleFeatures(nn.Module):
         return [p for p in self.parameters() if p.requires_grad and id(p) not in embedding]
 
     def features(
-        self, attention: nn.Module, item_seq: Tensor, item_id: Tensor, likes_level: Tensor, views_level: Tensor
+        self,
+        attention: nn.Module,
+        item_seq: Tensor,
+        item_id: Tensor,
+        likes_level: Tensor,
+        views_level: Tensor,
+        pack_history: bool,
     ) -> Tensor:
         # item_seq (B, S), item_id / likes_level / views_level (B,) -> (B, 2E + 2I)
-        target, pooled = attend_history(self.items, attention, item_seq, item_id, self.pack_history)
+        target, pooled = attend_history(self.items, attention, item_seq, item_id, pack_history)
         return torch.cat([self.likes_embedding(likes_level), self.views_embedding(views_level), target, pooled], -1)

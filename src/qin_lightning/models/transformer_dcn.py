@@ -14,7 +14,8 @@ An all-padding history keeps its last position unmasked (the published code does
 key): that position's output is kept, not zeroed. 267,898,881 parameters with the MicroLens vocabulary.
 Shrink options (faithful defaults): `first_k_cols`, `cross_rank` (DCN-V2's low-rank U (V^T x) form),
 `transformer_layers` / `feedforward_dim` / `num_heads` (the width d_model = 2I follows embedding_dim and
-mm_projection_dim). No exact fast path is needed: only the item table cache (models.items) applies.
+mm_projection_dim). No exact fast path is needed: only the item table cache (models.items) applies; there is
+no `pack_history` (every position of the dense (B, S) grid is a query of the transformer).
 """
 
 from __future__ import annotations
@@ -121,8 +122,7 @@ class TransformerDCN(SampleFeatures):
         dnn_dropout: float = 0.2,
         head_units: list[int] = [64, 32],  # noqa: B006
     ) -> None:
-        # pack_history False: the transformer reads the dense (B, S) grid (every position is a query)
-        super().__init__(item_tags, item_mm, num_tags, embedding_dim, num_levels, False, mm_projection_dim)
+        super().__init__(item_tags, item_mm, num_tags, embedding_dim, num_levels, mm_projection_dim)
         item_dim = self.items.out_dim  # I = 2E + P (256)
         self.transformer = SequenceTransformer(
             item_dim, transformer_layers, num_heads, feedforward_dim, transformer_dropout, first_k_cols
