@@ -50,10 +50,14 @@ def tiny_overrides(tmp: Path) -> list[str]:
 
 
 def tiny_model_overrides(experiment: str | None = None) -> list[str]:
-    """Small widths for QIN (or DIN) so a step takes milliseconds."""
+    """Small widths for QIN, DIN or the Transformer+DCN winner so a step takes milliseconds."""
+    tiny = ["model.net.embedding_dim=8", "model.net.mm_projection_dim=8"]
     if experiment == "din":
-        return ["model.net.embedding_dim=8", "model.net.attention_units=[16,8]", "model.net.dnn_units=[32,16]"]
-    return ["model.net.embedding_dim=8"]
+        return [*tiny, "model.net.attention_units=[16,8]", "model.net.dnn_units=[32,16]"]
+    if experiment == "transformer_dcn":
+        return [*tiny, "model.net.feedforward_dim=16", "model.net.first_k_cols=4", "model.net.cross_rank=8",
+                "model.net.dnn_units=[32,16]", "model.net.head_units=[8]"]
+    return tiny
 
 
 def compose_train(overrides: list[str], output_dir: Path) -> DictConfig:

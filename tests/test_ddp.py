@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 from conftest import REPO_ROOT, compose_train, tiny_model_overrides, tiny_overrides
 from lightning.pytorch import Callback, LightningModule, Trainer
@@ -180,3 +181,20 @@ def test_eval_shards_cover_split_once() -> None:
         rows = torch.cat([torch.cat(s) for s in shards])
         assert torch.equal(rows.sort().values, torch.arange(n))
         assert all(b.numel() <= batch_size and bool((b.diff() == 1).all()) for s in shards for b in s)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("experiment", ["transformer_dcn", "qnn_alpha"])
+def test_ddp_new_networks(tmp_path: Path, experiment: str) -> None:
+    """The winner and QNN-alpha + self-ensemble (two passes inside one DDP step) train under 2-process DDP."""
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "src"), "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
+    env.pop("MASTER_PORT", None)
+    args = [f"+experiment={experiment}", *tiny_overrides(tmp_path), *tiny_model_overrides(experiment),
+            f"data.synthetic.train_rows={TRAIN_ROWS}", f"data.synthetic.valid_rows={VALID_ROWS}",
+            f"data.batch_size={BATCH}", "trainer.max_epochs=1", "trainer=ddp", "trainer.accelerator=cpu",
+            "trainer.devices=2", f"hydra.run.dir={tmp_path / 'run'}"]
+    proc = subprocess.run([sys.executable, "-m", "qin_lightning.train", *args], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["status"] == "completed" and results["experiment"] == experiment

@@ -15,7 +15,8 @@ EXPERIMENTS = sorted(p.stem for p in Path(CONFIG_DIR, "experiment").glob("*.yaml
 
 def test_all_paper_experiments_exist() -> None:
     assert set(EXPERIMENTS) >= {"qin", "din", "ablation_no_qnn", "ablation_no_asta", "ablation_softmax",
-                                "ablation_relu", "ablation_dropout", "attention_silu", "attention_relu2"}
+                                "ablation_relu", "ablation_dropout", "attention_silu", "attention_relu2",
+                                "transformer_dcn", "qnn_alpha"}
     for name in EXPERIMENTS:
         text = Path(CONFIG_DIR, "experiment", f"{name}.yaml").read_text()
         assert text.startswith("# @package _global_"), name
@@ -41,6 +42,7 @@ def test_swaps_actually_happen(tmp_path: Path) -> None:
     from qin_lightning.models.attention import MeanPooling, TargetAttention
     from qin_lightning.models.din import DIN
     from qin_lightning.models.interaction import MLP, QuadraticNetwork
+    from qin_lightning.models.transformer_dcn import TransformerDCN
 
     qin = _net(tmp_path, "qin")
     assert isinstance(qin.attention, TargetAttention) and qin.attention.activation == "relu"
@@ -62,13 +64,49 @@ def test_swaps_actually_happen(tmp_path: Path) -> None:
 
     din = _net(tmp_path, "din")
     assert isinstance(din, DIN)
+    assert isinstance(_net(tmp_path, "transformer_dcn"), TransformerDCN)
     assert sum(p.numel() for p in din.parameters()) != sum(p.numel() for p in qin.parameters())
 
 
 def test_din_protocol_defaults(tmp_path: Path) -> None:
+    # REFERENCE 2b (second edition): the challenge's MicroLens tuner on the DIN_default template
     cfg = compose_train(["+experiment=din", f"paths.cache_dir={tmp_path}/cache"], tmp_path / "run")
-    assert cfg.model.lr == 1e-3 and cfg.model.net_l2 == 1e-2 and cfg.model.embedding_l2 == 1e-7
-    assert cfg.model.net.embedding_dim == 64 and cfg.data.batch_size == 4096
+    assert cfg.model.lr == 1e-3 and cfg.model.net_l2 == 0.0 and cfg.model.embedding_l2 == 1e-7
+    assert cfg.model.lr_factor == 0.1 and cfg.callbacks.early_stopping.patience == 3
+    assert cfg.model.net.embedding_dim == 64 and cfg.model.net.mm_projection_dim == 128
+    assert list(cfg.model.net.dnn_units) == [1024, 512, 256] and cfg.model.net.dnn_dropout == 0.1
+    assert cfg.data.batch_size == 8192
+
+
+def test_transformer_dcn_protocol_defaults(tmp_path: Path) -> None:
+    # REFERENCE 6: lr 5e-4, batch 128, no regularisation, clipping 10, patience 5; the faithful network
+    cfg = compose_train(["+experiment=transformer_dcn", f"paths.cache_dir={tmp_path}/cache"], tmp_path / "run")
+    assert cfg.model.lr == 5e-4 and cfg.model.embedding_l2 == 0.0 and cfg.model.net_l2 == 0.0
+    assert cfg.data.batch_size == 128 and cfg.callbacks.early_stopping.patience == 5
+    assert cfg.trainer.gradient_clip_val == 10.0 and not cfg.model.self_ensemble
+    net = cfg.model.net
+    assert (net.embedding_dim, net.mm_projection_dim, net.transformer_layers, net.num_heads) == (64, 128, 2, 1)
+    assert (net.feedforward_dim, net.transformer_dropout, net.first_k_cols, net.cross_layers) == (256, 0.2, 16, 3)
+    assert net.cross_rank is None and list(net.dnn_units) == [1024, 512, 256] and net.dnn_dropout == 0.2
+    assert list(net.head_units) == [64, 32]
+
+
+def test_qnn_alpha_experiment(tmp_path: Path) -> None:
+    from qin_lightning.models.interaction import QuadraticAlphaNetwork
+    from qin_lightning.models.qin import QIN
+
+    cfg = compose_train(["+experiment=qnn_alpha", f"paths.cache_dir={tmp_path}/cache"], tmp_path / "run")
+    assert cfg.model.self_ensemble and cfg.model.lr == 2e-3 and cfg.model.embedding_l2 == 2e-4
+    alpha = cfg.model.net.interaction
+    assert (alpha.num_layers, alpha.num_row, alpha.num_heads, alpha.dropout) == (4, 4, 1, 0.1)
+    assert alpha.batch_norm and not alpha.align_heads and alpha.field_dim == 128
+    net = _net(tmp_path, "qnn_alpha")
+    assert isinstance(net, QIN) and isinstance(net.interaction, QuadraticAlphaNetwork)
+    # the self-ensemble loss is off everywhere else (faithful defaults)
+    for name in EXPERIMENTS:
+        if name != "qnn_alpha":
+            other = compose_train([f"+experiment={name}", f"paths.cache_dir={tmp_path}/cache"], tmp_path / "run")
+            assert not other.model.self_ensemble, name
 
 
 def test_unknown_experiment_is_a_clear_error(tmp_path: Path) -> None:

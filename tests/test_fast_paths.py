@@ -234,3 +234,29 @@ def test_qin_fast_and_cached_inference_matches_literal_model():
     literal.eval()
     with torch.no_grad():
         torch.testing.assert_close(fast(*batch), literal(*batch), **TIGHT)
+
+
+def test_fast_paths_of_the_new_networks():
+    """QIN + QNN-alpha: ASTA's algebra, the item cache and packed histories apply; the QNN-alpha layers have no
+    fold (ReLU inside the branch). The winner: only the item cache (no pack_history, nothing to fold)."""
+    from qin_lightning.models.interaction import QuadraticAlphaNetwork
+    from qin_lightning.models.switches import fast_path_state, set_fast_paths
+    from qin_lightning.models.transformer_dcn import TransformerDCN
+
+    tags, mm, num_tags = tiny_tables()
+    torch.manual_seed(0)
+    alpha = QIN(tags, mm, num_tags, embedding_dim=4, mm_projection_dim=4,
+                interaction=functools.partial(QuadraticAlphaNetwork, field_dim=4, num_heads=2)).double()
+    winner = TransformerDCN(tags, mm, num_tags, embedding_dim=4, mm_projection_dim=4, feedforward_dim=8,
+                            first_k_cols=3, dnn_units=[8], head_units=[4], cross_rank=4).double()
+    assert fast_path_state(alpha) == {"items.cache_at_inference": True, "attention.fast": True, "pack_history": True}
+    assert fast_path_state(winner) == {"items.cache_at_inference": True}
+    batch = tiny_batch()
+    for net in (alpha, winner):
+        net.eval()
+        with torch.no_grad():
+            fast = net(*batch)
+            set_fast_paths(net, False)
+            literal = net(*batch)
+            set_fast_paths(net, True)
+        torch.testing.assert_close(fast, literal, rtol=1e-9, atol=1e-10)

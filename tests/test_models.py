@@ -11,7 +11,7 @@ from torch import nn
 from qin_lightning.errors import ConfigError
 from qin_lightning.models.attention import MeanPooling, TargetAttention
 from qin_lightning.models.din import DIN
-from qin_lightning.models.interaction import MLP, QuadraticNetwork
+from qin_lightning.models.interaction import MLP, QuadraticAlphaLayer, QuadraticAlphaNetwork, QuadraticNetwork
 from qin_lightning.models.items import ItemEncoder
 from qin_lightning.models.qin import QIN
 
@@ -80,18 +80,19 @@ def test_qin_parameter_count_num_row_3(microlens_tables):
 
 
 def test_din_parameter_count(microlens_tables):
-    # E = 64, items 3E = 192.
-    # embeddings: ids 91718*64 = 5,869,952; tags 11740*64 = 751,360; mm projection 128*64 = 8,192;
-    #             likes + views 2*11*64 = 1,408                                     -> 6,630,912
-    # attention MLP on 4*192 = 768: 768*512+512 + 512*256+256 + 256*1+1            ->   525,313
-    # DNN on 64+64+192+192 = 512, each layer Linear + BN (2 per unit):
-    #   512*1024+1024+2048 + 1024*512+512+1024 + 512*256+256+512 + 256*128+128+256
-    #   + 128*64+64+128 + 64*32+32+64, head 32+1                                   -> 1,228,737
+    # REFERENCE 2b (second edition): E = 64, the multimodal projection keeps 128 -> items 64 + 64 + 128 = 256.
+    # embeddings: ids 91718*64 = 5,869,952; tags 11740*64 = 751,360; mm projection 128*128 = 16,384;
+    #             likes + views 2*11*64 = 1,408                                     -> 6,639,104
+    # attention MLP on 4*256 = 1024: 1024*512+512 + 512*256+256 + 256*1+1            ->   656,385
+    # DNN on 64+64+256+256 = 640, each layer Linear + BN (2 per unit):
+    #   640*1024+1024+2048 + 1024*512+512+1024 + 512*256+256+512, head 256+1       -> 1,316,353
     tags, mm = microlens_tables
     model = DIN(tags, mm, 11740)
-    assert count(model.embedding_parameters()) == 6_630_912
-    assert count(model.attention.parameters()) == 525_313
-    assert count(model.parameters()) == 6_630_912 + 525_313 + 1_228_737 == 8_384_962
+    assert model.items.out_dim == 256
+    assert count(model.embedding_parameters()) == 6_639_104
+    assert count(model.attention.parameters()) == 656_385
+    assert count(model.dnn.parameters()) + count(model.head.parameters()) == 1_316_353
+    assert count(model.parameters()) == 8_611_842
 
 
 def test_parameter_groups_partition_all_parameters():
@@ -106,7 +107,7 @@ def test_parameter_groups_partition_all_parameters():
 
 def test_item_encoder_layout_and_padding():
     tags, mm, num_tags = tiny_tables()
-    enc = ItemEncoder(tags, mm, num_tags, embedding_dim=4)
+    enc = ItemEncoder(tags, mm, num_tags, embedding_dim=4, mm_projection_dim=4)
     with torch.no_grad():  # make everything non-zero, including the padding rows
         enc.id_embedding.weight.normal_()
         enc.tag_embedding.weight.normal_()
@@ -121,6 +122,14 @@ def test_item_encoder_layout_and_padding():
     torch.testing.assert_close(out[3, 4:8], expected_tags)
     torch.testing.assert_close(out[3, 8:], enc.mm_projection(mm[i]))
     assert torch.equal(out[2, 4:8], torch.zeros(4))  # item 3 has no tags -> zero tag block
+
+
+def test_item_encoder_projection_width_is_its_own_setting():
+    tags, mm, num_tags = tiny_tables()
+    default = ItemEncoder(tags, mm, num_tags, embedding_dim=4)  # 128 for every model (the dataset config)
+    assert default.mm_projection.weight.shape == (128, 8) and default.out_dim == 4 + 4 + 128
+    narrow = ItemEncoder(tags, mm, num_tags, embedding_dim=4, mm_projection_dim=6)
+    assert narrow.encode(torch.tensor([1, 2])).shape == (2, 14) and narrow.out_dim == 14
 
 
 def test_item_encoder_init_and_state_dict():
@@ -234,3 +243,75 @@ def test_unknown_names_raise_config_error_naming_the_key():
         QuadraticNetwork(6, activation="tanh")
     with pytest.raises(ConfigError, match=r"model\.net\.interaction\.activation"):
         MLP(6, [4], activation="tanh")
+
+
+# --- QNN-alpha (REFERENCE section 7) -------------------------------------------------------------------------
+
+def qnn_alpha_transcription(layer: QuadraticAlphaLayer, x: torch.Tensor) -> torch.Tensor:
+    """Section 7 written out element by element (eval mode: dropout off, BatchNorm with running stats).
+
+    h = ReLU(BN(Linear(D, R D)(x))) viewed as (B, H, R, D/H); head k of x = chunk k (width e/H) of every field
+    (width e), fields in order; y_k = sum_r x_k * h_{k, r}; flattened head-major (the published code) or put
+    back at the positions head k came from (`align_heads`); out = flatten(y) + x.
+    """
+    b, d = x.shape
+    e, heads, rows = layer.field_dim, layer.num_heads, layer.num_row
+    fields, chunk, width = d // e, e // heads, d // heads
+    lin = x @ layer.linear.weight.t() + layer.linear.bias  # (B, R D)
+    norm = layer.norm
+    if norm is not None:
+        lin = (lin - norm.running_mean) / torch.sqrt(norm.running_var + norm.eps) * norm.weight + norm.bias
+    h = torch.relu(lin)
+    out = x.clone()
+    for i in range(b):
+        for k in range(heads):
+            x_k = torch.cat([x[i, f * e + k * chunk: f * e + (k + 1) * chunk] for f in range(fields)])  # (D/H,)
+            y_k = sum(x_k * h[i, (k * rows + r) * width: (k * rows + r + 1) * width] for r in range(rows))
+            if layer.align_heads:
+                for f in range(fields):
+                    out[i, f * e + k * chunk: f * e + (k + 1) * chunk] += y_k[f * chunk: (f + 1) * chunk]
+            else:
+                out[i, k * width: (k + 1) * width] += y_k
+    return out
+
+
+@pytest.mark.parametrize("batch_norm", [True, False])
+@pytest.mark.parametrize("align_heads", [False, True])
+@pytest.mark.parametrize("num_heads", [1, 2, 4])
+def test_qnn_alpha_matches_section_7_transcription(num_heads, align_heads, batch_norm):
+    torch.manual_seed(0)
+    net = QuadraticAlphaNetwork(24, field_dim=8, num_layers=2, num_row=3, num_heads=num_heads, dropout=0.1,
+                                batch_norm=batch_norm, align_heads=align_heads).double().eval()
+    for layer in net.layers:
+        if layer.norm is not None:  # non-trivial eval statistics
+            layer.norm.running_mean.normal_()
+            layer.norm.running_var.uniform_(0.5, 2.0)
+            layer.norm.weight.data.uniform_(0.5, 1.5)
+            layer.norm.bias.data.normal_()
+    x = torch.randn(5, 24, dtype=torch.float64)
+    expected = x
+    for layer in net.layers:
+        expected = qnn_alpha_transcription(layer, expected)
+    torch.testing.assert_close(net(x), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_qnn_alpha_head_order_quirk_only_matters_for_several_heads():
+    torch.manual_seed(0)
+    x = torch.randn(4, 24, dtype=torch.float64)
+    for heads, same in [(1, True), (2, False)]:
+        quirk = QuadraticAlphaLayer(24, 8, 2, heads, 0.0, True, align_heads=False).double().eval()
+        fixed = QuadraticAlphaLayer(24, 8, 2, heads, 0.0, True, align_heads=True).double().eval()
+        fixed.load_state_dict(quirk.state_dict())
+        assert torch.allclose(quirk(x), fixed(x)) is same
+
+
+def test_qnn_alpha_in_qin_trains_and_rejects_bad_heads():
+    model = tiny_qin(mm_projection_dim=4, interaction=functools.partial(QuadraticAlphaNetwork, field_dim=4,
+                                                                         num_heads=2))
+    logits = model(*tiny_batch())
+    logits.sum().backward()
+    assert logits.shape == (6,) and torch.isfinite(logits).all()
+    assert isinstance(model.interaction.layers[0].norm, nn.BatchNorm1d)
+    assert model.interaction.layers[0].norm.num_features == 4 * 8 * 2  # BN over the R D branch (D = 2E + 2I)
+    with pytest.raises(ConfigError, match="num_heads 3"):
+        QuadraticAlphaNetwork(24, field_dim=8, num_heads=3)

@@ -4,7 +4,9 @@ The exported model takes (item_seq (B, S) int64, item_id (B,), likes_level (B,),
 click probabilities (B,) float32. It is self-contained and is the fast inference form of the same function:
 the (N, 3E) item table is stored in the graph (no tag pooling / projection per request), attention uses the
 pre-multiplied d x d matrices and every QNN layer is one folded D x D matrix (models.switches). The batch
-and history axes are dynamic. Written atomically; an existing file is replaced only with `--overwrite`.
+and history axes are dynamic, except for networks with `dynamic_history = False` (the Transformer+DCN winner:
+the traced nn.MultiheadAttention fixes the sequence length), whose history axis is the checkpoint's max_len.
+Written atomically; an existing file is replaced only with `--overwrite`.
 
 `--weights fp32` (default) is exact (same function up to rounding) and runs on any ONNX runtime.
 `--weights int8` stores the weight matrices as blockwise int8 (qin_lightning.onnx_int8): about 4x fewer bytes
@@ -64,6 +66,7 @@ def onnx_bytes(net: nn.Module, seq_len: int = 64, opset: int = OPSET) -> bytes:
     set_fast_paths(net, True)
     model = ProbabilityModel(net).eval()
     inputs = example_inputs(seq_len)
+    history_axis = {1: "history"} if getattr(net, "dynamic_history", True) else {}
     buffer = io.BytesIO()
     with torch.no_grad():
         model(*inputs)  # builds the item table, attention products and folded QNN layers
@@ -76,7 +79,7 @@ def onnx_bytes(net: nn.Module, seq_len: int = 64, opset: int = OPSET) -> bytes:
                 input_names=INPUT_NAMES,
                 output_names=[OUTPUT_NAME],
                 dynamic_axes={
-                    "item_seq": {0: "batch", 1: "history"},
+                    "item_seq": {0: "batch", **history_axis},
                     "item_id": {0: "batch"},
                     "likes_level": {0: "batch"},
                     "views_level": {0: "batch"},

@@ -3,6 +3,8 @@
 loss = BCE(sigmoid(logits), label)
      + (embedding_l2 / 2) * sum of ||p||^2 over every embedding table (+ the multimodal projection), every step
      + (net_l2 / 2)       * sum of ||p||^2 over every other weight (the DIN protocol; 0 for QIN)
+With ``self_ensemble`` (QNN-alpha, REFERENCE section 7) the BCE term is replaced by the self-ensemble loss of
+two stochastic forward passes (``CTRModule.self_ensemble_loss``); inference is always one pass.
 Adam (default betas, no weight decay); lr x ``lr_factor`` whenever validation AUC does not improve by
 ``min_delta`` (floor ``min_lr``). Gradient clipping, early stopping and best-checkpoint reloading are Trainer
 and callback settings (``conf/trainer``, ``conf/callbacks``).
@@ -53,6 +55,7 @@ class CTRModule(LightningModule):
         lr_factor: float = 0.5,
         min_lr: float = 1e-6,
         min_delta: float = 1e-6,
+        self_ensemble: bool = False,
         compile: bool = False,
         nonfinite_check_every_n_steps: int = 1,
         fused_adam: bool = False,
@@ -66,6 +69,7 @@ class CTRModule(LightningModule):
         self.lr_factor = lr_factor
         self.min_lr = min_lr
         self.min_delta = min_delta
+        self.self_ensemble = self_ensemble
         self.compile = compile
         self.nonfinite_check_every_n_steps = nonfinite_check_every_n_steps
         self.fused_adam = fused_adam
@@ -105,14 +109,36 @@ class CTRModule(LightningModule):
             reg = reg + 0.5 * self.net_l2 * squared_l2(self.net.dense_parameters())
         return reg
 
+    @staticmethod
+    def self_ensemble_loss(logits_1: torch.Tensor, logits_2: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        """QNN-alpha's self-ensemble loss of two stochastic passes (REFERENCE section 7), all means over B:
+
+            p = (p1 + p2) / 2;   loss = BCE(p, y) + BCE(p1, p.detach()) + BCE(p2, p.detach())
+
+        The consistency terms are computed from the logits (the same value as BCE on p1, p2, stabler).
+        """
+        with torch.autocast(logits_1.device.type, enabled=False):  # BCE on probabilities refuses autocast
+            logits_1, logits_2, label = logits_1.float(), logits_2.float(), label.float()
+            p = 0.5 * (torch.sigmoid(logits_1) + torch.sigmoid(logits_2))  # (B,) the ensemble's prediction
+            target = p.detach()
+            return (
+                F.binary_cross_entropy(p, label)
+                + F.binary_cross_entropy_with_logits(logits_1, target)
+                + F.binary_cross_entropy_with_logits(logits_2, target)
+            )
+
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         logits = self(batch)  # (B,)
-        bce = F.binary_cross_entropy_with_logits(logits.float(), batch.label.float())
+        if self.self_ensemble:  # a second pass: other dropout masks (and BatchNorm sees the batch twice)
+            bce = self.self_ensemble_loss(logits.float(), self(batch).float(), batch.label.float())
+        else:
+            bce = F.binary_cross_entropy_with_logits(logits.float(), batch.label.float())
         loss = bce + self.regularization()
         n = self.nonfinite_check_every_n_steps
         if n > 0 and self.global_step % n == 0 and not torch.isfinite(loss):
             self._raise_nonfinite(batch, logits, loss)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=batch.label.numel())
+        # train/bce: the BCE term, or the whole self-ensemble loss when that option is on
         self.log("train/bce", bce, on_step=False, on_epoch=True, batch_size=batch.label.numel())
         return loss
 

@@ -39,6 +39,8 @@ PAPER_ROW: dict[str, str] = {
     "ablation_dropout": "ASTA w/ Dropout",
     "attention_silu": "ASTA w/ SiLU",
     "attention_relu2": "ASTA w/ ReLU^2",
+    "qnn_alpha": "QIN + QNN-alpha (self-ensemble)",  # beyond the paper: no paper AUC
+    "transformer_dcn": "Transformer+DCNv2 (1st place)",  # beyond the paper: valid 0.9766 in the winners' report
 }
 ORDER = list(PAPER_ROW)
 

@@ -1,1 +1,2 @@
-"""Model parts: item encoder, target attention, interaction networks, QIN and the DIN baseline."""
+"""Model parts: item encoder, target attention, interaction networks (QNN, QNN-alpha, MLP), QIN, the DIN baseline
+and the challenge winner (Transformer + DCNv2)."""

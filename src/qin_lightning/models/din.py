@@ -47,11 +47,14 @@ class DINAttention(nn.Module):
 class DIN(SampleFeatures):
     """Deep Interest Network baseline; `forward` returns logits (B,).
 
-    Facts (REFERENCE 2b, checked against FuxiCTR DIN / DIN_Attention / MLP_Block): attention MLP [512, 256]
-    with ReLU and dropout 0.1; DNN [1024, 512, 256, 128, 64, 32] with Linear -> BN -> ReLU -> Dropout, then
-    Linear -> logit. The challenge's FuxiCTR template uses Dice in the attention MLP; REFERENCE (the paper's
-    baseline) says ReLU, which we follow. `dnn_dropout` 0.1 is the challenge's MicroLens tuner value
-    (its template default is 0). `pack_history` (exact, see models.history): attend only non-padding items.
+    Facts (REFERENCE 2b, second edition, from the challenge's DIN_default template and its MicroLens tuner
+    config, checked against FuxiCTR DIN / DIN_Attention / MLP_Block): ids, tags and levels embedded in 64
+    dimensions, the multimodal projection in 128 (items 64 + 64 + 128 = 256-d); attention MLP [512, 256] with
+    ReLU and dropout 0.1 on [t, x, t - x, t * x] (1024 in); DNN [1024, 512, 256] on
+    [likes | views | target | pooled] (640 in) with Linear -> BN -> ReLU -> Dropout, then Linear -> logit.
+    8,611,842 parameters with the MicroLens vocabulary. The challenge's template uses Dice in the attention
+    MLP; REFERENCE (the paper's baseline) says ReLU, which we follow. `dnn_dropout` 0.1 is the tuner's
+    net_dropout (the template's is 0). `pack_history` (exact, see models.history): attend only non-padding items.
     """
 
     def __init__(
@@ -61,15 +64,17 @@ class DIN(SampleFeatures):
         num_tags: int,
         embedding_dim: int = 64,
         num_levels: int = 11,
+        mm_projection_dim: int = 128,
         attention_units: list[int] = [512, 256],  # noqa: B006
         attention_dropout: float = 0.1,
-        dnn_units: list[int] = [1024, 512, 256, 128, 64, 32],  # noqa: B006
+        dnn_units: list[int] = [1024, 512, 256],  # noqa: B006
         dnn_dropout: float = 0.1,
         batch_norm: bool = True,
         pack_history: bool = True,
     ) -> None:
-        super().__init__(item_tags, item_mm, num_tags, embedding_dim, num_levels, pack_history)
-        item_dim = self.items.out_dim
+        super().__init__(item_tags, item_mm, num_tags, embedding_dim, num_levels, mm_projection_dim)
+        self.pack_history = pack_history
+        item_dim = self.items.out_dim  # I = 2E + P (256)
         self.attention = DINAttention(item_dim, list(attention_units), attention_dropout)
         self.dnn = MLP(2 * embedding_dim + 2 * item_dim, list(dnn_units), dnn_dropout, batch_norm, "relu")
         self.head = nn.Linear(self.dnn.out_dim, 1)
@@ -77,5 +82,6 @@ class DIN(SampleFeatures):
 
     def forward(self, item_seq: Tensor, item_id: Tensor, likes_level: Tensor, views_level: Tensor) -> Tensor:
         # item_seq (B, S), item_id / likes_level / views_level (B,) -> logits (B,)
-        x = self.features(self.attention, item_seq, item_id, likes_level, views_level)  # (B, 8E)
+        x = self.features(self.attention, item_seq, item_id, likes_level, views_level, self.pack_history)
+        # x (B, 2E + 2I) = (B, 640)
         return self.head(self.dnn(x)).squeeze(-1)  # (B,)

@@ -2,7 +2,7 @@
 
 `SampleFeatures` owns the item encoder and the two level embeddings, splits the parameters into the two L2
 groups of the training protocol, and assembles the per-sample vector [likes | views | target | pooled history]
-(B, 2E + 2 x 3E) that QIN's QNN and DIN's DNN read.
+(B, 2E + 2I) that QIN's QNN and DIN's DNN read (I = 2E + P: the item width, P the multimodal projection).
 """
 
 from __future__ import annotations
@@ -15,14 +15,19 @@ from qin_lightning.models.items import ItemEncoder, init_embedding
 
 
 class SampleFeatures(nn.Module):
-    """Base of QIN and DIN: item encoder + level embeddings (row 0 = padding, as in the published run)."""
+    """Base of QIN, DIN and the winner: item encoder + level embeddings (row 0 = padding, as published)."""
 
     def __init__(
-        self, item_tags: Tensor, item_mm: Tensor, num_tags: int, embedding_dim: int, num_levels: int, pack_history: bool
+        self,
+        item_tags: Tensor,
+        item_mm: Tensor,
+        num_tags: int,
+        embedding_dim: int,
+        num_levels: int,
+        mm_projection_dim: int = 128,
     ) -> None:
         super().__init__()
-        self.pack_history = pack_history
-        self.items = ItemEncoder(item_tags, item_mm, num_tags, embedding_dim)
+        self.items = ItemEncoder(item_tags, item_mm, num_tags, embedding_dim, mm_projection_dim)
         self.likes_embedding = nn.Embedding(num_levels, embedding_dim, padding_idx=0)
         self.views_embedding = nn.Embedding(num_levels, embedding_dim, padding_idx=0)
         init_embedding(self.likes_embedding)
@@ -38,8 +43,14 @@ class SampleFeatures(nn.Module):
         return [p for p in self.parameters() if p.requires_grad and id(p) not in embedding]
 
     def features(
-        self, attention: nn.Module, item_seq: Tensor, item_id: Tensor, likes_level: Tensor, views_level: Tensor
+        self,
+        attention: nn.Module,
+        item_seq: Tensor,
+        item_id: Tensor,
+        likes_level: Tensor,
+        views_level: Tensor,
+        pack_history: bool,
     ) -> Tensor:
-        # item_seq (B, S), item_id / likes_level / views_level (B,) -> (B, 2E + 2 x 3E)
-        target, pooled = attend_history(self.items, attention, item_seq, item_id, self.pack_history)
+        # item_seq (B, S), item_id / likes_level / views_level (B,) -> (B, 2E + 2I)
+        target, pooled = attend_history(self.items, attention, item_seq, item_id, pack_history)
         return torch.cat([self.likes_embedding(likes_level), self.views_embedding(views_level), target, pooled], -1)

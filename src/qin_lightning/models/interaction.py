@@ -1,4 +1,4 @@
-"""Feature-interaction networks: the Quadratic Neural Network (paper eq. 4) and the MLP ablation."""
+"""Feature-interaction networks: the Quadratic Neural Network (paper eq. 4), QNN-alpha (REFERENCE 7) and the MLP."""
 
 from __future__ import annotations
 
@@ -193,3 +193,84 @@ class MLP(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         # x (B, D) -> (B, hidden_units[-1])
         return self.net(x)
+
+
+class QuadraticAlphaLayer(nn.Module):
+    """One QNN-alpha layer (REFERENCE section 7; the authors' successor, FuxiCTR model_zoo/QNN), residual included.
+
+    x (B, D) is F fields of width e (D = F e); each field is split into H chunks of e/H, head h holding chunk h
+    of every field: x_h (B, H, D/H).
+        h = Dropout(ReLU(BN_{R D}(Linear(D, R D)(x)))).view(B, H, R, D/H)   (activation inside the branch)
+        y = sum_r x_h * h_r                                                   (B, H, D/H), Khatri-Rao form
+        out = Dropout(flatten(y) + x)
+    The published code flattens y head-major while the residual x is field-major: for H > 1 it adds chunk j
+    of y to a different position of x (a quirk). `align_heads=True` flattens y back in x's field order (the
+    evident intent); off by default. With H = 1 both orders are the same. No folding: the ReLU sits between
+    the linear map and the product, so the R rows cannot be summed into one matrix.
+    """
+
+    def __init__(
+        self,
+        input_dim: int,
+        field_dim: int,
+        num_row: int,
+        num_heads: int,
+        dropout: float,
+        batch_norm: bool,
+        align_heads: bool,
+    ) -> None:
+        super().__init__()
+        if input_dim % field_dim or field_dim % num_heads:
+            raise ConfigError(
+                f"model.net.interaction: input width {input_dim} must be a multiple of field_dim {field_dim}, "
+                f"and field_dim a multiple of num_heads {num_heads}"
+            )
+        self.input_dim, self.field_dim, self.num_row, self.num_heads = input_dim, field_dim, num_row, num_heads
+        self.align_heads = align_heads
+        self.linear = nn.Linear(input_dim, input_dim * num_row)
+        init_linear(self.linear)
+        self.norm = nn.BatchNorm1d(input_dim * num_row) if batch_norm else None
+        self.dropout_h = nn.Dropout(dropout)
+        self.dropout_y = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        # x (B, D) -> (B, D)
+        b, d, hd = x.shape[0], self.input_dim, self.num_heads
+        fields, chunk = d // self.field_dim, self.field_dim // hd
+        heads = x.view(b, fields, hd, chunk).transpose(1, 2).reshape(b, hd, d // hd)  # (B, H, D/H)
+        h = self.linear(x)  # (B, R D)
+        if self.norm is not None:
+            h = self.norm(h)
+        h = self.dropout_h(torch.relu(h)).view(b, hd, self.num_row, d // hd)  # (B, H, R, D/H)
+        y = (heads.unsqueeze(2) * h).sum(2)  # (B, H, D/H)
+        if self.align_heads:  # back to x's field-major order
+            y = y.view(b, hd, fields, chunk).transpose(1, 2)  # (B, F, H, e/H)
+        return self.dropout_y(y.reshape(b, d) + x)
+
+
+class QuadraticAlphaNetwork(nn.Module):
+    """QNN-alpha's interaction part: `num_layers` QuadraticAlphaLayers of width D (the head is the model's)."""
+
+    def __init__(
+        self,
+        input_dim: int,
+        field_dim: int,
+        num_layers: int = 3,
+        num_row: int = 2,
+        num_heads: int = 1,
+        dropout: float = 0.1,
+        batch_norm: bool = True,
+        align_heads: bool = False,
+    ) -> None:
+        super().__init__()
+        self.out_dim = input_dim
+        self.layers = nn.ModuleList(
+            QuadraticAlphaLayer(input_dim, field_dim, num_row, num_heads, dropout, batch_norm, align_heads)
+            for _ in range(num_layers)
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        # x (B, D) -> (B, D)
+        for layer in self.layers:
+            x = layer(x)
+        return x

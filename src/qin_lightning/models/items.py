@@ -27,7 +27,7 @@ def caching_allowed() -> bool:
 
 @contextlib.contextmanager
 def caches_as_constants() -> Iterator[None]:
-    """Let a trace (ONNX export) use the inference caches: the exported graph gathers from the (N, 3E) item
+    """Let a trace (ONNX export) use the inference caches: the exported graph gathers from the (N, I) item
     table and uses the folded / pre-multiplied matrices. Build the caches first (one eval forward under
     `torch.no_grad()` outside the trace), or the trace records their computation instead.
     """
@@ -89,10 +89,14 @@ def _clear_cache_hook(module: nn.Module, incompatible_keys: object) -> None:
 
 
 class ItemEncoder(nn.Module):
-    """Item vector (3E) = id embedding | masked mean of tag embeddings | Linear(M, E, no bias)(item_mm).
+    """Item vector (2E + P) = id embedding (E) | masked mean of tag embeddings (E) | Linear(M, P, no bias)(item_mm).
+
+    P = `mm_projection_dim`, 128 for every model: the challenge's dataset config declares the multimodal
+    feature with `embedding_dim: 128` whatever the model's embedding_dim (REFERENCE 2b), so QIN's item is
+    384 = 3 x 128 and DIN's / the winner's (E = 64) is 64 + 64 + 128 = 256.
 
     Row i of the tables is item i; item 0 is padding and always encodes to the all-zero vector. In eval mode
-    with `cache_at_inference` and autograd off, the (N, 3E) table of every item is computed once and gathered
+    with `cache_at_inference` and autograd off, the (N, I) table of every item is computed once and gathered
     from (exact: same ops on the same rows); it is rebuilt whenever a weight or table changes.
     """
 
@@ -102,18 +106,20 @@ class ItemEncoder(nn.Module):
         item_mm: Tensor,
         num_tags: int,
         embedding_dim: int = 128,
+        mm_projection_dim: int = 128,
         cache_at_inference: bool = True,
     ) -> None:
         super().__init__()
         num_items, mm_dim = item_mm.shape
         self.embedding_dim = embedding_dim
-        self.out_dim = 3 * embedding_dim
+        self.mm_projection_dim = mm_projection_dim
+        self.out_dim = 2 * embedding_dim + mm_projection_dim
         self.cache_at_inference = cache_at_inference
         self.register_buffer("item_tags", item_tags.detach().clone().long(), persistent=True)  # (N, T)
         self.register_buffer("item_mm", item_mm.detach().clone().float(), persistent=True)  # (N, M)
         self.id_embedding = nn.Embedding(num_items, embedding_dim, padding_idx=0)
         self.tag_embedding = nn.Embedding(num_tags, embedding_dim, padding_idx=0)
-        self.mm_projection = nn.Linear(mm_dim, embedding_dim, bias=False)
+        self.mm_projection = nn.Linear(mm_dim, mm_projection_dim, bias=False)
         init_embedding(self.id_embedding)
         init_embedding(self.tag_embedding)
         nn.init.xavier_normal_(self.mm_projection.weight)
@@ -124,13 +130,13 @@ class ItemEncoder(nn.Module):
         return [self.id_embedding.weight, self.tag_embedding.weight, self.mm_projection.weight]
 
     def encode(self, ids: Tensor) -> Tensor:
-        """Literal encoding of `ids` (any shape) -> (*ids.shape, 3E)."""
+        """Literal encoding of `ids` (any shape) -> (*ids.shape, 2E + P)."""
         tags = gather_rows(self.item_tags, ids)  # (..., T)
         tag_mask = (tags > 0).unsqueeze(-1).to(self.tag_embedding.weight.dtype)  # (..., T, 1)
         tag_sum = (self.tag_embedding(tags) * tag_mask).sum(-2)  # (..., E)
         tag_mean = tag_sum / tag_mask.sum(-2).clamp(min=1.0)  # 0 when the item has no tags
-        mm = self.mm_projection(gather_rows(self.item_mm, ids).to(self.mm_projection.weight.dtype))  # (..., E)
-        out = torch.cat([self.id_embedding(ids), tag_mean, mm], dim=-1)  # (..., 3E)
+        mm = self.mm_projection(gather_rows(self.item_mm, ids).to(self.mm_projection.weight.dtype))  # (..., P)
+        out = torch.cat([self.id_embedding(ids), tag_mean, mm], dim=-1)  # (..., 2E + P)
         return out * (ids > 0).unsqueeze(-1).to(out.dtype)  # padding item -> exact zeros
 
     def _dependencies(self) -> list[Tensor]:
@@ -138,13 +144,13 @@ class ItemEncoder(nn.Module):
                 self.item_tags, self.item_mm]
 
     def item_table(self) -> Tensor:
-        """(N, 3E) vectors of all items, cached while weights and tables are unchanged."""
+        """(N, 2E + P) vectors of all items, cached while weights and tables are unchanged."""
         all_ids = torch.arange(self.item_mm.shape[0], device=self.item_mm.device)
         return self._cache.get(self._dependencies(), lambda: self.encode(all_ids))
 
     def forward(self, ids: Tensor) -> Tensor:
         if self.cache_at_inference and not self.training and caching_allowed():
-            return gather_rows(self.item_table(), ids)  # (..., 3E)
+            return gather_rows(self.item_table(), ids)  # (..., 2E + P)
         return self.encode(ids)
 
     def train(self, mode: bool = True) -> "ItemEncoder":

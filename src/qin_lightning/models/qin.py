@@ -31,18 +31,21 @@ class QIN(SampleFeatures):
         num_tags: int,
         embedding_dim: int = 128,
         num_levels: int = 11,
+        mm_projection_dim: int = 128,
         attention: Callable[[int], nn.Module] = TargetAttention,
         interaction: Callable[[int], nn.Module] = QuadraticNetwork,
         pack_history: bool = True,
     ) -> None:
-        super().__init__(item_tags, item_mm, num_tags, embedding_dim, num_levels, pack_history)
-        item_dim = self.items.out_dim  # 3E
+        super().__init__(item_tags, item_mm, num_tags, embedding_dim, num_levels, mm_projection_dim)
+        self.pack_history = pack_history
+        item_dim = self.items.out_dim  # I = 2E + P (384 for QIN)
         self.attention = attention(item_dim)
-        self.interaction = interaction(2 * embedding_dim + 2 * item_dim)  # 8E
+        self.interaction = interaction(2 * embedding_dim + 2 * item_dim)  # D = 2E + 2I (1024 for QIN)
         self.head = nn.Linear(self.interaction.out_dim, 1)
         init_linear(self.head)
 
     def forward(self, item_seq: Tensor, item_id: Tensor, likes_level: Tensor, views_level: Tensor) -> Tensor:
         # item_seq (B, S), item_id / likes_level / views_level (B,) -> logits (B,)
-        x = self.features(self.attention, item_seq, item_id, likes_level, views_level)  # (B, 8E)
+        x = self.features(self.attention, item_seq, item_id, likes_level, views_level, self.pack_history)
+        # x (B, D)
         return self.head(self.interaction(x)).squeeze(-1)  # (B,)

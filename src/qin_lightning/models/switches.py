@@ -13,7 +13,7 @@ def set_fast_paths(net: nn.Module, fast: bool) -> None:
     """Turn every exact fast path of `net` on, or off (`fast=False`: the literal paper form everywhere).
 
     Fast paths: TargetAttention.fast (ASTA on the item vectors), QuadraticLayer.fold_at_inference (eval-mode
-    folded QNN, post placement only), ItemEncoder.cache_at_inference (the (N, 3E) item table at inference) and
+    folded QNN, post placement only), ItemEncoder.cache_at_inference (the (N, I) item table at inference) and
     `pack_history` (QIN / DIN: only non-padding history positions are encoded and attended). Weights,
     buffers and caches are untouched: the same weights compute the same function either way.
     """

@@ -1,0 +1,132 @@
+"""The challenge winner (REFERENCE section 6): parameter count, masking rules, shrink options, ONNX export."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from test_models import count, tiny_batch, tiny_tables
+
+from qin_lightning.errors import ConfigError
+from qin_lightning.models.transformer_dcn import CrossNetV2, TransformerDCN
+
+
+def tiny_winner(**overrides) -> TransformerDCN:
+    kwargs = dict(embedding_dim=4, mm_projection_dim=4, feedforward_dim=16, first_k_cols=3, dnn_units=[16],
+                  head_units=[8])
+    kwargs.update(overrides)
+    return TransformerDCN(*tiny_tables(), **kwargs)
+
+
+def test_parameter_count_with_the_microlens_vocabulary() -> None:
+    # Built on the meta device (no memory). Items 64 + 64 + 128 = 256, transformer width 2 x 256 = 512.
+    # embeddings: ids 91718*64 + tags 11740*64 + projection 128*128 + likes/views 2*11*64     ->   6,639,104
+    # transformer, per layer: in_proj 3*512*512+3*512, out_proj 512*512+512, feed-forward 512*256+256
+    #   + 256*512+512, two LayerNorms 2*2*512 = 1,315,584; x 2 layers + Linear(512, 512) on the max-pool -> 2,893,824
+    # DCN input 64 + 64 + 256 + (16 + 1) * 512 = 9,088; cross net 3 x (9088*9088 + 9088)     -> 247,802,496
+    # parallel MLP 9088*1024+1024 + 1024*512+512 + 512*256+256                                 ->   9,963,264
+    # head on 9,088 + 256 = 9,344: 9344*64+64 + 64*32+32 + 32+1                                ->     600,193
+    tags = torch.zeros(91718, 5, dtype=torch.long, device="meta")
+    with torch.device("meta"):
+        model = TransformerDCN(tags, torch.zeros(91718, 128, device="meta"), num_tags=11740)
+    assert count(model.embedding_parameters()) == 6_639_104
+    assert count(model.transformer.parameters()) == 2_893_824
+    assert count(model.cross.parameters()) == 247_802_496
+    assert count(model.dnn.parameters()) == 9_963_264
+    assert count(model.head_mlp.parameters()) + count(model.head.parameters()) == 600_193
+    assert count(model.parameters()) == 267_898_881
+    assert len(model.dense_parameters()) + len(model.embedding_parameters()) == len(list(model.parameters()))
+
+
+def test_shapes_empty_history_and_gradients() -> None:
+    model = tiny_winner()
+    item_seq, item_id, likes, views = tiny_batch()
+    assert (item_seq[3] == 0).all()  # an empty history
+    logits = model(item_seq, item_id, likes, views)
+    assert logits.shape == (6,) and torch.isfinite(logits).all()
+    logits.sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_masking_rules() -> None:
+    """Padding outputs are zero; an empty history keeps its last position ([0 | target]) as the published code."""
+    model = tiny_winner().eval()
+    item_seq, item_id, likes, views = tiny_batch()
+    vectors = model.items(torch.cat([item_seq, item_id.unsqueeze(1)], 1))
+    with torch.no_grad():
+        out = model.transformer(vectors[:, -1], vectors[:, :-1], item_seq > 0)  # (B, (k + 1) 2I)
+    width, k = 2 * model.items.out_dim, model.transformer.first_k_cols
+    recent = out[:, : k * width].view(6, k, width)
+    assert torch.equal(recent[2, :-1], torch.zeros(k - 1, width))  # history of one item: 2 padding outputs
+    assert recent[2, -1].abs().sum() > 0
+    assert recent[3, -1].abs().sum() > 0 and torch.equal(recent[3, :-1], torch.zeros(k - 1, width))  # empty
+
+
+@pytest.mark.parametrize("extra", [9, 0])
+def test_more_left_padding_changes_nothing(extra: int) -> None:
+    """Left padding is invisible, also when the history is shorter than first_k_cols (zeros fill the window)."""
+    model = tiny_winner(first_k_cols=10).eval()
+    item_seq, item_id, likes, views = tiny_batch()  # S = 7 < k = 10
+    longer = torch.cat([torch.zeros(6, 9 + extra, dtype=torch.long), item_seq], dim=1)
+    with torch.no_grad():
+        torch.testing.assert_close(model(longer, item_id, likes, views), model(item_seq, item_id, likes, views),
+                                   rtol=1e-5, atol=1e-6)
+
+
+def test_low_rank_cross_net_is_the_factored_full_rank_one() -> None:
+    torch.manual_seed(0)
+    low = CrossNetV2(12, num_layers=2, rank=3).double()
+    full = CrossNetV2(12, num_layers=2).double()
+    with torch.no_grad():
+        for f, (down, up) in zip(full.layers, low.layers):
+            f.weight.copy_(up.weight @ down.weight)  # W = U V^T
+            f.bias.copy_(up.bias)
+    x = torch.randn(5, 12, dtype=torch.float64)
+    torch.testing.assert_close(low(x), full(x), rtol=1e-12, atol=1e-12)
+    assert count(low.parameters()) == 2 * (2 * 12 * 3 + 12)
+    with pytest.raises(ConfigError, match="cross_rank"):
+        CrossNetV2(12, rank=0)
+
+
+def test_eval_is_deterministic_with_and_without_autograd() -> None:
+    model = tiny_winner().eval()
+    batch = tiny_batch()
+    with torch.no_grad():
+        a, b = model(*batch), model(*batch)
+    torch.testing.assert_close(model(*batch).detach(), a, rtol=1e-6, atol=1e-6)  # autograd on: no fast path
+    assert torch.equal(a, b)
+
+
+def test_onnx_export_is_exact() -> None:
+    ort = pytest.importorskip("onnxruntime")
+    from qin_lightning.export import onnx_bytes
+
+    model = tiny_winner()
+    item_seq, item_id, likes, views = tiny_batch()
+    session = ort.InferenceSession(onnx_bytes(model, seq_len=item_seq.shape[1]))
+    with torch.no_grad():
+        expected = torch.sigmoid(model(item_seq, item_id, likes, views)).numpy()
+    for rows in (slice(None), slice(0, 2)):  # dynamic batch axis
+        got = session.run(None, {"item_seq": item_seq[rows].numpy(), "item_id": item_id[rows].numpy(),
+                                 "likes_level": likes[rows].numpy(), "views_level": views[rows].numpy()})[0]
+        np.testing.assert_allclose(got, expected[rows], rtol=1e-5, atol=1e-6)
+
+
+def test_onnx_history_axis_is_fixed_and_int8_export_runs() -> None:
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from qin_lightning.export import int8_onnx_bytes, onnx_bytes
+
+    model = tiny_winner(embedding_dim=16, mm_projection_dim=16, dnn_units=[64], head_units=[32])
+    item_seq, item_id, likes, views = tiny_batch()
+    fp32 = onnx_bytes(model, seq_len=item_seq.shape[1])
+    session = ort.InferenceSession(fp32)
+    assert session.get_inputs()[0].shape == ["batch", item_seq.shape[1]]  # the traced length, declared
+    feed = {"item_seq": item_seq.numpy(), "item_id": item_id.numpy(), "likes_level": likes.numpy(),
+            "views_level": views.numpy()}
+    quantized = int8_onnx_bytes(fp32, block_size=16)
+    assert b"MatMulNBits" in quantized  # the constant weight matrices (cross net, MLPs, projections) are int8
+    int8 = ort.InferenceSession(quantized).run(None, feed)[0]
+    with torch.no_grad():
+        expected = torch.sigmoid(model(item_seq, item_id, likes, views)).numpy()
+    assert int8.shape == (6,) and np.abs(int8 - expected).max() < 0.05  # an approximation, close
