@@ -78,9 +78,10 @@ def collect(job: Job, records: Path) -> None:
     best = results.get("best_checkpoint")
     eval_json = job.run_dir / "eval_test.json"
     if best and Path(best).is_file() and not eval_json.is_file():
-        subprocess.run([sys.executable, "-m", "qin_lightning.eval", f"ckpt_path={best}", "split=test",
-                        f"output={eval_json}", "threads=1"],
-                       check=True, cwd=REPO, stdout=subprocess.DEVNULL)
+        proc = subprocess.run([sys.executable, "-m", "qin_lightning.eval", f"ckpt_path={best}", "split=test",
+                               f"output={eval_json}", "threads=1"], cwd=REPO, capture_output=True, text=True)
+        if proc.returncode != 0:  # recorded, and the sweep goes on
+            results["test_eval_error"] = (proc.stderr.strip().splitlines() or ["eval failed"])[-1]
     if eval_json.is_file():
         results["test_eval"] = json.loads(eval_json.read_text())
     records.mkdir(parents=True, exist_ok=True)
