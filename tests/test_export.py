@@ -101,7 +101,7 @@ def test_clear_errors(tmp_path: Path, checkpoint: Path):
         load_network(tmp_path / "missing.ckpt")
     corrupt = tmp_path / "corrupt.ckpt"
     corrupt.write_bytes(b"not a checkpoint at all")
-    with pytest.raises(QinError, match="not a readable PyTorch checkpoint"):
+    with pytest.raises(QinError, match="not a PyTorch checkpoint"):
         load_network(corrupt)
     truncated = tmp_path / "truncated.ckpt"
     truncated.write_bytes(checkpoint.read_bytes()[:1000])
