@@ -422,3 +422,20 @@ def test_export_disk_full_keeps_the_previous_model(last: Path, tmp_path: Path,
     with pytest.raises(FileWriteError, match="No space left on device"):
         export_checkpoint(last, out, overwrite=True)
     assert out.read_bytes() == b"previous model"
+
+
+def test_disk_full_while_converting_keeps_the_previous_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from test_movielens import make_source
+
+    from qin_lightning.data import movielens as ml
+
+    src = make_source(tmp_path, "csv")
+    out = tmp_path / "data" / "out"
+    ml.convert_movielens(src, out, protocol="rating", encoder="hashing", cache_dir=None)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    monkeypatch.setattr(ml.pq, "write_table", _disk_full)
+    with pytest.raises(FileWriteError, match=r"out: cannot write the converted data \(No space left on device\); "
+                                             "the previous folder is unchanged"):
+        ml.convert_movielens(src, out, overwrite=True, encoder="hashing", cache_dir=None)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["out"]  # no temporary folder left
