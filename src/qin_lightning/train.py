@@ -35,7 +35,7 @@ from qin_lightning.checkpoint import read_checkpoint
 from qin_lightning.checkpoint_io import SafeCheckpointIO
 from qin_lightning.cli import exit_with_error, instantiate_reporting, set_threads
 from qin_lightning.errors import ConfigError, QinError
-from qin_lightning.files import atomic_write_json
+from qin_lightning.files import FileWriteError, atomic_write_json
 from qin_lightning.memory import check_training_memory, estimate_training_memory, trains_on_gpu
 from qin_lightning.module import CTRModule, NonFiniteLossError
 from qin_lightning.resume import GracefulInterrupt, TrainingInterrupted, make_train_data_resumable, resolve_ckpt_path
@@ -196,7 +196,10 @@ def _record_failure(cfg: DictConfig, err: BaseException, status: str = "failed")
     if isinstance(err, TrainingInterrupted):
         record["checkpoint"] = err.checkpoint
     if rank_zero_only.rank == 0:  # under DDP every rank gets here; one writes
-        atomic_write_json(output_dir(cfg) / "results.json", record)
+        try:
+            atomic_write_json(output_dir(cfg) / "results.json", record)
+        except FileWriteError as write_err:  # e.g. the disk is full: report the original error, not this one
+            log.error("%s", write_err)
 
 
 def resume_command(cfg: DictConfig) -> str:
