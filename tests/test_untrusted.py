@@ -302,6 +302,16 @@ def test_available_memory_readers(tmp_path: Path) -> None:
     assert memory.cpu_available() is None or memory.cpu_available() > 0
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_memory_check_on_a_gpu() -> None:
+    total = torch.cuda.get_device_properties(0).total_memory
+    too_big = memory.TrainingMemory(parameters=total // 16 + 1, parameter_bytes=total + 16, buffer_bytes=0)
+    with pytest.raises(ConfigError, match="on the GPU"):
+        memory.check_training_memory(too_big, on_gpu=True)
+    memory.check_training_memory(memory.TrainingMemory(1000, 16_000, 4_000), on_gpu=True)
+
+
 # ---- SIGKILL at any moment: the previous complete checkpoint survives, ckpt_path=last finishes ------------
 KILL_RUN = ["trainer.max_epochs=2"]  # as the `run` fixture: the resumed run must reproduce its history
 

@@ -5,7 +5,8 @@ Training in fp32 with Adam holds, per parameter, the weight, its gradient and Ad
 ``16 bytes x parameters``, plus the item tables (buffers) on the training device. Activations come on top,
 so this is a lower bound: it catches a model that cannot possibly fit (e.g. a tag table sized by a stray id).
 
-Available memory: on a GPU, ``torch.cuda.mem_get_info`` (free bytes); on the CPU the smallest of the cgroup
+Available memory: on a GPU, the total memory of the smallest visible device (asking for the free memory would
+create a CUDA context, on device 0 for every DDP rank); on the CPU the smallest of the cgroup
 limit minus usage (v2 ``memory.max``/``memory.current``, v1 ``memory.limit_in_bytes``/``usage_in_bytes``),
 ``MemAvailable`` of /proc/meminfo and, where neither exists, ``sysconf`` available physical pages.
 """
@@ -107,8 +108,9 @@ def _gib(n: int) -> str:
 
 def check_training_memory(memory: TrainingMemory, on_gpu: bool) -> None:
     """ConfigError when training cannot fit in the memory available now (nothing is allocated yet)."""
-    if on_gpu:
-        available, where = int(torch.cuda.mem_get_info()[0]), "free on the GPU"
+    if on_gpu:  # total, not free, memory: asking for free memory would create a CUDA context on every rank
+        available = min(torch.cuda.get_device_properties(i).total_memory for i in range(torch.cuda.device_count()))
+        where = "on the GPU (its total memory)"
     else:
         found = cpu_available()
         if found is None:
