@@ -154,15 +154,19 @@ def test_eval_predict_export_refuse_it(last: Path, tmp_path: Path, capsys: pytes
     assert not (tmp_path / "p.csv").exists() and not (tmp_path / "m.onnx").exists()
 
 
-def test_cli_train_and_eval_refuse_it_with_one_line(last: Path, run: Path, tmp_path: Path) -> None:
-    """Through Lightning's own loading (`trainer.fit(ckpt_path=...)`, SafeCheckpointIO) and through eval."""
+def test_cli_train_refuses_it_with_one_line(last: Path, run: Path, tmp_path: Path) -> None:
+    """Through Lightning's own loading (`trainer.fit(ckpt_path=...)`, i.e. SafeCheckpointIO)."""
     evil, marker = _evil(last, tmp_path)
-    cache = run.parent
-    args = [*tiny_overrides(cache), *tiny_model_overrides(), f"hydra.run.dir={tmp_path / 'resumed'}",
+    args = [*tiny_overrides(run.parent), *tiny_model_overrides(), f"hydra.run.dir={tmp_path / 'resumed'}",
             f"ckpt_path={evil}"]
     proc = subprocess.run([sys.executable, "-m", "qin_lightning.train", *args], cwd=tmp_path, env=_env(),
                           capture_output=True, text=True, timeout=300)
     _one_error_line(proc, str(evil), "`exec`", "trust_checkpoint=true")
+    assert not marker.exists(), "the payload ran"
+
+
+def test_cli_eval_refuses_it_with_one_line(last: Path, tmp_path: Path) -> None:
+    evil, marker = _evil(last, tmp_path)
     proc = subprocess.run([sys.executable, "-m", "qin_lightning.eval", f"ckpt_path={evil}", "device=cpu"],
                           cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
     _one_error_line(proc, str(evil), "`exec`")
