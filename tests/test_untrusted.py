@@ -351,6 +351,7 @@ def test_sigkill_while_writing_last_ckpt_keeps_the_previous_one(run: Path, tmp_p
     assert survivor["epoch"] == 0 and len(survivor["qin_val_history"]) == 1
     assert list((run_dir / "checkpoints").glob(".last.ckpt.*.tmp")), "the kill should hit a half-written temp file"
     _resume_in_process(run, run_dir)
+    assert not list((run_dir / "checkpoints").glob(".*.tmp")), "the next write removes the killed one's temp file"
 
 
 @pytest.mark.slow

@@ -5,11 +5,13 @@
   ``trust_checkpoint=true``; a refused, truncated or foreign file is one ``error:`` line.
 - Write (best, ``last.ckpt``, mid-epoch and interrupt checkpoints): ``torch.save`` into a temporary file beside
   the target, fsync, rename (``qin_lightning.files.atomic_writer``). A ``kill -9`` or a full disk at any moment
-  leaves the previous complete file; a failed write is a one-line error naming the file.
+  leaves the previous complete file; a failed write is a one-line error naming the file. The temporary file of
+  a killed write is removed by the next successful write of that checkpoint.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -32,6 +34,14 @@ class SafeCheckpointIO(TorchCheckpointIO):
             raise TypeError("SafeCheckpointIO.save_checkpoint does not take storage_options")
         with atomic_writer(path, "wb") as f:
             torch.save(checkpoint, f)
+        remove_stale_temporaries(Path(path))
+
+
+def remove_stale_temporaries(path: Path) -> None:
+    """Delete temporary files of `path` left by a process killed while writing it (only one process writes a
+    run's checkpoints: rank 0)."""
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        stale.unlink(missing_ok=True)
 
     def load_checkpoint(
         self,
