@@ -36,13 +36,6 @@ class SafeCheckpointIO(TorchCheckpointIO):
             torch.save(checkpoint, f)
         remove_stale_temporaries(Path(path))
 
-
-def remove_stale_temporaries(path: Path) -> None:
-    """Delete temporary files of `path` left by a process killed while writing it (only one process writes a
-    run's checkpoints: rank 0)."""
-    for stale in path.parent.glob(f".{path.name}.*.tmp"):
-        stale.unlink(missing_ok=True)
-
     def load_checkpoint(
         self,
         path: _PATH,
@@ -50,3 +43,10 @@ def remove_stale_temporaries(path: Path) -> None:
         weights_only: bool | None = None,  # ignored: strict unless the user trusts the file (self.trust)
     ) -> dict[str, Any]:
         return read_checkpoint(path, trust=self.trust, map_location=map_location)
+
+
+def remove_stale_temporaries(path: Path) -> None:
+    """Delete temporary files of `path` left by a process killed while writing it (only one process writes a
+    run's checkpoints: rank 0)."""
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        stale.unlink(missing_ok=True)
