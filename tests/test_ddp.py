@@ -157,7 +157,7 @@ def test_ddp_two_cpu_processes(tmp_path: Path) -> None:
     cfg = compose_train(_overrides(tmp_path), tmp_path / "eval")
     dm = build_datamodule(cfg)
     module = build_module(cfg, dm)
-    state = torch.load(results["best_checkpoint"], map_location="cpu", weights_only=False)
+    state = torch.load(results["best_checkpoint"], map_location="cpu", weights_only=True)
     module.load_state_dict(state["state_dict"])
     module.eval()
     probs, labels = [], []

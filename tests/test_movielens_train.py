@@ -13,6 +13,7 @@ from conftest import REPO_ROOT, compose_train
 from hydra.utils import instantiate
 from test_movielens import make_source
 
+from qin_lightning.checkpoint import load_network
 from qin_lightning.data.datamodule import MMCTRDataModule
 from qin_lightning.data.movielens import MovieLensSource
 from qin_lightning.errors import ConfigError
@@ -102,3 +103,5 @@ def test_converts_and_trains_on_ml_latest_small(tmp_path: Path) -> None:
     assert math.isfinite(results["best_val_auc"]) and 0.0 <= results["best_val_auc"] <= 1.0
     assert math.isfinite(results["best_val_logloss"]) and on_disk["epochs_trained"] == 1
     assert elapsed < 60, f"convert + train took {elapsed:.0f} s, over the suite's budget"
+    for ckpt in (on_disk["best_checkpoint"], tmp_path / "run" / "checkpoints" / "last.ckpt"):
+        load_network(ckpt)  # MovieLens checkpoints load strictly too (weights_only=True, our classes only)

@@ -63,7 +63,7 @@ def test_resume_mid_epoch_is_exact(reference: tuple[Path, dict], stop: tuple[int
                           f"+callbacks.stop_at.batch={stop[1]}"])
     with pytest.raises(TrainingInterrupted, match=r"SIGTERM received: saved the training state at epoch"):
         train(cfg)
-    ckpt = torch.load(tmp / run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    ckpt = torch.load(tmp / run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["epoch"] == stop[0] and ckpt["global_step"] == stop[0] * 16 + stop[1] + 1
     resumed = train(_cfg(tmp, run, ["ckpt_path=last"]))
     assert _history(resumed) == _history(ref)
@@ -85,7 +85,7 @@ def test_resume_after_a_non_improving_epoch_is_exact(tmp_path: Path) -> None:
     aucs = [h["auc"] for h in _history(ref)]
     assert aucs[1] < aucs[0], "the test needs a non-improving epoch 1"
     train(_cfg(tmp_path, "short", ["trainer.max_epochs=2", *extra]))
-    ckpt = torch.load(tmp_path / "short" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    ckpt = torch.load(tmp_path / "short" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["epoch"] == 1, "last.ckpt must be the latest epoch even when it did not improve"
     resumed = train(_cfg(tmp_path, "short", ["ckpt_path=last", *extra]))
     assert _history(resumed) == _history(ref)
@@ -152,7 +152,7 @@ def test_sigterm_mid_epoch_then_resume_matches(reference: tuple[Path, dict], tmp
     assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
     assert "Traceback" not in err, err[-3000:]
     assert "resume with: python -m qin_lightning.train" in err and "ckpt_path=last" in err
-    stopped = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    stopped = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert stopped["epoch"] >= 1 and stopped["global_step"] % 16 != 0, "expected a mid-epoch checkpoint"
     assert json.loads((run_dir / "results.json").read_text())["status"] == "interrupted"
 

@@ -50,7 +50,7 @@ def test_plateau_halves_lr_and_checkpoint_has_config(tmp_path: Path) -> None:
             best = auc
         else:  # no improvement: lr x 0.5 for the next epoch
             expected = max(expected * 0.5, 1e-6)
-    ckpt = torch.load(results["best_checkpoint"], map_location="cpu", weights_only=False)
+    ckpt = torch.load(results["best_checkpoint"], map_location="cpu", weights_only=True)
     assert ckpt["qin_config"]["model"]["net"]["_target_"] == "qin_lightning.models.qin.QIN"
     assert ckpt["hyper_parameters"]["lr"] == 5e-2
 
@@ -81,7 +81,7 @@ def test_logged_val_auc_matches_fresh_evaluation_of_last_weights(tmp_path: Path)
     cfg = compose_train(tiny_overrides(tmp_path) + tiny_model_overrides() + ["trainer.max_epochs=3"], tmp_path / "run")
     results = train(cfg)
     fresh = build_module(cfg, dm := build_datamodule(cfg))
-    state = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    state = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     fresh.load_state_dict(state["state_dict"])
     fresh.eval()
     with torch.inference_mode():

@@ -1,4 +1,10 @@
-"""Rebuild a trained network from a Lightning checkpoint written by `qin_lightning.train` (eval/predict/export).
+"""Read checkpoints safely and rebuild a trained network from one (train's resume, eval, predict, export).
+
+A checkpoint is untrusted input: it may come from anyone. It is read with ``torch.load(weights_only=True)``
+(tensors, numbers, strings, lists, dicts: unpickling cannot run code), and the Hydra config stored in it
+(``qin_config``) may only name our own network and data classes (``check_config_targets``), since
+instantiating an arbitrary ``_target_`` would run code as well. ``trust=True`` (``trust_checkpoint=true``,
+``--trust-checkpoint``) lifts both restrictions for a file the user trusts.
 
 A checkpoint holds `state_dict` (CTRModule keys: `net.<param>`, item tables included as buffers) and
 `qin_config`, the resolved Hydra config of the run. The network is instantiated from `qin_config["model"]["net"]`
@@ -7,10 +13,12 @@ with zero item tables shaped like the stored buffers, then the state dict is loa
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import pickle
-import zipfile
+import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from hydra.errors import HydraException
@@ -24,20 +32,118 @@ NET_PREFIX = "net."
 TAGS_KEY = "items.item_tags"
 MM_KEY = "items.item_mm"
 TAG_EMBEDDING_KEY = "items.tag_embedding.weight"
+TRUST_HINT = "trust_checkpoint=true"
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format
+PICKLE_PROTO = b"\x80"  # legacy torch.save (a pickle, protocol >= 2)
+# the packages whose classes a checkpoint's qin_config may instantiate, per config subtree
+NET_PACKAGE = "qin_lightning.models"
+DATA_PACKAGE = "qin_lightning.data"
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """torch.load a checkpoint on the CPU; QinError when it is missing or not a readable checkpoint."""
+class UnsafeCheckpointError(QinError):
+    """A checkpoint needs more than plain data to load (it could run code); refused unless trusted."""
+
+
+def read_checkpoint(path: str | Path, trust: bool = False, trust_hint: str = TRUST_HINT,
+                    map_location: str | Callable[..., Any] | None = "cpu") -> dict[str, Any]:
+    """The checkpoint dict, loaded with ``weights_only=True`` unless ``trust``; one-line QinError otherwise.
+
+    Refused: a file whose pickle names any Python object beyond plain data (the error names it), a missing,
+    truncated or corrupt file, and anything that is not a dict with a ``state_dict`` (not a Lightning checkpoint).
+    """
     path = Path(path)
     if not path.is_file():
         raise QinError(f"{path}: checkpoint not found (expected a .ckpt file written by qin_lightning.train)")
+    _check_header(path)
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as err:
-        raise QinError(f"{path}: not a readable PyTorch checkpoint ({type(err).__name__}: {err})") from err
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-        raise QinError(f"{path}: not a Lightning checkpoint (no 'state_dict' entry)")
+        # weights_only=True explicitly: torch's TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD cannot turn it off
+        ckpt = torch.load(path, map_location=map_location, weights_only=not trust)
+    except pickle.UnpicklingError as err:
+        if "Weights only load failed" not in str(err):
+            raise QinError(f"{path}: truncated or corrupt checkpoint ({_first_line(err)})") from None
+        raise UnsafeCheckpointError(
+            f"{path}: refused to load: it contains {_disallowed(err)}, which a safe load (plain tensors, numbers, "
+            f"strings, lists and dicts) does not allow, since unpickling it could run code; if you trust the file "
+            f"and whoever made it, pass {trust_hint}"
+        ) from None
+    except Exception as err:  # torch/zipfile/pickle raise many types for a damaged file: all mean the same here
+        raise QinError(
+            f"{path}: truncated or corrupt checkpoint, not a complete PyTorch file ({_first_line(err)})"
+        ) from None
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
+        raise QinError(
+            f"{path}: not a Lightning checkpoint (no 'state_dict' entry); expected a .ckpt written by "
+            "qin_lightning.train"
+        )
     return ckpt
+
+
+def _check_header(path: Path) -> None:
+    """A PyTorch file starts like a zip archive (torch.save) or a pickle (legacy torch.save); else say so."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(4)
+    except OSError as err:
+        raise QinError(f"{path}: cannot read the checkpoint ({err.strerror or err})") from None
+    if not head:
+        raise QinError(f"{path}: empty file, expected a checkpoint written by qin_lightning.train")
+    if not (head.startswith(ZIP_MAGIC) or head.startswith(PICKLE_PROTO)):
+        raise QinError(
+            f"{path}: not a PyTorch checkpoint (starts with {head!r}, expected a zip archive written by torch.save)"
+        )
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0][:200]}" if text else type(err).__name__
+
+
+def _disallowed(err: BaseException) -> str:
+    """What torch's weights_only unpickler refused, from its message (e.g. "the Python object `posix.system`")."""
+    text = str(err)
+    found = re.search(r"GLOBAL ([\w.]+)", text)
+    if found:
+        return f"the Python object `{found.group(1)}`"
+    found = re.search(r"WeightsUnpickler error: \s*(\S[^\n]*)", text)
+    return f"a pickle instruction outside plain data ({found.group(1).strip()[:120]})" if found else \
+        "Python objects beyond plain data"
+
+
+def check_config_targets(node: Any, package: str, where: str, path: str | Path,
+                         trust_hint: str = TRUST_HINT) -> None:
+    """Every ``_target_`` under ``node`` must be a class defined in ``package`` (our networks / data classes).
+
+    A checkpoint's ``qin_config`` is instantiated by eval/predict/export; an arbitrary ``_target_`` (say
+    ``os.system``) would run code, so an untrusted checkpoint may only name our own classes.
+    """
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "_target_":
+                _check_target(value, package, where, path, trust_hint)
+            else:
+                check_config_targets(value, package, f"{where}.{key}", path, trust_hint)
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            check_config_targets(value, package, f"{where}[{i}]", path, trust_hint)
+
+
+def _check_target(target: Any, package: str, where: str, path: str | Path, trust_hint: str) -> None:
+    problem = f"{path}: qin_config {where}._target_={target!r}"
+    if not isinstance(target, str) or not target.startswith(package + "."):
+        raise UnsafeCheckpointError(
+            f"{problem} is not a class of {package}; a checkpoint may only name the project's own classes "
+            f"(instantiating anything else could run code); if you trust the file, pass {trust_hint}"
+        )
+    module_name, _, name = target.rpartition(".")
+    try:
+        obj = getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError):
+        raise QinError(f"{problem}: no such class (checkpoint from another version of qin_lightning?)") from None
+    if not inspect.isclass(obj) or not obj.__module__.startswith(package + "."):
+        raise UnsafeCheckpointError(
+            f"{problem} is not a class defined in {package}; a checkpoint may only name the project's own classes; "
+            f"if you trust the file, pass {trust_hint}"
+        )
 
 
 def network_state(ckpt: dict[str, Any], path: str | Path) -> dict[str, torch.Tensor]:
@@ -51,14 +157,22 @@ def network_state(ckpt: dict[str, Any], path: str | Path) -> dict[str, torch.Ten
     return state
 
 
-def load_network(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """(network in eval mode on the CPU, resolved run config) from a checkpoint written by our training."""
-    ckpt = read_checkpoint(path)
+def load_network(path: str | Path, trust: bool = False,
+                 trust_hint: str = TRUST_HINT) -> tuple[nn.Module, dict[str, Any]]:
+    """(network in eval mode on the CPU, resolved run config) from a checkpoint written by our training.
+
+    Untrusted (the default): read with ``weights_only=True`` and every ``_target_`` of ``qin_config.model.net``
+    and ``qin_config.data`` checked to be one of our classes before anything is instantiated.
+    """
+    ckpt = read_checkpoint(path, trust=trust, trust_hint=trust_hint)
     cfg = ckpt.get("qin_config")
     if not isinstance(cfg, dict) or not isinstance(cfg.get("model"), dict) or "net" not in cfg["model"]:
         raise QinError(
             f"{path}: checkpoint has no 'qin_config' with model.net (it was not written by qin_lightning.train)"
         )
+    if not trust:
+        check_config_targets(cfg["model"]["net"], NET_PACKAGE, "model.net", path, trust_hint)
+        check_config_targets(cfg.get("data"), DATA_PACKAGE, "data", path, trust_hint)
     state = network_state(ckpt, path)
     tags, mm = state[TAGS_KEY], state[MM_KEY]
     try:

@@ -120,12 +120,13 @@ def check_item_tables(net: nn.Module, dm: MMCTRDataModule, path: str | Path) -> 
 
 
 def load_for_inference(
-    ckpt_path: str | Path, data_overrides: DictConfig | dict | None, stage: str
+    ckpt_path: str | Path, data_overrides: DictConfig | dict | None, stage: str, trust_checkpoint: bool = False
 ) -> tuple[nn.Module, dict[str, Any], MMCTRDataModule]:
-    """(network in eval mode, run config, datamodule set up for `stage`) from a training checkpoint."""
+    """(network in eval mode, run config, datamodule set up for `stage`) from a training checkpoint, read
+    strictly unless `trust_checkpoint` (qin_lightning.checkpoint)."""
     if ckpt_path is None or str(ckpt_path) in ("", "???"):
         raise ConfigError("ckpt_path is required, e.g. ckpt_path=logs/train/runs/qin/<run>/checkpoints/last.ckpt")
-    net, run_cfg = load_network(ckpt_path)
+    net, run_cfg = load_network(ckpt_path, trust=trust_checkpoint)
     data = data_config(run_cfg, data_overrides, ckpt_path)
     dm = instantiate_reporting(OmegaConf.create(data), _convert_="object")
     dm.prepare_data()
@@ -208,7 +209,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     ckpt = Path(str(cfg.ckpt_path))
     exported = exported_session(cfg)  # checked before the data loads
     onnx_model = exported[0]
-    net, run_cfg, dm = load_for_inference(ckpt, cfg.get("data"), "validate" if split == S.VALID else "test")
+    stage = "validate" if split == S.VALID else "test"
+    net, run_cfg, dm = load_for_inference(ckpt, cfg.get("data"), stage, bool(cfg.get("trust_checkpoint")))
     data = dm.dataset(split)
     if not data.has_label:
         raise ConfigError(

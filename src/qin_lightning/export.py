@@ -130,12 +130,13 @@ def export_onnx(net: nn.Module, out: str | Path, seq_len: int = 64, overwrite: b
 
 def export_checkpoint(checkpoint: str | Path, out: str | Path | None = None, fmt: str = "onnx",
                       overwrite: bool = False, weights: str = "fp32",
-                      block_size: int = DEFAULT_BLOCK_SIZE) -> Path:
-    """Load a training checkpoint (qin_lightning.checkpoint) and export it; returns the written path."""
+                      block_size: int = DEFAULT_BLOCK_SIZE, trust_checkpoint: bool = False) -> Path:
+    """Load a training checkpoint (qin_lightning.checkpoint; strict unless `trust_checkpoint`) and export it;
+    returns the written path."""
     if fmt not in FORMATS:
         raise QinError(f"--format: unknown value {fmt!r}, expected one of {list(FORMATS)}")
     check_weights(weights, block_size)
-    net, cfg = load_network(checkpoint)
+    net, cfg = load_network(checkpoint, trust=trust_checkpoint, trust_hint="--trust-checkpoint")
     seq_len = int((cfg.get("data") or {}).get("max_len") or 64)
     suffix = ".onnx" if weights == "fp32" else f".{weights}.onnx"
     target = Path(out) if out is not None else Path(checkpoint).with_suffix(suffix)
@@ -153,9 +154,12 @@ def main(argv: list[str] | None = None) -> int:
                              "onnxruntime only (default output CHECKPOINT.int8.onnx)")
     parser.add_argument("--block-size", type=int, default=DEFAULT_BLOCK_SIZE,
                         help="int8: inputs per scale (a power of two >= 16)")
+    parser.add_argument("--trust-checkpoint", action="store_true",
+                        help="load CHECKPOINT unrestricted (pickle); only for a file you trust completely, a "
+                             "malicious one runs code (default: plain tensors and values only)")
     args = parser.parse_args(argv)
     path = run_reporting_errors(lambda: export_checkpoint(args.checkpoint, args.out, args.fmt, args.overwrite,
-                                                          args.weights, args.block_size))
+                                                          args.weights, args.block_size, args.trust_checkpoint))
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB; inputs {', '.join(INPUT_NAMES)} -> {OUTPUT_NAME})")
     if args.weights == "int8":
         print(f"int8 weights approximate the checkpoint; measure the difference with: python -m qin_lightning.eval "

@@ -3,7 +3,8 @@
 Writes ``ID,Task2`` (ID = 0..N-1 in test.parquet row order, Task2 = click probability, 9 significant digits:
 float32 round-trips) streamed batch by batch into a temporary file beside the output, fsync'ed and renamed
 when complete: memory holds one batch of predictions at a time on top of the test split's id tensors, and an
-interrupted run never leaves a partial CSV. ``zip=true`` also writes ``<name>.zip`` containing the CSV.
+interrupted run or a full disk never leaves a partial CSV (a failed write is one error line; the previous
+file is intact). ``zip=true`` also writes ``<name>.zip`` containing the CSV.
 An existing output is only replaced with ``overwrite=true``. Model and data settings come from the checkpoint
 (only ``data.root`` and ``data.batch_size`` may be overridden, see ``qin_lightning.eval``); with
 ``onnx=<model.onnx>`` the probabilities come from that exported model in onnxruntime (the file that is served).
@@ -11,8 +12,6 @@ An existing output is only replaced with ``overwrite=true``. Model and data sett
 
 from __future__ import annotations
 
-import os
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -25,24 +24,13 @@ from qin_lightning.cli import CONFIG_DIR, run_reporting_errors, set_threads
 from qin_lightning.data import schema as S
 from qin_lightning.errors import ConfigError, QinError
 from qin_lightning.eval import exported_session, load_for_inference, scored_batches
+from qin_lightning.files import atomic_writer
 
 HEADER = "ID,Task2\n"
 
 
 def zip_path(csv_path: Path) -> Path:
     return csv_path.with_suffix(".zip")
-
-
-def _temp_beside(path: Path) -> Path:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    return Path(tmp)
-
-
-def _commit(tmp: Path, path: Path) -> None:
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def check_outputs(outputs: list[Path], overwrite: bool) -> None:
@@ -62,39 +50,27 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     outputs = [out] + ([zip_path(out)] if cfg.get("zip") else [])
     check_outputs(outputs, bool(cfg.get("overwrite")))  # fail before any work
     exported = exported_session(cfg)
-    net, _, dm = load_for_inference(str(cfg.ckpt_path), cfg.get("data"), "predict")
+    trust = bool(cfg.get("trust_checkpoint"))
+    net, _, dm = load_for_inference(str(cfg.ckpt_path), cfg.get("data"), "predict", trust)
     data = dm.dataset(S.TEST)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_beside(out)
-    try:
-        rows = 0
-        with open(tmp, "w", newline="\n") as f:
-            f.write(HEADER)
-            for _, probs in scored_batches(net, exported, data, dm.eval_batch_size, str(cfg.device)):
-                if not np.isfinite(probs).all():
-                    bad = rows + int(np.flatnonzero(~np.isfinite(probs))[0])
-                    model = exported[0] or cfg.ckpt_path
-                    raise QinError(f"{model}: the model predicts a non-finite probability for test row {bad}")
-                ids = np.arange(rows, rows + len(probs))
-                np.savetxt(f, np.column_stack([ids, probs.astype(np.float64)]), fmt=("%d", "%.9g"), delimiter=",")
-                rows += len(probs)
+    rows = 0
+    with atomic_writer(out, "w", newline="\n") as f:  # a failure (disk full...) leaves the previous file intact
+        f.write(HEADER)
+        for _, probs in scored_batches(net, exported, data, dm.eval_batch_size, str(cfg.device)):
+            if not np.isfinite(probs).all():
+                bad = rows + int(np.flatnonzero(~np.isfinite(probs))[0])
+                model = exported[0] or cfg.ckpt_path
+                raise QinError(f"{model}: the model predicts a non-finite probability for test row {bad}")
+            ids = np.arange(rows, rows + len(probs))
+            np.savetxt(f, np.column_stack([ids, probs.astype(np.float64)]), fmt=("%d", "%.9g"), delimiter=",")
+            rows += len(probs)
         if rows != len(data):
             raise QinError(f"wrote {rows} predictions for {len(data)} test rows")
-        _commit(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     result: dict[str, Any] = {"output": str(out), "zip": None, "rows": rows}
     if cfg.get("zip"):
         zpath = zip_path(out)
-        ztmp = _temp_beside(zpath)
-        try:
-            with zipfile.ZipFile(ztmp, "w", compression=zipfile.ZIP_DEFLATED) as z:
-                z.write(out, arcname=out.name)
-            _commit(ztmp, zpath)
-        except BaseException:
-            ztmp.unlink(missing_ok=True)
-            raise
+        with atomic_writer(zpath, "wb") as zf, zipfile.ZipFile(zf, "w", compression=zipfile.ZIP_DEFLATED) as z:
+            z.write(out, arcname=out.name)
         result["zip"] = str(zpath)
     return result
 

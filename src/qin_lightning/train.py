@@ -23,7 +23,6 @@ from typing import Any
 
 import hydra
 import lightning.pytorch as pl
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
@@ -32,9 +31,12 @@ from lightning.pytorch.loggers import Logger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from qin_lightning.checkpoint import read_checkpoint
+from qin_lightning.checkpoint_io import SafeCheckpointIO
 from qin_lightning.cli import CONFIG_DIR, exit_with_error, instantiate_reporting, set_threads
 from qin_lightning.errors import ConfigError, QinError
-from qin_lightning.files import atomic_write_json
+from qin_lightning.files import FileWriteError, atomic_write_json
+from qin_lightning.memory import check_training_memory, estimate_training_memory, trains_on_gpu
 from qin_lightning.module import CTRModule, NonFiniteLossError
 from qin_lightning.resume import GracefulInterrupt, TrainingInterrupted, make_train_data_resumable, resolve_ckpt_path
 
@@ -55,6 +57,9 @@ def build_module(cfg: DictConfig, dm: pl.LightningDataModule) -> CTRModule:
     """Instantiate ``cfg.model`` (a CTRModule around ``model.net``) with the data's item tables."""
     if "net" not in cfg.model:
         raise ConfigError("config key 'model.net' is missing: a model config must define the network under 'net'")
+    if cfg.get("memory_check", True):  # before anything is allocated (qin_lightning.memory)
+        memory = estimate_training_memory(cfg.model.net, dm.item_tags, dm.item_mm, dm.num_tags)
+        check_training_memory(memory, trains_on_gpu(cfg.trainer.get("accelerator")))
     net = instantiate_reporting(cfg.model.net, item_tags=dm.item_tags, item_mm=dm.item_mm, num_tags=dm.num_tags)
     model_kwargs = {k: v for k, v in cfg.model.items() if k != "net"}
     return instantiate_reporting(OmegaConf.create(model_kwargs), net=net)
@@ -107,7 +112,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     callbacks: list[Callback] = instantiate_list(cfg.get("callbacks"))
     callbacks.append(GracefulInterrupt())
     loggers: list[Logger] = instantiate_list(cfg.get("logger"))
-    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trust = bool(cfg.get("trust_checkpoint", False))  # strict loading and atomic saving: qin_lightning.checkpoint_io
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
+                                      plugins=[SafeCheckpointIO(trust=trust)])
     for lg in loggers:
         lg.log_hyperparams(resolved)  # type: ignore[arg-type]
 
@@ -127,8 +134,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     # keep and finally reload the best weights (FuxiCTR protocol)
     best_path = ckpt_cb.best_model_path if ckpt_cb is not None else ""
     if best_path:
-        state = torch.load(best_path, map_location="cpu", weights_only=False)
-        module.load_state_dict(state["state_dict"])
+        module.load_state_dict(read_checkpoint(best_path, trust=trust)["state_dict"])
 
     history = module.val_history
     best = max(history, key=lambda h: h["auc"]) if history else None
@@ -189,7 +195,10 @@ def _record_failure(cfg: DictConfig, err: BaseException, status: str = "failed")
     if isinstance(err, TrainingInterrupted):
         record["checkpoint"] = err.checkpoint
     if rank_zero_only.rank == 0:  # under DDP every rank gets here; one writes
-        atomic_write_json(output_dir(cfg) / "results.json", record)
+        try:
+            atomic_write_json(output_dir(cfg) / "results.json", record)
+        except FileWriteError as write_err:  # e.g. the disk is full: report the original error, not this one
+            log.error("%s", write_err)
 
 
 def resume_command(cfg: DictConfig) -> str:

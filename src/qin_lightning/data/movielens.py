@@ -72,6 +72,7 @@ from qin_lightning.data.text_embed import (
     resolve_encoder,
 )
 from qin_lightning.errors import ConfigError, DataValidationError
+from qin_lightning.files import FileWriteError
 
 PROTOCOLS = ("sampled", "rating")
 SPLIT_MODES = ("per_user", "global_time")
@@ -496,6 +497,10 @@ def convert(raw: RawMovieLens, out: Path | str, protocol: str = "sampled", split
         }  # fmt: skip
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
         _replace_dir(tmp, out)
+    except OSError as err:  # e.g. ENOSPC: the previous folder (if any) is only replaced after a complete write
+        shutil.rmtree(tmp, ignore_errors=True)
+        kept = "the previous folder is unchanged" if out.exists() else "nothing was written"
+        raise FileWriteError(f"{out}: cannot write the converted data ({err.strerror or err}); {kept}") from err
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

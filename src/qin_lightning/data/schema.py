@@ -62,6 +62,10 @@ ITEM_INFO_COLUMNS: tuple[str, ...] = (ITEM_ID, ITEM_TAGS, ITEM_EMB)
 LABEL_REQUIRED: dict[str, bool] = {TRAIN: True, VALID: True, TEST: False}
 
 CHUNK_ROWS = 131_072  # rows per read chunk: bounds the transient memory of reading a split
+# Inferring the tag vocabulary (data.num_tags=null) as largest id + 1 is refused when that is more than
+# max(SPARSE_TAGS_FLOOR, SPARSE_TAGS_FACTOR x the number of distinct ids): one stray id must not size the table.
+SPARSE_TAGS_FLOOR = 1000
+SPARSE_TAGS_FACTOR = 100
 
 
 def split_path(root: Path, split: str) -> Path:
@@ -330,8 +334,31 @@ def read_item_info(root: Path, emb_dim: int | None = EMB_DIM, num_tags: int | No
         raise _fail(
             path, f"row 0 has value {mm[0, pos]} at position {pos}, expected all zeros (row 0 is the padding item)", ITEM_EMB
         )
-    vocab = num_tags if num_tags is not None else int(tag_table.max()) + 1
+    vocab = num_tags if num_tags is not None else inferred_tag_vocabulary(path, tag_table)
     return ItemTable(tags=tag_table, mm=mm, num_tags=vocab)
+
+
+def inferred_tag_vocabulary(path: Path, tag_table: np.ndarray) -> int:
+    """Largest tag id + 1, unless that is far beyond the ids in use (see SPARSE_TAGS_FLOOR / _FACTOR).
+
+    A largest id above max(1000, 100 x distinct ids) is a DataValidationError naming its row and value: the
+    table would be sized by a stray id (10,000,000 with 60 tags in use: 1.3 B parameters). Ids that really are
+    that sparse are accepted when ``data.num_tags`` is given.
+    """
+    largest = int(tag_table.max())
+    distinct = int(np.unique(tag_table).size)
+    limit = max(SPARSE_TAGS_FLOOR, SPARSE_TAGS_FACTOR * distinct)
+    if largest + 1 > limit:
+        row, pos = _first_bad_row(tag_table == largest)
+        raise _fail(
+            path,
+            f"row {row} contains tag id {largest}, but only {distinct} distinct tag ids are used: inferring the tag "
+            f"vocabulary from the largest id would allocate {largest + 1:,} embeddings (the limit without "
+            f"data.num_tags is max({SPARSE_TAGS_FLOOR}, {SPARSE_TAGS_FACTOR} x distinct ids) = {limit:,}); "
+            f"renumber the tags densely, or set data.num_tags={largest + 1} if the ids really are that sparse",
+            ITEM_TAGS,
+        )
+    return largest + 1
 
 
 # ---- splits --------------------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ import pyarrow.parquet as pq
 
 from qin_lightning.data import schema as S
 from qin_lightning.errors import DataValidationError
+from qin_lightning.files import FileWriteError
 
 GENERATOR_VERSION = 1  # bump when the generative story changes: it is part of the fingerprint
 META_FILE = "synthetic.json"  # written last; its presence marks a complete dataset
@@ -327,6 +328,9 @@ def generate(config: SyntheticConfig, out_dir: Path | str) -> Path:
             if not _is_complete(out_dir, config):  # lost a race to an identical writer: theirs is as good
                 raise
             shutil.rmtree(tmp, ignore_errors=True)
+    except OSError as err:  # e.g. ENOSPC: nothing is left behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise FileWriteError(f"{out_dir}: cannot write the synthetic dataset ({err.strerror or err})") from err
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -1,0 +1,473 @@
+"""Untrusted files: checkpoints that cannot run code, vocabularies that cannot explode, runs that survive SIGKILL
+and a full disk (README "Security" and "Reliability")."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from conftest import CONFIG_DIR, REPO_ROOT, compose_train, tiny_model_overrides, tiny_overrides
+from hydra import compose, initialize_config_dir
+
+from qin_lightning import checkpoint_io, memory
+from qin_lightning.checkpoint import UnsafeCheckpointError, load_network, read_checkpoint
+from qin_lightning.data import schema as S
+from qin_lightning.errors import ConfigError, DataValidationError, QinError
+from qin_lightning.eval import evaluate
+from qin_lightning.export import export_checkpoint
+from qin_lightning.export import main as export_main
+from qin_lightning.files import FileWriteError
+from qin_lightning.predict import predict
+from qin_lightning.train import build_datamodule, build_module, train
+
+EXPERIMENTS = sorted(p.stem for p in Path(CONFIG_DIR, "experiment").glob("*.yaml"))
+TESTS = Path(__file__).resolve().parent
+
+
+class Payload:
+    """Unpickling this runs `exec(code)`: the classic pickle attack (here it only creates a marker file)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.code = f"open({str(marker)!r}, 'w').write('pwned')"
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        return (exec, (self.code,))
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One tiny QIN training run (2 epochs): its folder holds the best and last checkpoints."""
+    tmp = tmp_path_factory.mktemp("untrusted")
+    train(compose_train(tiny_overrides(tmp) + tiny_model_overrides(), tmp / "run"))
+    return tmp / "run"
+
+
+@pytest.fixture
+def last(run: Path) -> Path:
+    return run / "checkpoints" / "last.ckpt"
+
+
+def _evil(last: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """(a copy of a real checkpoint with one extra entry whose unpickling creates `marker`, marker)."""
+    marker = tmp_path / "PWNED"
+    ckpt = torch.load(last, map_location="cpu", weights_only=True)
+    ckpt["extra"] = Payload(marker)
+    path = tmp_path / "evil.ckpt"
+    torch.save(ckpt, path)
+    return path, marker
+
+
+def _compose(name: str, overrides: list[str]) -> Any:
+    with initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR):
+        return compose(config_name=name, overrides=overrides)
+
+
+def _env() -> dict[str, str]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), str(REPO_ROOT / "src")])}
+    env.pop("HYDRA_FULL_ERROR", None)
+    return env
+
+
+def _one_error_line(proc: subprocess.CompletedProcess[str], *needles: str) -> str:
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, proc.stderr[-3000:]
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+# ---- our own checkpoints load strictly ------------------------------------------------------------------
+def test_best_and_last_load_with_weights_only(run: Path) -> None:
+    results = json.loads((run / "results.json").read_text())
+    for path in (Path(results["best_checkpoint"]), run / "checkpoints" / "last.ckpt"):
+        torch.load(path, map_location="cpu", weights_only=True)  # raises if anything beyond plain data
+        net, cfg = load_network(path)  # the strict default of eval/predict/export
+        assert cfg["experiment_name"] == "qin"
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_writes_strictly_loadable_checkpoints(tmp_path_factory: pytest.TempPathFactory,
+                                                               experiment: str) -> None:
+    shared = tmp_path_factory.getbasetemp() / "experiments_cache"  # one tiny dataset for every experiment
+    run_dir = tmp_path_factory.mktemp(experiment)
+    overrides = [*tiny_overrides(shared), *tiny_model_overrides(experiment), f"+experiment={experiment}",
+                 "trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
+                 f"paths.log_dir={run_dir}/logs"]
+    results = train(compose_train(overrides, run_dir / "run"))
+    for path in (Path(results["best_checkpoint"]), run_dir / "run" / "checkpoints" / "last.ckpt"):
+        torch.load(path, map_location="cpu", weights_only=True)
+        load_network(path)
+
+
+# ---- a code-running checkpoint is refused everywhere, and runs nothing -----------------------------------
+def test_read_checkpoint_refuses_a_pickle_payload_and_names_it(last: Path, tmp_path: Path) -> None:
+    evil, marker = _evil(last, tmp_path)
+    with pytest.raises(UnsafeCheckpointError) as info:
+        read_checkpoint(evil)
+    message = str(info.value)
+    assert str(evil) in message and "the Python object `exec`" in message and "trust_checkpoint=true" in message
+    assert "\n" not in message
+    assert not marker.exists(), "the payload ran"
+
+
+def test_torch_env_var_cannot_turn_strict_loading_off(last: Path, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    evil, marker = _evil(last, tmp_path)
+    with pytest.raises(UnsafeCheckpointError):
+        read_checkpoint(evil)
+    assert not marker.exists()
+
+
+def test_trust_checkpoint_is_the_explicit_opt_in(last: Path, tmp_path: Path) -> None:
+    """With trust the file is unpickled unrestricted: its code runs (the documented risk)."""
+    evil, marker = _evil(last, tmp_path)
+    assert "state_dict" in read_checkpoint(evil, trust=True)
+    assert marker.exists()
+
+
+def test_eval_predict_export_refuse_it(last: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    evil, marker = _evil(last, tmp_path)
+    with pytest.raises(UnsafeCheckpointError, match="Python object `exec`"):
+        evaluate(_compose("eval", [f"ckpt_path={evil}", "device=cpu"]))
+    with pytest.raises(UnsafeCheckpointError, match="Python object `exec`"):
+        predict(_compose("predict", [f"ckpt_path={evil}", f"output={tmp_path / 'p.csv'}", "device=cpu"]))
+    with pytest.raises(SystemExit) as exit_info:
+        export_main([str(evil), "--out", str(tmp_path / "m.onnx")])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.startswith("error: ") and "--trust-checkpoint" in err
+    assert not marker.exists()
+    assert not (tmp_path / "p.csv").exists() and not (tmp_path / "m.onnx").exists()
+
+
+def test_cli_train_refuses_it_with_one_line(last: Path, run: Path, tmp_path: Path) -> None:
+    """Through Lightning's own loading (`trainer.fit(ckpt_path=...)`, i.e. SafeCheckpointIO)."""
+    evil, marker = _evil(last, tmp_path)
+    args = [*tiny_overrides(run.parent), *tiny_model_overrides(), f"hydra.run.dir={tmp_path / 'resumed'}",
+            f"ckpt_path={evil}"]
+    proc = subprocess.run([sys.executable, "-m", "qin_lightning.train", *args], cwd=tmp_path, env=_env(),
+                          capture_output=True, text=True, timeout=300)
+    _one_error_line(proc, str(evil), "`exec`", "trust_checkpoint=true")
+    assert not marker.exists(), "the payload ran"
+
+
+def test_cli_eval_refuses_it_with_one_line(last: Path, tmp_path: Path) -> None:
+    evil, marker = _evil(last, tmp_path)
+    proc = subprocess.run([sys.executable, "-m", "qin_lightning.eval", f"ckpt_path={evil}", "device=cpu"],
+                          cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
+    _one_error_line(proc, str(evil), "`exec`")
+    assert not marker.exists(), "the payload ran"
+
+
+def test_safe_checkpoint_io_is_strict_unless_trusted(last: Path, tmp_path: Path) -> None:
+    evil, marker = _evil(last, tmp_path)
+    with pytest.raises(UnsafeCheckpointError):
+        checkpoint_io.SafeCheckpointIO().load_checkpoint(evil)
+    assert not marker.exists()
+    assert "state_dict" in checkpoint_io.SafeCheckpointIO(trust=True).load_checkpoint(evil)
+
+
+@pytest.mark.parametrize("where", ["model.net", "data"])
+def test_a_config_target_outside_our_classes_is_refused(last: Path, tmp_path: Path, where: str) -> None:
+    """qin_config is instantiated by eval/predict/export: a `_target_` there is code, so only our classes."""
+    marker = tmp_path / "PWNED"
+    ckpt = torch.load(last, map_location="cpu", weights_only=True)
+    node = ckpt["qin_config"]["model"]["net"] if where == "model.net" else ckpt["qin_config"]["data"]
+    node["extra"] = {"_target_": "builtins.exec", "_args_": [f"open({str(marker)!r}, 'w')"]}
+    path = tmp_path / "evil_config.ckpt"
+    torch.save(ckpt, path)
+    with pytest.raises(UnsafeCheckpointError, match=rf"qin_config {where}\.extra\._target_='builtins.exec'"):
+        load_network(path)
+    imported = "qin_lightning.models.items.Tensor" if where == "model.net" else "qin_lightning.data.movielens.Path"
+    node["extra"] = {"_target_": imported}  # a class imported into one of our modules, not one of ours
+    torch.save(ckpt, path)
+    with pytest.raises(UnsafeCheckpointError, match="not a class defined in"):
+        load_network(path)
+    assert not marker.exists()
+
+
+# ---- broken and foreign checkpoints: one clear line ------------------------------------------------------
+@pytest.mark.parametrize("kind", ["truncated", "garbage", "empty", "foreign", "not_lightning", "no_qin_config"])
+def test_broken_or_foreign_checkpoint_is_one_clear_line(last: Path, tmp_path: Path, kind: str) -> None:
+    path = tmp_path / f"{kind}.ckpt"
+    expected = {
+        "truncated": "truncated or corrupt checkpoint",
+        "garbage": "not a PyTorch checkpoint",
+        "empty": "empty file",
+        "foreign": "not a Lightning checkpoint",
+        "not_lightning": "not a Lightning checkpoint",
+        "no_qin_config": "has no 'qin_config'",
+    }[kind]
+    if kind == "truncated":
+        path.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
+    elif kind == "garbage":
+        path.write_text("model weights, trust me\n")
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "foreign":  # another project's file: a bare state dict
+        torch.save({"encoder.weight": torch.zeros(3, 3)}, path)
+    elif kind == "not_lightning":
+        torch.save([torch.zeros(2)], path)
+    else:
+        ckpt = torch.load(last, map_location="cpu", weights_only=True)
+        del ckpt["qin_config"]
+        torch.save(ckpt, path)
+    with pytest.raises(QinError) as info:
+        load_network(path)
+    assert expected in str(info.value) and str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_cli_train_resume_from_truncated_checkpoint_is_one_line(last: Path, run: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "broken.ckpt"
+    broken.write_bytes(last.read_bytes()[:4096])
+    args = [*tiny_overrides(run.parent), *tiny_model_overrides(), f"hydra.run.dir={tmp_path / 'r'}",
+            f"ckpt_path={broken}"]
+    proc = subprocess.run([sys.executable, "-m", "qin_lightning.train", *args], cwd=tmp_path, env=_env(),
+                          capture_output=True, text=True, timeout=300)
+    _one_error_line(proc, str(broken), "truncated or corrupt checkpoint")
+
+
+# ---- vocabulary sizes and memory before allocation -------------------------------------------------------
+def _with_stray_tag(data_dir: Path, tmp_path: Path, row: int, value: int) -> Path:
+    root = tmp_path / "data"
+    shutil.copytree(data_dir, root)
+    path = root / S.ITEM_INFO_FILE
+    table = pq.read_table(path)
+    tags = np.array(table.column(S.ITEM_TAGS).to_pylist(), dtype=np.int64)
+    mm = np.array(table.column(S.ITEM_EMB).to_pylist(), dtype=np.float32)
+    tags[row, -1] = value
+    pq.write_table(S.item_info_table(tags, mm), path)
+    return root
+
+
+def _data_dir(run: Path) -> Path:
+    return Path(json.loads((run / "results.json").read_text())["data_dir"])
+
+
+def test_a_stray_huge_tag_id_is_refused_before_allocation(run: Path, tmp_path: Path) -> None:
+    root = _with_stray_tag(_data_dir(run), tmp_path, row=7, value=10_000_000)
+    with pytest.raises(DataValidationError) as info:
+        S.read_item_info(root, emb_dim=None)
+    message = str(info.value)
+    for needle in ("item_info.parquet", "column 'item_tags'", "row 7", "10000000", "data.num_tags=10000001"):
+        assert needle in message, message
+    items = S.read_item_info(root, emb_dim=None, num_tags=10_000_001)  # the opt-out: ids that really are sparse
+    assert items.num_tags == 10_000_001
+
+
+def test_the_sparse_tag_rule() -> None:
+    """Largest id + 1 <= max(1000, 100 x distinct ids) is inferred silently; one more is an error."""
+    path = Path("item_info.parquet")
+    table = np.array([[0, 0], [1, 2], [3, 0], [4, 999]])  # 6 distinct ids (0 included): limit max(1000, 600)
+    assert S.inferred_tag_vocabulary(path, table) == 1000
+    table[3, 1] = 1000
+    with pytest.raises(DataValidationError, match=r"row 3 contains tag id 1000, but only 6 distinct"):
+        S.inferred_tag_vocabulary(path, table)
+    dense = np.arange(40_000).reshape(-1, 4)  # many tags: the limit grows with them
+    assert S.inferred_tag_vocabulary(path, dense) == 40_000
+
+
+def test_training_memory_estimate_is_exact_and_checked(run: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = compose_train(tiny_overrides(run.parent) + tiny_model_overrides(), tmp_path / "run")
+    dm = build_datamodule(cfg)
+    net = build_module(cfg, dm).net
+    estimate = memory.estimate_training_memory(cfg.model.net, dm.item_tags, dm.item_mm, dm.num_tags)
+    assert estimate.parameters == sum(p.numel() for p in net.parameters() if p.requires_grad)
+    assert estimate.parameter_bytes == 16 * estimate.parameters
+    assert estimate.buffer_bytes == sum(b.numel() * b.element_size() for b in net.buffers())
+
+    monkeypatch.setattr(memory, "cpu_available", lambda: estimate.parameter_bytes - 1)
+    with pytest.raises(ConfigError, match=rf"the model has {estimate.parameters:,} parameters.*needs at least"):
+        build_module(cfg, dm)
+    cfg.memory_check = False
+    build_module(cfg, dm)
+
+
+def test_available_memory_readers(tmp_path: Path) -> None:
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal: 100 kB\nMemAvailable: 42 kB\n")
+    assert memory.meminfo_available(meminfo) == 42 * 1024
+    assert memory.meminfo_available(tmp_path / "missing") is None
+    assert memory.cpu_available() is None or memory.cpu_available() > 0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_memory_check_on_a_gpu() -> None:
+    total = torch.cuda.get_device_properties(0).total_memory
+    too_big = memory.TrainingMemory(parameters=total // 16 + 1, parameter_bytes=total + 16, buffer_bytes=0)
+    with pytest.raises(ConfigError, match="on the GPU"):
+        memory.check_training_memory(too_big, on_gpu=True)
+    memory.check_training_memory(memory.TrainingMemory(1000, 16_000, 4_000), on_gpu=True)
+
+
+# ---- SIGKILL at any moment: the previous complete checkpoint survives, ckpt_path=last finishes ------------
+KILL_RUN = ["trainer.max_epochs=2"]  # as the `run` fixture: the resumed run must reproduce its history
+
+
+def _resume_in_process(run: Path, run_dir: Path) -> dict[str, Any]:
+    """`ckpt_path=last` in `run_dir`; the result is complete and equals the uninterrupted `run` (exact resume)."""
+    cfg = compose_train(tiny_overrides(run.parent) + tiny_model_overrides() + KILL_RUN + ["ckpt_path=last"], run_dir)
+    train(cfg)
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["status"] == "completed" and results["epochs_trained"] == 2, results
+    reference = json.loads((run / "results.json").read_text())
+    assert results["val_history"] == reference["val_history"]
+    return results
+
+
+def _train_subprocess(cache: Path, run_dir: Path, extra: list[str], script: list[str] | None = None,
+                      **popen: Any) -> subprocess.Popen[str]:
+    args = [*tiny_overrides(cache), *tiny_model_overrides(), *KILL_RUN, f"hydra.run.dir={run_dir}", *extra]
+    command = script or ["-m", "qin_lightning.train"]
+    return subprocess.Popen([sys.executable, *command, *args], cwd=run_dir.parent, env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+
+
+def test_sigkill_while_writing_last_ckpt_keeps_the_previous_one(run: Path, tmp_path: Path) -> None:
+    """SIGKILL halfway through the second write of last.ckpt (end of epoch 1): the file on disk is still the
+    complete epoch-0 checkpoint, and `ckpt_path=last` resumes from it and finishes."""
+    run_dir = tmp_path / "killed"
+    proc = _train_subprocess(run.parent, run_dir, [], script=[str(TESTS / "sigkill_helpers.py"), "last.ckpt", "2"])
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == -signal.SIGKILL, err[-3000:]
+    last = run_dir / "checkpoints" / "last.ckpt"
+    survivor = read_checkpoint(last)  # strict, complete
+    assert survivor["epoch"] == 0 and len(survivor["qin_val_history"]) == 1
+    assert list((run_dir / "checkpoints").glob(".last.ckpt.*.tmp")), "the kill should hit a half-written temp file"
+    _resume_in_process(run, run_dir)
+    assert not list((run_dir / "checkpoints").glob(".*.tmp")), "the next write removes the killed one's temp file"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", ["train", "val"])
+def test_sigkill_during_a_step_or_validation_then_resume(run: Path, tmp_path: Path, stage: str) -> None:
+    """SIGKILL (from the process itself, at a set point) during epoch 1's 3rd training batch or 1st validation
+    batch: last.ckpt is epoch 0's; `ckpt_path=last` finishes the run."""
+    run_dir = tmp_path / "killed"
+    kill = ["+callbacks.kill._target_=sigkill_helpers.KillAt", "+callbacks.kill.epoch=1",
+            f"+callbacks.kill.batch={2 if stage == 'train' else 0}", f"+callbacks.kill.stage={stage}"]
+    proc = _train_subprocess(run.parent, run_dir, kill)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == -signal.SIGKILL, err[-3000:]
+    assert read_checkpoint(run_dir / "checkpoints" / "last.ckpt")["epoch"] == 0
+    _resume_in_process(run, run_dir)
+
+
+@pytest.mark.slow
+def test_kill_9_from_outside_mid_epoch_then_resume(run: Path, tmp_path: Path) -> None:
+    """`kill -9` sent by another process in the middle of epoch 1, then `ckpt_path=last` to the end."""
+    run_dir = tmp_path / "killed"
+    progress = tmp_path / "progress.json"
+    slow = ["+callbacks.progress._target_=sigkill_helpers.Progress", f"+callbacks.progress.path={progress}",
+            "+callbacks.progress.sleep=0.3"]
+    proc = _train_subprocess(run.parent, run_dir, slow)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            state = json.loads(progress.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            state = {"epoch": -1, "batch": -1}
+        if state["epoch"] == 1 and state["batch"] == 1:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "training ended before the kill: " + proc.communicate()[1][-2000:]
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    assert read_checkpoint(run_dir / "checkpoints" / "last.ckpt")["epoch"] == 0
+    _resume_in_process(run, run_dir)
+
+
+# ---- a full disk: clear error, previous file intact ------------------------------------------------------
+def _disk_full(*args: Any, **kwargs: Any) -> None:
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_disk_full_while_writing_predictions(last: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "prediction.csv"
+    out.write_text("ID,Task2\n0,0.5\n")  # the previous submission
+    cfg = _compose("predict", [f"ckpt_path={last}", f"output={out}", "overwrite=true", "device=cpu"])
+    monkeypatch.setattr(np, "savetxt", _disk_full)
+    with pytest.raises(FileWriteError) as info:
+        predict(cfg)
+    message = str(info.value)
+    assert str(out) in message and "No space left on device" in message and "previous file is unchanged" in message
+    assert out.read_text() == "ID,Task2\n0,0.5\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["prediction.csv"], "temporary file left behind"
+
+
+def test_disk_full_while_writing_a_checkpoint(run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The second write of last.ckpt fails with ENOSPC: one clear error, the epoch-0 last.ckpt intact."""
+    real_save = torch.save
+
+    def save(obj: Any, f: Any, *args: Any, **kwargs: Any) -> None:
+        if obj.get("epoch") == 1:
+            f.write(b"partial")
+            _disk_full()
+        real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint_io.torch, "save", save)
+    run_dir = tmp_path / "run"
+    cfg = compose_train(tiny_overrides(run.parent) + tiny_model_overrides() + KILL_RUN, run_dir)
+    with pytest.raises(FileWriteError, match=r"\.ckpt: cannot write \(No space left on device\)"):
+        train(cfg)
+    assert read_checkpoint(run_dir / "checkpoints" / "last.ckpt")["epoch"] == 0
+    assert not list((run_dir / "checkpoints").glob(".*.tmp"))
+
+
+def test_export_disk_full_keeps_the_previous_model(last: Path, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "model.onnx"
+    out.write_bytes(b"previous model")
+    monkeypatch.setattr(os, "fsync", _disk_full)
+    with pytest.raises(FileWriteError, match="No space left on device"):
+        export_checkpoint(last, out, overwrite=True)
+    assert out.read_bytes() == b"previous model"
+
+
+def test_disk_full_while_converting_keeps_the_previous_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from test_movielens import make_source
+
+    from qin_lightning.data import movielens as ml
+
+    src = make_source(tmp_path, "csv")
+    out = tmp_path / "data" / "out"
+    ml.convert_movielens(src, out, protocol="rating", encoder="hashing", cache_dir=None)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    monkeypatch.setattr(ml.pq, "write_table", _disk_full)
+    with pytest.raises(FileWriteError, match=r"out: cannot write the converted data \(No space left on device\); "
+                                             "the previous folder is unchanged"):
+        ml.convert_movielens(src, out, overwrite=True, encoder="hashing", cache_dir=None)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["out"]  # no temporary folder left
+
+
+def test_damaged_bytes_never_escape_as_a_traceback(last: Path, tmp_path: Path) -> None:
+    """Random byte damage anywhere in a real checkpoint: it loads (damage in tensor data) or is one QinError."""
+    data = bytearray(last.read_bytes())
+    rng = np.random.default_rng(0)
+    for i, position in enumerate(rng.integers(0, len(data), size=40)):
+        damaged = bytearray(data)
+        damaged[position] ^= 0xFF
+        path = tmp_path / f"damaged{i}.ckpt"
+        path.write_bytes(bytes(damaged))
+        try:
+            load_network(path)
+        except QinError as err:
+            assert str(path) in str(err) and "\n" not in str(err)
