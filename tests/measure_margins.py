@@ -1,0 +1,95 @@
+"""Measure what the tiny test runs reach, so the tests' floors and tolerances rest on a recorded number.
+
+    PYTHONPATH=src python tests/measure_margins.py --out tests/measured_margins.json
+
+Runs the same configurations as the tests (seeded: the values are deterministic on one platform) and records:
+- test_train.py::test_train_writes_results_and_learns: per-epoch validation AUC / logloss, the oracle AUC of the
+  planted signal and the logloss of the constant predictor (the validation positive rate);
+- test_onnx_int8.py: AUC / logloss of the eager, fp32 ONNX and int8 ONNX scores of the tiny run's best
+  checkpoint, and the largest probability difference of int8 single requests (batch 1) from PyTorch.
+Not a test (pytest collects test_*.py only); rerun it when a model default or the tiny configs change.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from conftest import compose_train, tiny_model_overrides, tiny_overrides  # noqa: E402
+from test_onnx_int8 import single_request_diff  # noqa: E402
+from test_train import LEARNABLE  # noqa: E402
+
+from qin_lightning.files import atomic_write_json  # noqa: E402
+from qin_lightning.train import train  # noqa: E402
+
+torch.set_num_threads(1)
+
+
+def constant_logloss(rate: float) -> float:
+    """Logloss of predicting the positive rate for every row (the floor any learning must beat)."""
+    return -(rate * math.log(rate) + (1 - rate) * math.log(1 - rate))
+
+
+def learns(tmp: Path) -> dict:
+    results = train(compose_train(tiny_overrides(tmp) + LEARNABLE, tmp / "run"))
+    data_dir = Path(results["data_dir"])
+    labels = np.concatenate([np.asarray(v) for v in _valid_labels(data_dir)])
+    synthetic = json.loads((data_dir / "synthetic.json").read_text())
+    return {"val_history": results["val_history"], "best_val_auc": results["best_val_auc"],
+            "best_val_logloss": results["best_val_logloss"], "oracle_auc": synthetic["oracle_auc"],
+            "valid_positive_rate": float(labels.mean()), "constant_logloss": constant_logloss(float(labels.mean()))}
+
+
+def _valid_labels(data_dir: Path) -> list:
+    import pyarrow.parquet as pq
+
+    return [pq.read_table(data_dir / "valid.parquet", columns=["label"]).column("label").to_numpy()]
+
+
+def int8(tmp: Path) -> dict:
+    from omegaconf import OmegaConf
+
+    from qin_lightning.eval import evaluate
+    from qin_lightning.export import export_checkpoint
+
+    results = train(compose_train(tiny_overrides(tmp) + tiny_model_overrides(), tmp / "run"))
+    ckpt = Path(results["best_checkpoint"])
+    models = {"eager": None, "fp32": export_checkpoint(ckpt, tmp / "m.onnx"),
+              "int8": export_checkpoint(ckpt, tmp / "m.int8.onnx", weights="int8", block_size=32)}
+    scores = {}
+    for name, model in models.items():
+        cfg = {"ckpt_path": str(ckpt), "split": "valid", "output": str(tmp / f"{name}.json"),
+               "data": {"root": None, "batch_size": None}, "device": "cpu", "threads": 1, "debug": False,
+               "onnx": str(model) if model else None}
+        r = evaluate(OmegaConf.create(cfg))
+        scores[name] = {"auc": r["auc"], "logloss": r["logloss"]}
+    default_int8 = export_checkpoint(ckpt, tmp / "d.int8.onnx", weights="int8")
+    return {**scores, "int8_minus_eager_auc": scores["int8"]["auc"] - scores["eager"]["auc"],
+            "int8_minus_eager_logloss": scores["int8"]["logloss"] - scores["eager"]["logloss"],
+            "single_request_max_abs_prob_diff": single_request_diff(ckpt, default_int8)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    record: dict = {"command": f"PYTHONPATH=src python tests/measure_margins.py --out {args.out}",
+                    "torch": torch.__version__}
+    with tempfile.TemporaryDirectory() as tmp:
+        record["test_train_learns"] = learns(Path(tmp) / "learns")
+        print(json.dumps(record["test_train_learns"]), flush=True)
+        record["onnx_int8"] = int8(Path(tmp) / "int8")
+        print(json.dumps(record["onnx_int8"]), flush=True)
+    atomic_write_json(args.out, record)
+
+
+if __name__ == "__main__":
+    main()
