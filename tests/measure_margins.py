@@ -5,14 +5,17 @@
 Runs the same configurations as the tests (seeded: the values are deterministic on one platform) and records:
 - test_train.py::test_train_writes_results_and_learns: per-epoch validation AUC / logloss, the oracle AUC of the
   planted signal and the logloss of the constant predictor (the validation positive rate);
-- test_onnx_int8.py: AUC / logloss of the eager, fp32 ONNX and int8 ONNX scores of the tiny run's best
-  checkpoint, and the largest probability difference of int8 single requests (batch 1) from PyTorch.
+- test_onnx_int8.py: AUC / logloss of the eager, fp32 ONNX and int8 ONNX scores of the best checkpoint of that
+  same learning run, and the largest probability difference of int8 single requests (batch 1) from PyTorch;
+  the same for a deliberately coarser export (4-bit precision: q in -7..7, same file format), the regression the
+  tolerances must catch.
 Not a test (pytest collects test_*.py only); rerun it when a model default or the tiny configs change.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import sys
@@ -23,7 +26,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from conftest import compose_train, tiny_model_overrides, tiny_overrides  # noqa: E402
+from conftest import compose_train, tiny_overrides  # noqa: E402
 from test_onnx_int8 import single_request_diff  # noqa: E402
 from test_train import LEARNABLE  # noqa: E402
 
@@ -54,27 +57,52 @@ def _valid_labels(data_dir: Path) -> list:
     return [pq.read_table(data_dir / "valid.parquet", columns=["label"]).column("label").to_numpy()]
 
 
+@contextlib.contextmanager
+def four_bit_precision():
+    """Exports made inside quantize to q in -7..7 (scales x 127/7) in the same int8 format: a coarser export."""
+    from qin_lightning import onnx_int8
+
+    original = onnx_int8.quantize_blockwise
+
+    def coarse(weight: np.ndarray, block_size: int) -> tuple[np.ndarray, np.ndarray]:
+        packed, scales = original(weight, block_size)
+        q = np.rint((packed.astype(np.float32) - onnx_int8.ZERO_POINT) * 7 / 127)
+        return (q + onnx_int8.ZERO_POINT).astype(np.uint8), (scales * 127 / 7).astype(np.float32)
+
+    onnx_int8.quantize_blockwise = coarse
+    try:
+        yield
+    finally:
+        onnx_int8.quantize_blockwise = original
+
+
 def int8(tmp: Path) -> dict:
     from omegaconf import OmegaConf
 
     from qin_lightning.eval import evaluate
     from qin_lightning.export import export_checkpoint
 
-    results = train(compose_train(tiny_overrides(tmp) + tiny_model_overrides(), tmp / "run"))
+    results = train(compose_train(tiny_overrides(tmp) + LEARNABLE, tmp / "run"))
     ckpt = Path(results["best_checkpoint"])
-    models = {"eager": None, "fp32": export_checkpoint(ckpt, tmp / "m.onnx"),
-              "int8": export_checkpoint(ckpt, tmp / "m.int8.onnx", weights="int8", block_size=32)}
-    scores = {}
-    for name, model in models.items():
-        cfg = {"ckpt_path": str(ckpt), "split": "valid", "output": str(tmp / f"{name}.json"),
-               "data": {"root": None, "batch_size": None}, "device": "cpu", "threads": 1, "debug": False,
-               "onnx": str(model) if model else None}
-        r = evaluate(OmegaConf.create(cfg))
-        scores[name] = {"auc": r["auc"], "logloss": r["logloss"]}
-    default_int8 = export_checkpoint(ckpt, tmp / "d.int8.onnx", weights="int8")
-    return {**scores, "int8_minus_eager_auc": scores["int8"]["auc"] - scores["eager"]["auc"],
-            "int8_minus_eager_logloss": scores["int8"]["logloss"] - scores["eager"]["logloss"],
-            "single_request_max_abs_prob_diff": single_request_diff(ckpt, default_int8)}
+    record: dict = {}
+    for variant, precision in (("int8", contextlib.nullcontext), ("int8_4bit_precision", four_bit_precision)):
+        with precision():
+            models = {"eager": None, "fp32": export_checkpoint(ckpt, tmp / "m.onnx", overwrite=True),
+                      variant: export_checkpoint(ckpt, tmp / "m.int8.onnx", weights="int8", block_size=32,
+                                                 overwrite=True)}
+            default_block = export_checkpoint(ckpt, tmp / "d.int8.onnx", weights="int8", overwrite=True)
+        scores = {}
+        for name, model in models.items():
+            cfg = {"ckpt_path": str(ckpt), "split": "valid", "output": str(tmp / f"{name}.json"),
+                   "data": {"root": None, "batch_size": None}, "device": "cpu", "threads": 1, "debug": False,
+                   "onnx": str(model) if model else None}
+            r = evaluate(OmegaConf.create(cfg))
+            scores[name] = {"auc": r["auc"], "logloss": r["logloss"]}
+        record.update(scores)
+        record[variant].update(minus_eager_auc=scores[variant]["auc"] - scores["eager"]["auc"],
+                               minus_eager_logloss=scores[variant]["logloss"] - scores["eager"]["logloss"],
+                               single_request_max_abs_prob_diff=single_request_diff(ckpt, default_block))
+    return record
 
 
 def main() -> None:

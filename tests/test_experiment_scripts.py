@@ -115,5 +115,5 @@ def test_int8_accuracy_on_a_tiny_checkpoint(trained: dict, tmp_path: Path) -> No
     (row,) = record["rows"]
     assert row["eager"]["rows"] == 256 and row["eager"]["auc"] == pytest.approx(trained["best_val_auc"], abs=1e-6)
     assert row["fp32"]["auc"] == pytest.approx(row["eager"]["auc"], abs=1e-6)
-    assert 0 < row["int8"]["max_abs_prob_diff"] < 1e-3  # see test_onnx_int8.py for the measured margins
+    assert 0 < row["int8"]["max_abs_prob_diff"] < 5e-3  # recorded, int8 scored (precision: test_onnx_int8.py)
     assert proc.stdout.strip().splitlines()[-1].startswith(f"| {trained['best_checkpoint']} | 256 |")

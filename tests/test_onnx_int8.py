@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import compose_train, tiny_model_overrides, tiny_overrides
+from conftest import compose_train, tiny_overrides
 from omegaconf import OmegaConf
+from test_train import LEARNABLE
 
 from qin_lightning.errors import QinError
 from qin_lightning.eval import evaluate
@@ -23,17 +24,20 @@ ort = pytest.importorskip("onnxruntime")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 
-# tests/measured_margins.json (tests/measure_margins.py) for the tiny run below: int8 - eager AUC -0.00025,
-# logloss +1.0e-5, largest batch-1 probability difference 6.6e-5; the tolerances leave ~8-20x that
-INT8_AUC_TOLERANCE = 0.002
-INT8_LOGLOSS_TOLERANCE = 2e-4
-INT8_PROB_TOLERANCE = 1e-3
+# tests/measured_margins.json (tests/measure_margins.py) for the run below: int8 - eager AUC -2.7e-5, logloss
+# +1.1e-5, largest batch-1 probability difference 1.2e-3. The same export at 4-bit precision (q in -7..7):
+# AUC -1.1e-3, logloss +4.8e-4, batch-1 1.2e-2. The tolerances sit between (~10x / 2-4x from each side).
+INT8_AUC_TOLERANCE = 5e-4
+INT8_LOGLOSS_TOLERANCE = 1.5e-4
+INT8_PROB_TOLERANCE = 5e-3
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """The learning run of test_train.py: its QNN weights matter (a barely trained tiny QIN's QNN adds ~0, so
+    any quantization of it would pass)."""
     tmp = tmp_path_factory.mktemp("int8")
-    results = train(compose_train(tiny_overrides(tmp) + tiny_model_overrides(), tmp / "run"))
+    results = train(compose_train(tiny_overrides(tmp) + LEARNABLE, tmp / "run"))
     return tmp, results
 
 
