@@ -28,7 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conftest import compose_train, tiny_overrides  # noqa: E402
 from test_onnx_int8 import single_request_diff  # noqa: E402
-from test_train import LEARNABLE  # noqa: E402
+from test_train import LEARNABLE, _positive_rate  # noqa: E402
 
 from qin_lightning.files import atomic_write_json  # noqa: E402
 from qin_lightning.train import train  # noqa: E402
@@ -44,17 +44,11 @@ def constant_logloss(rate: float) -> float:
 def learns(tmp: Path) -> dict:
     results = train(compose_train(tiny_overrides(tmp) + LEARNABLE, tmp / "run"))
     data_dir = Path(results["data_dir"])
-    labels = np.concatenate([np.asarray(v) for v in _valid_labels(data_dir)])
+    rate = _positive_rate(data_dir)
     synthetic = json.loads((data_dir / "synthetic.json").read_text())
     return {"val_history": results["val_history"], "best_val_auc": results["best_val_auc"],
             "best_val_logloss": results["best_val_logloss"], "oracle_auc": synthetic["oracle_auc"],
-            "valid_positive_rate": float(labels.mean()), "constant_logloss": constant_logloss(float(labels.mean()))}
-
-
-def _valid_labels(data_dir: Path) -> list:
-    import pyarrow.parquet as pq
-
-    return [pq.read_table(data_dir / "valid.parquet", columns=["label"]).column("label").to_numpy()]
+            "valid_positive_rate": rate, "constant_logloss": constant_logloss(rate)}
 
 
 @contextlib.contextmanager

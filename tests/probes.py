@@ -66,14 +66,14 @@ def cache_filled(module: nn.Module) -> bool:
 
 
 @contextlib.contextmanager
-def path_taken(net: nn.Module) -> Iterator[dict[str, bool]]:
+def path_taken(net: nn.Module) -> Iterator[dict[str, bool | None]]:
     """Which form each part of a QIN / DIN `net` ran during the block (filled in when the block ends).
 
     Keys: "fast_attention" (no projection called), "folded_qnn" (no QNN `linear` called, None without a QNN),
     "packed" (attention.forward_packed called and the item encoder saw only 1-D ids),
     "item_table" (the id embedding was never called on request ids: rows came from the cached table).
     """
-    taken: dict[str, bool] = {}
+    taken: dict[str, bool | None] = {}
     attention = net.attention
     linears = [layer.linear for layer in getattr(getattr(net, "interaction", None), "layers", [])]
     with contextlib.ExitStack() as stack:
