@@ -63,6 +63,7 @@ def test_fast_attention_matches_plain_outputs_and_gradients(activation, training
         grads = [target.grad, history.grad] + [p.grad for p in module.parameters()]
         results.append((out.detach(), grads))
     torch.testing.assert_close(results[1][0], results[0][0], **TIGHT)
+    assert len(results[1][1]) == len(results[0][1]) == 6  # target, history, W_q, W_k, W_v, W_o
     for g_fast, g_plain in zip(results[1][1], results[0][1]):
         torch.testing.assert_close(g_fast, g_plain, **TIGHT)
 
@@ -126,6 +127,7 @@ def test_folded_qnn_matches_per_row_in_eval(activation, batch_norm):
         x_eval.grad = None
         run_layers(qnn, x_eval, fold=fold).sum().backward()
         grads.append([x_eval.grad.clone()] + [p.grad.clone() for p in qnn.parameters()])
+    assert len(grads[0]) == len(grads[1]) == 1 + len(list(qnn.parameters()))
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, **TIGHT)
 

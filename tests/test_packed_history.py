@@ -56,6 +56,7 @@ def outputs_and_grads(net: torch.nn.Module, inputs, seed: int = 5):
 
 def assert_same(a, b):
     torch.testing.assert_close(a[0], b[0], **TIGHT)
+    assert len(a[1]) == len(b[1]) and any(g is not None for g in a[1])
     for ga, gb in zip(a[1], b[1]):
         if ga is None or gb is None:
             assert ga is None and gb is None or torch.count_nonzero(ga if ga is not None else gb) == 0
