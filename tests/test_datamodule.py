@@ -130,10 +130,12 @@ def test_exactly_once_across_ranks(n: int, batch_size: int, world_size: int) -> 
 
 
 def test_sampler_rejects_bad_args() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="1 rows cannot be sharded over 2 ranks without repeats"):
         ShardedBatchSampler(1, 4, True, rank=0, world_size=2)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="rank=2 is outside world_size=2"):
         ShardedBatchSampler(10, 4, True, rank=2, world_size=2)
+    with pytest.raises(ValueError, match="batch_size=0, expected >= 1"):
+        ShardedBatchSampler(10, 0, True, rank=0, world_size=1)
 
 
 def test_eval_sampler_sequential() -> None:
@@ -146,14 +148,22 @@ def test_state_dict_resumes_epoch(cache: Path) -> None:
     dm.setup("fit")
     loader = dm.train_dataloader()
     loader.sampler.set_epoch(3)
-    first = [b.user_id for b in loader]
+    first = list(loader)
     state = dm.state_dict()
     assert state["epoch"] == 3
     dm2 = make(cache, batch_size=64)
     dm2.load_state_dict(state)
     dm2.setup("fit")
-    again = [b.user_id for b in dm2.train_dataloader()]
-    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    again = list(dm2.train_dataloader())
+    assert len(again) == len(first) == len(loader) > 1  # an empty resumed loader must not pass
+    for a, b in zip(first, again):
+        for name in Batch._fields:
+            assert torch.equal(getattr(a, name), getattr(b, name)), name
+    # the restored epoch is what makes them equal: a fresh module (epoch 0) shuffles differently
+    fresh = make(cache, batch_size=64)
+    fresh.setup("fit")
+    epoch0 = torch.cat([b.user_id for b in fresh.train_dataloader()])
+    assert not torch.equal(epoch0, torch.cat([b.user_id for b in first]))
 
 
 def test_train_covers_every_row_once(cache: Path) -> None:
@@ -184,7 +194,7 @@ def test_generic_source(tmp_path: Path) -> None:
     config = dataclasses.replace(TINY, seed=10)
     dm = MMCTRDataModule(str(tmp_path), source=config, max_len=4)  # any object with fingerprint() / prepare()
     assert dm.data_dir == tmp_path / config.fingerprint()
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="data.synthetic and data.source are both set"):
         MMCTRDataModule(str(tmp_path), synthetic=config, source=config)
 
 

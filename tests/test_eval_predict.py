@@ -22,7 +22,7 @@ from torchmetrics.functional.classification import binary_auroc
 
 from qin_lightning.checkpoint import load_network
 from qin_lightning.data import schema as S
-from qin_lightning.errors import ConfigError, DataValidationError
+from qin_lightning.errors import ConfigError, DataValidationError, QinError
 from qin_lightning.eval import evaluate, group_auc
 from qin_lightning.predict import predict
 from qin_lightning.train import train
@@ -92,7 +92,7 @@ def test_eval_test_split_and_bad_overrides(trained: tuple[Path, dict]) -> None:
         evaluate(_eval_cfg(ckpt, data={"root": None, "batch_size": None, "max_len": 4}))
     with pytest.raises(ConfigError, match="split=train: expected valid or test"):
         evaluate(_eval_cfg(ckpt, split="train"))
-    with pytest.raises(Exception, match="checkpoint not found"):
+    with pytest.raises(QinError, match=r"nope\.ckpt: checkpoint not found \(expected a \.ckpt file"):
         evaluate(_eval_cfg(str(trained[0] / "nope.ckpt")))
 
 

@@ -7,6 +7,7 @@ import functools
 
 import pytest
 import torch
+from probes import cache_filled, forward_calls, path_taken, projections
 
 from qin_lightning.models.attention import TargetAttention
 from qin_lightning.models.interaction import QuadraticLayer, QuadraticNetwork
@@ -55,11 +56,14 @@ def test_fast_attention_matches_plain_outputs_and_gradients(activation, training
         module.train(training)
         target, history, mask = attention_inputs()
         torch.manual_seed(123)  # same attention-weight dropout mask in both
-        out = module(target, history, mask)
+        with forward_calls(*projections(module)) as calls:
+            out = module(target, history, mask)
+        assert bool(calls) == (module is plain), "the fast form never projects; the literal form does"
         (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)).sum().backward()
         grads = [target.grad, history.grad] + [p.grad for p in module.parameters()]
         results.append((out.detach(), grads))
     torch.testing.assert_close(results[1][0], results[0][0], **TIGHT)
+    assert len(results[1][1]) == len(results[0][1]) == 6  # target, history, W_q, W_k, W_v, W_o
     for g_fast, g_plain in zip(results[1][1], results[0][1]):
         torch.testing.assert_close(g_fast, g_plain, **TIGHT)
 
@@ -71,10 +75,13 @@ def test_fast_attention_inference_cache_invalidates_after_step():
     opt = torch.optim.SGD(attn.parameters(), lr=0.5)
     for _ in range(2):
         attn.eval()
-        with torch.no_grad():
+        assert not cache_filled(attn)  # train() dropped the products of the old weights
+        with torch.no_grad(), forward_calls(*projections(attn)) as calls:
             cached = attn(target, history, mask)
+            assert cache_filled(attn) and not calls
             attn.fast = False
             plain = attn(target, history, mask)
+            assert len(calls) == 4  # the literal form: W_q, W_k, W_v, W_o
             attn.fast = True
         torch.testing.assert_close(cached, plain, **TIGHT)
         attn.train()  # an optimizer step in between changes the weights in place
@@ -82,10 +89,16 @@ def test_fast_attention_inference_cache_invalidates_after_step():
         opt.step()
 
 
-def run_layers(qnn: QuadraticNetwork, x: torch.Tensor, fold: bool) -> torch.Tensor:
+def run_layers(qnn: QuadraticNetwork, x: torch.Tensor, fold: bool, expect_fold: bool | None = None) -> torch.Tensor:
+    """qnn(x) with every layer's fold switch set to `fold`; asserts the folded form ran iff `expect_fold`
+    (default: `fold`, i.e. the switch really switches). A folded layer never calls its (D, D*R) `linear`."""
     for layer in qnn.layers:
         layer.fold_at_inference = fold
-    return qnn(x)
+    with forward_calls(*(layer.linear for layer in qnn.layers)) as calls:
+        out = qnn(x)
+    folded = fold if expect_fold is None else expect_fold
+    assert len(calls) == (0 if folded else len(qnn.layers)), f"expected the {'folded' if folded else 'per-row'} form"
+    return out
 
 
 @pytest.mark.parametrize("activation", ["prelu", "relu", "none"])
@@ -104,7 +117,7 @@ def test_folded_qnn_matches_per_row_in_eval(activation, batch_norm):
     x_eval = torch.randn(10, 8, dtype=torch.float64, requires_grad=True)
     with torch.no_grad():
         folded = run_layers(qnn, x_eval, fold=True)
-        assert qnn.layers[0].can_fold()
+        assert qnn.layers[0].can_fold() and all(cache_filled(layer) for layer in qnn.layers)
         per_row = run_layers(qnn, x_eval, fold=False)
     torch.testing.assert_close(folded, per_row, **TIGHT)
     # with autograd on (eval mode) the fold is recomputed and differentiable: same gradients
@@ -114,6 +127,7 @@ def test_folded_qnn_matches_per_row_in_eval(activation, batch_norm):
         x_eval.grad = None
         run_layers(qnn, x_eval, fold=fold).sum().backward()
         grads.append([x_eval.grad.clone()] + [p.grad.clone() for p in qnn.parameters()])
+    assert len(grads[0]) == len(grads[1]) == 1 + len(list(qnn.parameters()))
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, **TIGHT)
 
@@ -128,12 +142,13 @@ def test_fold_cache_invalidates_after_optimizer_step_and_load():
         qnn.eval()
         with torch.no_grad():
             torch.testing.assert_close(run_layers(qnn, x, True), run_layers(qnn, x, False), **TIGHT)
+        assert all(cache_filled(layer) for layer in qnn.layers)
         if step == 1:
             qnn.load_state_dict(other.state_dict())
             with torch.no_grad():
                 torch.testing.assert_close(run_layers(qnn, x, True), run_layers(other.eval(), x, False), **TIGHT)
         qnn.train()
-        run_layers(qnn, x, True).pow(2).mean().backward()  # also updates BatchNorm running stats
+        run_layers(qnn, x, True, expect_fold=False).pow(2).mean().backward()  # also updates BatchNorm running stats
         opt.step()
         opt.zero_grad()
 
@@ -161,7 +176,7 @@ def test_mid_placement_is_never_folded():
     assert not qnn.layers[0].can_fold()
     x = torch.randn(5, 6, dtype=torch.float64)
     with torch.no_grad():
-        torch.testing.assert_close(run_layers(qnn, x, True), run_layers(qnn, x, False), **TIGHT)
+        torch.testing.assert_close(run_layers(qnn, x, True, expect_fold=False), run_layers(qnn, x, False), **TIGHT)
 
 
 def test_item_cache_matches_and_invalidates():
@@ -171,12 +186,14 @@ def test_item_cache_matches_and_invalidates():
     opt = torch.optim.SGD(enc.parameters(), lr=10.0)
     for _ in range(2):
         enc.eval()
-        with torch.no_grad():
+        with torch.no_grad(), forward_calls(enc.id_embedding) as lookups:
             cached = enc(ids)
-            assert enc._cache._value is not None
+            assert cache_filled(enc)
+            enc(ids)  # the table is built once, then only gathered from
+            assert [shapes[0] for shapes in lookups] == [(30,)], "the (N, 3E) table, not the requested ids"
             torch.testing.assert_close(cached, enc.encode(ids), rtol=0, atol=0)
         enc.train()
-        assert enc._cache._value is None  # train() drops the table
+        assert not cache_filled(enc)  # train() drops the table
         enc(ids).pow(2).sum().backward()
         opt.step()  # weights change in place: the next eval call must rebuild
     # an in-place change without train(): the version counter catches it
@@ -199,7 +216,7 @@ def test_item_cache_not_used_with_grad_enabled():
     tags, mm, num_tags = tiny_tables()
     enc = ItemEncoder(tags, mm, num_tags, embedding_dim=4).eval()
     enc(torch.tensor([1, 2])).sum().backward()
-    assert enc.id_embedding.weight.grad is not None and enc._cache._value is None
+    assert enc.id_embedding.weight.grad is not None and not cache_filled(enc)
 
 
 def test_item_cache_built_in_inference_mode_usable_in_no_grad():
@@ -233,7 +250,14 @@ def test_qin_fast_and_cached_inference_matches_literal_model():
     fast.eval()
     literal.eval()
     with torch.no_grad():
-        torch.testing.assert_close(fast(*batch), literal(*batch), **TIGHT)
+        with path_taken(fast) as fast_path:
+            fast_out = fast(*batch)
+        with path_taken(literal) as literal_path:
+            literal_out = literal(*batch)
+        torch.testing.assert_close(fast_out, literal_out, **TIGHT)
+    # literal.pack_history stays on: the packed / dense pair is tests/test_packed_history.py's
+    assert fast_path == {"fast_attention": True, "folded_qnn": True, "packed": True, "item_table": True}
+    assert literal_path == {"fast_attention": False, "folded_qnn": False, "packed": True, "item_table": False}
 
 
 def test_fast_paths_of_the_new_networks():

@@ -6,6 +6,7 @@ import functools
 
 import pytest
 import torch
+from probes import forward_calls, path_taken, projections
 from torch import nn
 
 from qin_lightning.errors import ConfigError
@@ -167,21 +168,23 @@ def test_din_shapes_and_empty_history():
     assert logits.shape == (6,) and torch.isfinite(logits).all()
 
 
+@pytest.mark.parametrize("pack_history", [False, True])
 @pytest.mark.parametrize("model_name", ["qin", "din", "mean"])
-def test_padding_length_invariance(model_name):
-    """More left padding (longer S) must not change any output."""
+def test_padding_length_invariance(model_name, pack_history):
+    """More left padding (longer S) must not change any output; the dense form really sees the padding."""
     if model_name == "din":
-        model = DIN(*tiny_tables(), embedding_dim=4, attention_units=[8], dnn_units=[8])
+        model = DIN(*tiny_tables(), embedding_dim=4, attention_units=[8], dnn_units=[8], pack_history=pack_history)
     elif model_name == "mean":
-        model = tiny_qin(attention=MeanPooling)
+        model = tiny_qin(attention=MeanPooling, pack_history=pack_history)
     else:
-        model = tiny_qin()
+        model = tiny_qin(pack_history=pack_history)
     model.eval()
     item_seq, item_id, likes, views = tiny_batch()
     longer = torch.cat([torch.zeros(6, 9, dtype=torch.long), item_seq], dim=1)
-    with torch.no_grad():
+    with torch.no_grad(), path_taken(model) as taken:
         a = model(item_seq, item_id, likes, views)
         b = model(longer, item_id, likes, views)
+    assert taken["packed"] == pack_history
     torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
 
 
@@ -194,7 +197,9 @@ def test_attention_ignores_padding_content(activation, fast):
     mask = torch.tensor([[1, 1, 1, 1, 1], [0, 0, 1, 1, 1], [0, 0, 0, 0, 1], [0, 0, 0, 0, 0]]).bool()
     clean = history * mask.unsqueeze(-1)
     garbage = clean + 100.0 * torch.randn_like(history) * (~mask).unsqueeze(-1)
-    out = attn(target, clean, mask)
+    with forward_calls(*projections(attn)) as calls:
+        out = attn(target, clean, mask)
+    assert bool(calls) != fast  # the form the switch names really ran
     torch.testing.assert_close(attn(target, garbage, mask), out, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(out[3], target[3])  # empty history: o = W_o 0 + x_t
 

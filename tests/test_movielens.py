@@ -18,7 +18,7 @@ from qin_lightning.data import movielens as ml
 from qin_lightning.data.movielens import MovieLensSource, convert_movielens, decile_levels, load_movielens
 from qin_lightning.data.schema import validate_dataset
 from qin_lightning.data.text_embed import HashingEncoder, embed_texts, pca_reduce
-from qin_lightning.errors import ConfigError, DataValidationError, QinError
+from qin_lightning.errors import ConfigError, DataValidationError
 from qin_lightning.prepare import main as prepare_main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -373,8 +373,9 @@ def test_atomic_write_and_overwrite(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     convert(src, out, overwrite=True)
     assert json.loads((out / "meta.json").read_text())["protocol"] == "sampled"
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["cache", "out"]  # no temp / old folder
-    with pytest.raises(QinError):
+    with pytest.raises(ConfigError, match=r"protocol 'bogus' is unknown, expected one of .*sampled"):
         convert(src, tmp_path / "x", protocol="bogus")
+    assert not (tmp_path / "x").exists()
 
 
 def test_source_prepare_and_fingerprint(tmp_path: Path) -> None:

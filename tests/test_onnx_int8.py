@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import compose_train, tiny_model_overrides, tiny_overrides
+from conftest import compose_train, tiny_overrides
 from omegaconf import OmegaConf
+from test_train import LEARNABLE
 
 from qin_lightning.errors import QinError
 from qin_lightning.eval import evaluate
@@ -23,10 +24,20 @@ ort = pytest.importorskip("onnxruntime")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 
+# tests/measured_margins.json (tests/measure_margins.py) for the run below: int8 - eager AUC -2.7e-5, logloss
+# +1.1e-5, largest batch-1 probability difference 1.2e-3. The same export at 4-bit precision (q in -7..7):
+# AUC -1.1e-3, logloss +4.8e-4, batch-1 1.2e-2. The tolerances sit between (~10x / 2-4x from each side).
+INT8_AUC_TOLERANCE = 5e-4
+INT8_LOGLOSS_TOLERANCE = 1.5e-4
+INT8_PROB_TOLERANCE = 5e-3
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """The learning run of test_train.py: its QNN weights matter (a barely trained tiny QIN's QNN adds ~0, so
+    any quantization of it would pass)."""
     tmp = tmp_path_factory.mktemp("int8")
-    results = train(compose_train(tiny_overrides(tmp) + tiny_model_overrides(), tmp / "run"))
+    results = train(compose_train(tiny_overrides(tmp) + LEARNABLE, tmp / "run"))
     return tmp, results
 
 
@@ -110,8 +121,9 @@ def test_int8_export_is_close_to_pytorch_and_eval_scores_it(trained: tuple[Path,
 
     eager, fp32, q8 = scores(ckpt), scores(exact), scores(int8)
     assert fp32["auc"] == pytest.approx(eager["auc"], abs=1e-6) and fp32["onnx"] == str(exact)
-    assert q8["auc"] == pytest.approx(eager["auc"], abs=0.02)
-    assert q8["logloss"] == pytest.approx(eager["logloss"], abs=0.01)
+    assert q8["auc"] == pytest.approx(eager["auc"], abs=INT8_AUC_TOLERANCE)
+    assert q8["logloss"] == pytest.approx(eager["logloss"], abs=INT8_LOGLOSS_TOLERANCE)
+    assert q8["logloss"] != eager["logloss"], "the int8 model must really be the one scored"
     with pytest.raises(QinError, match="onnx=.*no such file"):
         scores(tmp_path / "missing.onnx")
     with pytest.raises(QinError, match="onnxruntime cannot load it"):
@@ -134,11 +146,11 @@ def _not_onnx(tmp_path: Path) -> Path:
     return path
 
 
-def test_int8_single_requests_track_pytorch(trained: tuple[Path, dict], tmp_path: Path):
+def single_request_diff(ckpt: Path, int8_model: Path) -> float:
+    """Largest |p_int8 - p_torch| over 32 batch-1 requests (left padded, incl. empty histories)."""
     from qin_lightning.checkpoint import load_network
 
-    ckpt = Path(trained[1]["best_checkpoint"])
-    session = open_session(export_checkpoint(ckpt, tmp_path / "m.int8.onnx", weights="int8"), threads=1)
+    session = open_session(int8_model, threads=1)
     net, _ = load_network(ckpt)
     g = torch.Generator().manual_seed(0)
     item_seq = torch.randint(1, 60, (32, 8), generator=g)
@@ -149,7 +161,14 @@ def test_int8_single_requests_track_pytorch(trained: tuple[Path, dict], tmp_path
         expected = torch.sigmoid(net(item_seq, item_id, likes, views)).numpy()
     got = np.concatenate([session.run(None, feed(item_seq[i:i + 1], item_id[i:i + 1], likes[i:i + 1],
                                                  views[i:i + 1]))[0] for i in range(32)])
-    assert got.shape == (32,) and np.abs(got - expected).max() < 0.02
+    assert got.shape == (32,)
+    return float(np.abs(got - expected).max())
+
+
+def test_int8_single_requests_track_pytorch(trained: tuple[Path, dict], tmp_path: Path):
+    ckpt = Path(trained[1]["best_checkpoint"])
+    int8 = export_checkpoint(ckpt, tmp_path / "m.int8.onnx", weights="int8")
+    assert single_request_diff(ckpt, int8) < INT8_PROB_TOLERANCE
 
 
 def test_cli_int8_default_name_and_early_errors(trained: tuple[Path, dict], capsys: pytest.CaptureFixture):

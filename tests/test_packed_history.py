@@ -12,6 +12,7 @@ import functools
 
 import pytest
 import torch
+from probes import cache_filled, path_taken
 
 from qin_lightning.models.attention import MeanPooling, TargetAttention
 from qin_lightning.models.din import DIN
@@ -46,13 +47,16 @@ def batch(empty: bool = False):
 def outputs_and_grads(net: torch.nn.Module, inputs, seed: int = 5):
     net.zero_grad()
     torch.manual_seed(seed)  # same dropout masks in both forms
-    out = net(*inputs)
+    with path_taken(net) as taken:
+        out = net(*inputs)
+    assert taken["packed"] == net.pack_history, f"pack_history={net.pack_history} but packed={taken['packed']}"
     (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype)).sum().backward()
     return out.detach(), [p.grad.clone() if p.grad is not None else None for p in net.parameters()]
 
 
 def assert_same(a, b):
     torch.testing.assert_close(a[0], b[0], **TIGHT)
+    assert len(a[1]) == len(b[1]) and any(g is not None for g in a[1])
     for ga, gb in zip(a[1], b[1]):
         if ga is None or gb is None:
             assert ga is None and gb is None or torch.count_nonzero(ga if ga is not None else gb) == 0
@@ -96,9 +100,14 @@ def test_packed_qin_matches_dense_in_eval_with_caches(activation):
     packed, dense = pair(net)
     packed.eval(), dense.eval()
     with torch.no_grad():
-        torch.testing.assert_close(packed(*batch()), dense(*batch()), **TIGHT)
+        with path_taken(packed) as packed_path, path_taken(dense) as dense_path:
+            torch.testing.assert_close(packed(*batch()), dense(*batch()), **TIGHT)
+        assert packed_path == {"fast_attention": True, "folded_qnn": True, "packed": True, "item_table": True}
+        assert dense_path == {**packed_path, "packed": False}
         set_fast_paths(dense, False)  # the literal paper form end to end
-        torch.testing.assert_close(packed(*batch()), dense(*batch()), **TIGHT)
+        with path_taken(dense) as literal_path:
+            torch.testing.assert_close(packed(*batch()), dense(*batch()), **TIGHT)
+        assert set(literal_path.values()) == {False}
 
 
 def test_packed_mean_pooling_matches_dense():
@@ -120,16 +129,24 @@ def test_packed_din_matches_dense(empty):
     packed.eval(), dense.eval()
     packed.attention.mlp.net[-1].p = dense.attention.mlp.net[-1].p = 0.5  # eval: dropout inactive anyway
     with torch.no_grad():
-        torch.testing.assert_close(packed(*batch(empty)), dense(*batch(empty)), **TIGHT)
+        with path_taken(packed) as packed_path, path_taken(dense) as dense_path:
+            torch.testing.assert_close(packed(*batch(empty)), dense(*batch(empty)), **TIGHT)
+        assert packed_path["packed"] and not dense_path["packed"]
 
 
 def test_set_fast_paths_switches_everything():
-    net = trained_qin(TargetAttention)
+    net = trained_qin(TargetAttention).eval()
     set_fast_paths(net, False)
     assert fast_path_state(net) == {"items.cache_at_inference": False, "attention.fast": False,
                                     "interaction.fold_at_inference": False, "pack_history": False}
+    with torch.no_grad(), path_taken(net) as taken:  # the flags are not just recorded: every part runs literally
+        net(*batch())
+    assert set(taken.values()) == {False} and not cache_filled(net.items)
     set_fast_paths(net, True)
     assert set(fast_path_state(net).values()) == {True}
+    with torch.no_grad(), path_taken(net) as taken:
+        net(*batch())
+    assert set(taken.values()) == {True} and cache_filled(net.items) and cache_filled(net.attention)
 
 
 def test_ragged_products_gradcheck_and_empty_rows():
@@ -157,6 +174,8 @@ def test_inference_caches_are_built_in_full_precision_under_autocast():
     with torch.inference_mode():
         with torch.autocast("cpu", dtype=torch.bfloat16):
             net(*inputs)  # builds the item table / products / folds inside autocast
+        assert cache_filled(net.items) and cache_filled(net.attention)
+        assert all(cache_filled(layer) for layer in net.interaction.layers)
         table = net.items.item_table()
         torch.testing.assert_close(table, net.items.encode(torch.arange(NUM_ITEMS)), rtol=0, atol=0)
         cached = net(*inputs)

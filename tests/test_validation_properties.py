@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -136,7 +137,38 @@ def _replace(root: Path, split: str, column: str, array: pa.Array) -> None:
     pq.write_table(table.set_column(table.schema.get_field_index(column), column, array), path)
 
 
-def corrupt(layout: Layout, root: Path, kind: str, rng: np.random.Generator) -> None:
+SPLIT_ROW_KINDS = {  # corruption -> the column it puts a bad value in, at row r of a train / valid split
+    "negative_history": S.ITEM_SEQ, "history_beyond": S.ITEM_SEQ, "negative_target": S.ITEM_ID,
+    "target_beyond": S.ITEM_ID, "negative_user": S.USER_ID, "likes_range": S.LIKES_LEVEL,
+    "views_range": S.VIEWS_LEVEL, "label_range": S.LABEL, "null_value": S.ITEM_ID, "ragged_history": S.ITEM_SEQ,
+}
+ITEM_ROW_KINDS = {  # corruption -> the item_info column it breaks, at item row item_r (0: the padding row)
+    "not_position_indexed": S.ITEM_ID, "no_padding_row": S.ITEM_ID, "padding_tags": S.ITEM_TAGS,
+    "padding_vector": S.ITEM_EMB, "tag_beyond": S.ITEM_TAGS, "negative_tag": S.ITEM_TAGS, "ragged_tags": S.ITEM_TAGS,
+    "vector_width": S.ITEM_EMB, "vector_nan": S.ITEM_EMB, "vector_inf": S.ITEM_EMB,
+}
+
+
+def names(file: str, column: str | None = None, row: int | None = None, expectation: bool = True) -> list[str]:
+    """Patterns a one-line error must contain: the file as its subject, the column, the row, the expectation."""
+    patterns = [rf"(^|/){re.escape(file)}: "]
+    if column is not None:
+        patterns.append(rf"column '{re.escape(column)}'")
+    if row is not None:
+        patterns.append(rf"\brow {row}\b")
+    if expectation:
+        patterns.append(r"\bexpected\b")
+    return patterns
+
+
+def assert_names(msg: str, patterns: list[str]) -> None:
+    assert "\n" not in msg
+    for pattern in patterns:
+        assert re.search(pattern, msg), f"{pattern!r} not in {msg!r}"
+
+
+def corrupt(layout: Layout, root: Path, kind: str, rng: np.random.Generator) -> list[str]:
+    """Writes `layout` with one corruption of `kind`; returns what the error must name (`names`)."""
     split = S.SPLITS[int(rng.integers(0, 2))]  # train or valid (labels required there)
     c = layout.splits[split]
     n = len(c["user_id"])
@@ -165,25 +197,44 @@ def corrupt(layout: Layout, root: Path, kind: str, rng: np.random.Generator) -> 
         layout.mm[item_r, int(rng.integers(0, EMB))] = np.nan if kind == "vector_nan" else -np.inf
     layout.write(root)
     info = S.ITEM_INFO
+    split_file = S.FILE_NAMES[split]
+    # a ragged list is told from the most common length: with two rows either one may be the odd one out
+    row_known = kind not in ("ragged_history", "ragged_tags", "vector_width") or (
+        (n if kind == "ragged_history" else layout.num_items) >= 3)
+    expected: list[str] = []
+    if kind in SPLIT_ROW_KINDS:
+        expected = names(split_file, SPLIT_ROW_KINDS[kind], r if row_known else None)
+    elif kind in ITEM_ROW_KINDS:
+        item_row = 0 if kind in ("no_padding_row", "padding_tags", "padding_vector") else item_r
+        expected = names(S.ITEM_INFO_FILE, ITEM_ROW_KINDS[kind], item_row if row_known else None)
     if kind == "missing_file":
-        S.split_path(root, [S.TRAIN, S.VALID, S.TEST, info][int(rng.integers(0, 4))]).unlink()
+        missing = [S.TRAIN, S.VALID, S.TEST, info][int(rng.integers(0, 4))]
+        S.split_path(root, missing).unlink()
+        expected = names(S.FILE_NAMES[missing]) + ["file not found"]
     elif kind == "corrupt_file":
-        path = S.split_path(root, [S.TRAIN, S.VALID, S.TEST, info][int(rng.integers(0, 4))])
+        broken = [S.TRAIN, S.VALID, S.TEST, info][int(rng.integers(0, 4))]
+        path = S.split_path(root, broken)
         data = path.read_bytes()
         path.write_bytes(data[: int(rng.integers(0, len(data) - 8))])
+        expected = names(S.FILE_NAMES[broken], expectation=False) + ["unreadable or corrupt parquet"]
     elif kind == "missing_column":
         col = S.SPLIT_COLUMNS[int(rng.integers(0, len(S.SPLIT_COLUMNS)))]
         path = S.split_path(root, split)
         pq.write_table(pq.read_table(path).drop_columns([col]), path)
+        expected = names(split_file, col, expectation=False) + ["missing column", "found columns"]
     elif kind == "float_ids":
         col = [S.USER_ID, S.ITEM_ID, S.LIKES_LEVEL, S.VIEWS_LEVEL][int(rng.integers(0, 4))]
         _replace(root, split, col, pa.array(c[col].astype(np.float64)))
+        expected = names(split_file, col) + ["has type double"]
     elif kind == "string_ids":
         _replace(root, split, S.ITEM_ID, pa.array([str(v) for v in c["item_id"]]))
+        expected = names(split_file, S.ITEM_ID) + ["has type string"]
     elif kind == "list_scalar":
         _replace(root, split, S.VIEWS_LEVEL, pa.array([[int(v)] for v in c["views_level"]]))
+        expected = names(split_file, S.VIEWS_LEVEL) + ["has type list"]
     elif kind == "float_history":
         _replace(root, split, S.ITEM_SEQ, pa.array([[float(x) for x in row] for row in c["item_seq"]]))
+        expected = names(split_file, S.ITEM_SEQ) + ["expected a list of integers"]
     elif kind == "ragged_history":
         assume(n >= 2)  # one row of another length needs another row to differ from
         rows = [list(map(int, row)) for row in c["item_seq"]]
@@ -192,6 +243,7 @@ def corrupt(layout: Layout, root: Path, kind: str, rng: np.random.Generator) -> 
     elif kind == "empty_split":
         path = S.split_path(root, split)
         pq.write_table(pq.read_table(path).slice(0, 0), path)
+        expected = names(split_file) + ["0 rows"]
     elif kind == "null_value":
         values = c["item_id"].tolist()
         values[r] = None
@@ -211,6 +263,8 @@ def corrupt(layout: Layout, root: Path, kind: str, rng: np.random.Generator) -> 
             rows[item_r] = rows[item_r][1:] if (rng.random() < 0.5 and len(rows[item_r]) > 1) else rows[item_r] + [0]
             table = table.set_column(table.schema.get_field_index(col), col, pa.array(rows, table.schema.field(col).type))
         pq.write_table(table, path)
+    assert expected, f"no expectation written for {kind}"
+    return expected
 
 
 @SETTINGS
@@ -218,13 +272,13 @@ def corrupt(layout: Layout, root: Path, kind: str, rng: np.random.Generator) -> 
 def test_corruptions_rejected(layout: Layout, kind: str, seed: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "data"
-        corrupt(layout, root, kind, np.random.default_rng(seed))
+        expected = corrupt(layout, root, kind, np.random.default_rng(seed))
         with pytest.raises(DataValidationError) as info:
             S.validate_dataset(root, num_tags=layout.num_tags)
-        msg = str(info.value)
-        assert "\n" not in msg and (".parquet" in msg or "folder" in msg)
-        with pytest.raises(DataValidationError):
+        assert_names(str(info.value), expected)  # file, column, row and expectation, not just ".parquet"
+        with pytest.raises(DataValidationError) as info:
             MMCTRDataModule(str(root), max_len=4, num_tags=layout.num_tags).setup()
+        assert_names(str(info.value), expected)
 
 
 def test_every_corruption_kind_is_exercised() -> None:
@@ -233,9 +287,10 @@ def test_every_corruption_kind_is_exercised() -> None:
         layout = _fixed_layout(i)
         with tempfile.TemporaryDirectory() as tmp:
             root = Path(tmp) / "data"
-            corrupt(layout, root, kind, np.random.default_rng(i))
-            with pytest.raises(DataValidationError):
+            expected = corrupt(layout, root, kind, np.random.default_rng(i))
+            with pytest.raises(DataValidationError) as info:
                 S.validate_dataset(root, num_tags=layout.num_tags)
+            assert_names(str(info.value), expected)
 
 
 def _fixed_layout(seed: int) -> Layout:

@@ -1,0 +1,92 @@
+"""Probes that tell which form of a model part really ran (literal or exact-fast), for the parity tests.
+
+A parity test compares a fast form with the literal one; if a switch silently stopped switching, it would compare
+a path with itself and stay green. These probes observe the path taken, mostly through public submodules:
+- attention: the fast form never calls the W_q / W_k / W_v / W_o projections (it multiplies their weights);
+- folded QNN: the folded layer never calls its (D, D*R) `linear`;
+- item table: with the cache, `items(ids)` gathers rows of the (N, 3E) table, so the id embedding is called once
+  for all N items when the table is built and not at all afterwards;
+- packed history: the item encoder receives the (B + P,) targets and non-padding history ids, not (B, S + 1),
+  and the attention module's `forward_packed` is called.
+Where a cache must be filled, `cache_filled` reads the module's cache (the one place that knows its name).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+from qin_lightning.models.attention import TargetAttention
+
+
+@contextlib.contextmanager
+def forward_calls(*modules: nn.Module) -> Iterator[list[tuple[torch.Size, ...]]]:
+    """Records the tensor-argument shapes of every forward call of `modules` while the block runs."""
+    calls: list[tuple[torch.Size, ...]] = []
+
+    def record(module: nn.Module, args: tuple) -> None:
+        calls.append(tuple(a.shape for a in args if isinstance(a, torch.Tensor)))
+
+    handles = [m.register_forward_pre_hook(record) for m in modules]
+    try:
+        yield calls
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextlib.contextmanager
+def method_calls(obj: object, name: str) -> Iterator[list[int]]:
+    """Counts calls of the bound method `obj.name` while the block runs (one entry per call)."""
+    calls: list[int] = []
+    original = getattr(obj, name)
+
+    def counted(*args: object, **kwargs: object) -> object:
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    setattr(obj, name, counted)
+    try:
+        yield calls
+    finally:
+        delattr(obj, name)  # the instance attribute shadowed the class method
+
+
+def projections(attention: TargetAttention) -> tuple[nn.Module, ...]:
+    """The four projections of target attention (called by the literal form only)."""
+    return attention.W_q, attention.W_k, attention.W_v, attention.W_o
+
+
+def cache_filled(module: nn.Module) -> bool:
+    """Whether the inference cache of `module` (item table, attention products, folded QNN) holds a value."""
+    return module._cache._value is not None
+
+
+@contextlib.contextmanager
+def path_taken(net: nn.Module) -> Iterator[dict[str, bool | None]]:
+    """Which form each part of a QIN / DIN `net` ran during the block (filled in when the block ends).
+
+    Keys: "fast_attention" (no projection called), "folded_qnn" (no QNN `linear` called, None without a QNN),
+    "packed" (attention.forward_packed called and the item encoder saw only 1-D ids),
+    "item_table" (the id embedding was never called on request ids: rows came from the cached table).
+    """
+    taken: dict[str, bool | None] = {}
+    attention = net.attention
+    linears = [layer.linear for layer in getattr(getattr(net, "interaction", None), "layers", [])]
+    with contextlib.ExitStack() as stack:
+        proj = stack.enter_context(forward_calls(*projections(attention))) if isinstance(
+            attention, TargetAttention) else None
+        qnn = stack.enter_context(forward_calls(*linears)) if linears else None
+        items_in = stack.enter_context(forward_calls(net.items))
+        ids_in = stack.enter_context(forward_calls(net.items.id_embedding))
+        packed = stack.enter_context(method_calls(attention, "forward_packed")) if hasattr(
+            attention, "forward_packed") else []
+        yield taken
+    num_items = net.items.item_mm.shape[0]
+    taken["fast_attention"] = proj is not None and not proj
+    taken["folded_qnn"] = None if qnn is None else not qnn
+    taken["packed"] = bool(packed) and all(len(shapes[0]) == 1 for shapes in items_in)
+    taken["item_table"] = bool(items_in) and len(ids_in) <= 1 and all(shapes[0] == (num_items,) for shapes in ids_in)
