@@ -32,6 +32,7 @@ from lightning.pytorch.loggers import Logger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from qin_lightning.callbacks import StopReason, display_flags
 from qin_lightning.cli import exit_with_error, instantiate_reporting, set_threads
 from qin_lightning.errors import ConfigError, QinError
 from qin_lightning.files import atomic_write_json
@@ -106,9 +107,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         with open_dict(cfg):
             cfg.logger.wandb.group = sweep_name()
     callbacks: list[Callback] = instantiate_list(cfg.get("callbacks"))
-    callbacks.append(GracefulInterrupt())
+    stop = StopReason()
+    callbacks += [GracefulInterrupt(), stop]
     loggers: list[Logger] = instantiate_list(cfg.get("logger"))
-    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    shown = display_flags(callbacks, enable_model_summary=cfg.trainer.get("enable_model_summary", True))
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **shown)
     for lg in loggers:
         lg.log_hyperparams(resolved)  # type: ignore[arg-type]
 
@@ -130,6 +133,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if best_path:
         state = torch.load(best_path, map_location="cpu", weights_only=False)
         module.load_state_dict(state["state_dict"])
+        log.info("reloaded the best weights (epoch %s, %s): %s", state.get("epoch"), ckpt_cb.monitor, best_path)
 
     history = module.val_history
     best = max(history, key=lambda h: h["auc"]) if history else None
@@ -149,6 +153,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "best_val_logloss": best["logloss"] if best else float("nan"),
         "best_epoch": best["epoch"] if best else None,
         "epochs_trained": len(history),
+        **stop.outcome(),
         "n_params": sum(p.numel() for p in module.net.parameters()),
         "best_checkpoint": best_path or None,
         "val_history": history,
@@ -185,6 +190,8 @@ def _record_failure(cfg: DictConfig, err: BaseException, status: str = "failed")
         "experiment": cfg.get("experiment_name"),
         "seed": cfg.get("seed"),
         "error": f"{type(err).__name__}: {err}",
+        "stop_reason": status,
+        "stopped_epoch": getattr(err, "epoch", None),
         "overrides": _overrides(),
     }
     if isinstance(err, TrainingInterrupted):
