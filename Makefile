@@ -8,7 +8,8 @@ DEV_STAMP := $(VENV)/.installed-dev
 TORCH_PIN := torch==2.13.0
 # the test suite exercises the sweep (Optuna) and serve (ONNX) extras too; `make train` needs none of them
 DEV_EXTRAS ?= dev,sweep,serve
-export WANDB_MODE ?= offline
+# wandb: offline unless `logger.wandb.offline=false` (conf/logger/wandb.yaml); WANDB_MODE is deliberately not
+# exported here, since it would override that setting
 export PYTHONDONTWRITEBYTECODE := 1
 
 .PHONY: install train test test-slow bench clean help

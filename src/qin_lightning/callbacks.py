@@ -5,7 +5,7 @@
   ``stopped_epoch`` for ``results.json``.
 - ``ParameterSummary``: Lightning's Rich model summary without its FLOPs column, which reads 0 for a module
   whose forward takes a batch object (Lightning counts FLOPs only through ``example_input_array``).
-- ``display_flags``: ``enable_progress_bar`` / ``enable_model_summary`` for the Trainer, so that
+- ``with_display_flags``: the Trainer's callbacks plus ``enable_progress_bar`` / ``enable_model_summary``, so
   ``callbacks.progress_bar=null`` and ``callbacks.model_summary=null`` really remove them (Lightning would
   otherwise add its default Rich versions back).
 """
@@ -25,11 +25,14 @@ log = logging.getLogger("qin_lightning.train")
 STOP_REASONS = ("early_stopping", "max_epochs", "max_time", "interrupted", "failed")
 
 
-def display_flags(callbacks: list[Callback], enable_model_summary: bool = True) -> dict[str, bool]:
-    """Trainer flags that keep Lightning from adding a progress bar / model summary the config left out."""
+def with_display_flags(callbacks: list[Callback], enable_model_summary: bool = True) -> dict[str, Any]:
+    """Trainer arguments ``callbacks``, ``enable_progress_bar``, ``enable_model_summary``: Lightning adds no
+    progress bar / model summary the config left out, and ``trainer.enable_model_summary=false`` drops ours."""
+    kept = [c for c in callbacks if enable_model_summary or not isinstance(c, ModelSummary)]
     return {
-        "enable_progress_bar": any(isinstance(c, ProgressBar) for c in callbacks),
-        "enable_model_summary": enable_model_summary and any(isinstance(c, ModelSummary) for c in callbacks),
+        "callbacks": kept,
+        "enable_progress_bar": any(isinstance(c, ProgressBar) for c in kept),
+        "enable_model_summary": any(isinstance(c, ModelSummary) for c in kept),
     }
 
 
@@ -70,10 +73,13 @@ class StopReason(Callback):
         if self._early_stopper is not None:
             es = self._early_stopper
             self.stop_reason = "early_stopping"
-            best = f"{float(es.best_score):.6f}" if es.best_score is not None else "n/a"
+            # the best checkpoint's score: the best value seen (EarlyStopping's own best counts min_delta steps)
+            ckpt = trainer.checkpoint_callback
+            score = ckpt.best_model_score if ckpt is not None and ckpt.best_model_score is not None else es.best_score
+            best = f"; best {float(score):.6f}" if score is not None else ""
             message = (
                 f"early stopping after epoch {self.stopped_epoch}: {es.monitor} did not improve by {es.min_delta:g}"
-                f" for {es.patience} epochs (best {best})"
+                f" for {es.patience} epochs{best}"
             )
         elif timer is not None and timer.time_remaining() <= 0:
             self.stop_reason = "max_time"

@@ -28,16 +28,17 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from lightning.pytorch.loggers import Logger, WandbLogger
+from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from qin_lightning.callbacks import StopReason, display_flags
+from qin_lightning.callbacks import StopReason, with_display_flags
 from qin_lightning.cli import exit_with_error, instantiate_reporting, set_threads
 from qin_lightning.errors import ConfigError, QinError
 from qin_lightning.files import atomic_write_json
 from qin_lightning.module import CTRModule, NonFiniteLossError
 from qin_lightning.resume import GracefulInterrupt, TrainingInterrupted, make_train_data_resumable, resolve_ckpt_path
+from qin_lightning.tracking import finish_wandb, start_wandb
 
 log = logging.getLogger("qin_lightning.train")
 # Lightning 2.6 on torch 2.13: an internal deprecation notice printed on every run, nothing for the user to do
@@ -110,10 +111,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     stop = StopReason()
     callbacks += [GracefulInterrupt(), stop]
     loggers: list[Logger] = instantiate_list(cfg.get("logger"))
-    shown = display_flags(callbacks, enable_model_summary=cfg.trainer.get("enable_model_summary", True))
-    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **shown)
+    shown = with_display_flags(callbacks, enable_model_summary=cfg.trainer.get("enable_model_summary", True))
+    trainer: pl.Trainer = instantiate(cfg.trainer, logger=loggers or False, **shown)
     for lg in loggers:
         lg.log_hyperparams(resolved)  # type: ignore[arg-type]
+    start_wandb(loggers)
 
     ckpt_cb = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint) and c.monitor), None)
     ckpt_dir = Path(ckpt_cb.dirpath) if ckpt_cb is not None and ckpt_cb.dirpath else out_dir / "checkpoints"
@@ -164,7 +166,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     }
     if trainer.is_global_zero:
         atomic_write_json(out_dir / "results.json", results)
-    _finish_wandb(loggers)
+    finish_wandb(loggers, results)
     return results
 
 
@@ -173,14 +175,6 @@ def _overrides() -> list[str]:
         return list(HydraConfig.get().overrides.task)
     except ValueError:
         return []
-
-
-def _finish_wandb(loggers: list[Logger]) -> None:
-    """Close the wandb run so every run of a multirun is logged and synced separately."""
-    if any(isinstance(lg, WandbLogger) for lg in loggers):
-        import wandb
-
-        wandb.finish()
 
 
 def _record_failure(cfg: DictConfig, err: BaseException, status: str = "failed") -> None:
