@@ -1,0 +1,37 @@
+"""Facts the README quotes about the MovieLens sweeps, from their committed per-run records (runs/*.json).
+
+    python experiments/movielens/run_facts.py > experiments/movielens/run_facts.json
+
+Per sweep: the runs, the epochs each trained, the runs whose best epoch was not the last one, the runs whose
+learning rate was reduced (the plateau schedule), and the sum of the runs' `train_seconds` (training only,
+one run at a time; the sweeps' wall-clock time was not recorded).
+"""
+
+import json
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def facts(sweep: Path) -> dict:
+    runs = sorted(sweep.glob("runs/*.json"), key=lambda p: int(p.name.split("_")[0]))
+    out = {"runs": len(runs), "epochs_trained": {}, "best_epoch_not_last": {}, "lr_reduced": {}, "train_seconds_sum": 0.0}
+    for path in runs:
+        record = json.loads(path.read_text())
+        history = record["val_history"]
+        out["epochs_trained"][path.stem] = record["epochs_trained"]
+        if record["best_epoch"] != history[-1]["epoch"]:
+            out["best_epoch_not_last"][path.stem] = {"best_epoch": record["best_epoch"], "last_epoch": history[-1]["epoch"]}
+        lrs = [h["lr"] for h in history]
+        if len(set(lrs)) > 1:
+            out["lr_reduced"][path.stem] = lrs
+        out["train_seconds_sum"] += record["train_seconds"]
+    out["train_seconds_sum"] = round(out["train_seconds_sum"], 1)
+    out["epochs_trained"] = {str(n): sum(v == n for v in out["epochs_trained"].values())
+                             for n in sorted(set(out["epochs_trained"].values()))}
+    return out
+
+
+if __name__ == "__main__":
+    print(json.dumps({"main sweep (batch 512)": facts(HERE), "first sweep (batch 2048)": facts(HERE / "sweep_bs2048")},
+                     indent=2))
