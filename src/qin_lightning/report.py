@@ -109,7 +109,8 @@ class Row:
 
     @property
     def label(self) -> str:
-        return " ".join([self.experiment, *(f"{k}={v}" for k, v in self.setting)])
+        """Short name for the figures: the experiment and each varying override by its last key component."""
+        return " ".join([self.experiment, *(f"{k.split('.')[-1].split('/')[-1]}={_short(v)}" for k, v in self.setting)])
 
     def count(self, reason: str) -> int:
         return sum(r.stop_reason == reason for r in self.runs)
@@ -180,6 +181,14 @@ def find_runs(sweep_dir: Path) -> list[Run]:
     return runs
 
 
+def _short(value: str) -> str:
+    """A float override value with 4 significant digits (Optuna samples carry 16)."""
+    try:
+        return f"{float(value):.4g}" if any(c in value for c in ".e") else value
+    except ValueError:
+        return value
+
+
 def _sort_key(value: str) -> tuple[int, float, str]:
     try:
         return (0, float(value), value)
@@ -202,8 +211,20 @@ def collect(sweep_dir: Path) -> Collected:
         key=lambda r: (rank.get(r.experiment, len(ORDER)), r.experiment, [_sort_key(v) for _, v in r.setting]),
     )
     problems = [(r.name, r.problem) for r in runs if r.problem is not None]
-    sweep = _read_yaml(sweep_dir / "multirun.yaml")
-    return Collected(ordered, varying, problems, sweep if isinstance(sweep, dict) else {})
+    return Collected(ordered, varying, problems, sweep_config(sweep_dir))
+
+
+def sweep_config(sweep_dir: Path) -> dict[str, Any]:
+    """The sweep's configuration with its ``hydra`` node: ``multirun.yaml`` (basic sweeper), else the first job's
+    ``.hydra/config.yaml`` + ``.hydra/hydra.yaml`` (the Optuna sweeper writes no multirun.yaml); {} if none."""
+    multirun = _read_yaml(sweep_dir / "multirun.yaml")
+    if isinstance(multirun, dict):
+        return multirun
+    for hydra_file in sorted(sweep_dir.glob("*/.hydra/hydra.yaml")):
+        config, hydra = _read_yaml(hydra_file.with_name("config.yaml")), _read_yaml(hydra_file)
+        if isinstance(config, dict) and isinstance(hydra, dict):
+            return {**config, "hydra": hydra.get("hydra", {})}
+    return {}
 
 
 def _fmt(value: float | None, digits: int = 4) -> str:

@@ -44,13 +44,14 @@ def render_chart(rows: list[ReportRow], paper_auc: dict[str, float], title: str)
     plt = _pyplot()
     shown = [row for row in rows if row[2]]
     stats = [_mean_std(aucs) for _, _, aucs, _ in shown]
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(shown) + 2), 4.5))
+    lines = max((label.count(" ") + 1 for label, _, _, _ in shown), default=1)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(shown) + 2), 4.5 + 0.3 * lines))
     xs = list(range(len(shown)))
     ax.bar(xs, [m for m, _ in stats], yerr=[s for _, s in stats], capsize=4, color="#4C72B0", label="ours")
     paper = [(i, paper_auc[exp]) for i, (_, exp, _, _) in enumerate(shown) if exp in paper_auc]
     if paper:
         ax.scatter([i for i, _ in paper], [v for _, v in paper], marker="_", s=400, color="#C44E52", label="paper")
-    ax.set_xticks(xs, [label for label, _, _, _ in shown], rotation=30, ha="right")
+    ax.set_xticks(xs, [label.replace(" ", "\n") for label, _, _, _ in shown], rotation=30, ha="right", fontsize="small")
     lows = [m - s for m, s in stats] + [v for _, v in paper]
     ax.set_ylim(max(0.0, min(lows, default=0.5) - 0.05), 1.0)
     ax.set_ylabel("best validation AUC")
