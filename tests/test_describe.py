@@ -36,7 +36,9 @@ def test_describe_counts_match_the_files(folder: Path) -> None:
     assert desc["oracle_auc"] == oracle
 
 
-def test_describe_cli_prints_and_fails_clearly(folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_describe_cli_prints_and_fails_clearly(
+    folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["describe", "--root", str(folder)]) == 0
     out = capsys.readouterr().out
     assert "49 items" in out and "embedding width 128" in out and "padding" in out and "oracle AUC" in out

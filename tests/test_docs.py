@@ -47,7 +47,8 @@ def test_modules_scripts_and_paths_exist() -> None:
                 missing.append(f"{_rel(path)}: module {module}")
         for token in re.findall(r"`([^`\s]+)`", text) + re.findall(r"python (\S+\.py)", text):
             token = token.rstrip(".,:;)")
-            if token.startswith(("conf/", "src/", "experiments/", "tests/")) and not re.search(r"[<>*{}]|\.\.\.|\b(NAME|CKPT|DIR)\b", token):
+            placeholder = re.search(r"[<>*{}]|\.\.\.|\b(NAME|CKPT|DIR)\b", token)
+            if token.startswith(("conf/", "src/", "experiments/", "tests/")) and not placeholder:
                 if not (REPO_ROOT / token.split(":")[0]).exists():
                     missing.append(f"{_rel(path)}: path {token}")
         if path.suffix == ".md":

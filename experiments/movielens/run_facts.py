@@ -15,13 +15,15 @@ HERE = Path(__file__).resolve().parent
 
 def facts(sweep: Path) -> dict:
     runs = sorted(sweep.glob("runs/*.json"), key=lambda p: int(p.name.split("_")[0]))
-    out = {"runs": len(runs), "epochs_trained": {}, "best_epoch_not_last": {}, "lr_reduced": {}, "train_seconds_sum": 0.0}
+    out = {"runs": len(runs), "epochs_trained": {}, "best_epoch_not_last": {}, "lr_reduced": {},
+           "train_seconds_sum": 0.0}
     for path in runs:
         record = json.loads(path.read_text())
         history = record["val_history"]
         out["epochs_trained"][path.stem] = record["epochs_trained"]
         if record["best_epoch"] != history[-1]["epoch"]:
-            out["best_epoch_not_last"][path.stem] = {"best_epoch": record["best_epoch"], "last_epoch": history[-1]["epoch"]}
+            last = history[-1]["epoch"]
+            out["best_epoch_not_last"][path.stem] = {"best_epoch": record["best_epoch"], "last_epoch": last}
         lrs = [h["lr"] for h in history]
         if len(set(lrs)) > 1:
             out["lr_reduced"][path.stem] = lrs

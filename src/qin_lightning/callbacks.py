@@ -62,11 +62,10 @@ class StopReason(Callback):
         # runs after validation, so EarlyStopping (checked at validation end) has already decided
         self.stopped_epoch = trainer.current_epoch
         if trainer.should_stop and self._early_stopper is None:
-            self._early_stopper = next(
-                (c for c in trainer.callbacks if isinstance(c, EarlyStopping) and c.stopped_epoch == trainer.current_epoch
-                 and c.wait_count >= c.patience),
-                None,
-            )  # fmt: skip
+            stoppers = [c for c in trainer.callbacks if isinstance(c, EarlyStopping)]
+            epoch = trainer.current_epoch
+            stopped = [c for c in stoppers if c.stopped_epoch == epoch and c.wait_count >= c.patience]
+            self._early_stopper = stopped[0] if stopped else None
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
@@ -86,7 +85,7 @@ class StopReason(Callback):
             message = f"stopped after epoch {self.stopped_epoch}: trainer.max_time reached"
         else:
             self.stop_reason = "max_epochs"
-            message = f"stopped after epoch {self.stopped_epoch}: the epoch cap (trainer.max_epochs={trainer.max_epochs})"
+            message = f"stopped after epoch {self.stopped_epoch}: trainer.max_epochs={trainer.max_epochs} reached"
         if trainer.is_global_zero:
             log.info(message)
 

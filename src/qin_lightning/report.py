@@ -244,7 +244,8 @@ def render_table(collected: Collected, baseline: str) -> list[str]:
         done = row.completed
         if done:
             auc = f"{row.mean:.4f} ± {row.std:.4f}"
-            logloss = _fmt(statistics.fmean(float(r.record.get("best_val_logloss", math.nan)) for r in done if r.record))
+            loglosses = [float(r.record.get("best_val_logloss", math.nan)) for r in done if r.record]
+            logloss = _fmt(statistics.fmean(loglosses))
             seeds = f"{len(done)} ({', '.join(str(r.record.get('seed')) for r in sorted(done, key=_seed) if r.record)})"
             delta = f"{row.mean - base.mean:+.4f}" if base is not None and base.completed else "n/a"
         else:
@@ -292,7 +293,8 @@ def render_trials(collected: Collected, sweep_dir: Path) -> list[str]:
     best = _read_yaml(sweep_dir / "optimization_results.yaml")
     if isinstance(best, dict) and best.get("best_params"):
         shown = ", ".join(f"`{k}={v}`" for k, v in best["best_params"].items())
-        lines += ["", f"Best parameters (`optimization_results.yaml`, value {_fmt(best.get('best_value'), 6)}): {shown}"]
+        value = _fmt(best.get("best_value"), 6)
+        lines += ["", f"Best parameters (`optimization_results.yaml`, value {value}): {shown}"]
     return lines
 
 
