@@ -1,16 +1,18 @@
-"""Facts the README quotes about the MovieLens sweeps, from their committed per-run records (runs/*.json).
+"""Facts the results READMEs quote about a recorded sweep, from its committed per-run records (runs/*.json).
 
-    python experiments/movielens/run_facts.py > experiments/movielens/run_facts.json
+    python experiments/run_facts.py experiments/movielens experiments/movielens/sweep_bs2048 \
+        > experiments/movielens/run_facts.json
+    python experiments/run_facts.py experiments/synthetic > experiments/synthetic/run_facts.json
 
-Per sweep: the runs, the epochs each trained, the runs whose best epoch was not the last one, the runs whose
-learning rate was reduced (the plateau schedule), and the sum of the runs' `train_seconds` (training only,
-one run at a time; the sweeps' wall-clock time was not recorded).
+Per sweep folder: the runs, the epochs each trained, the stop reasons (when recorded), the runs whose best epoch
+was not the last one, the runs whose learning rate was reduced (the plateau schedule), and the sum of the runs'
+`train_seconds` (training time only; a sweep's wall-clock time is not in its records).
 """
 
 import json
+import sys
+from collections import Counter
 from pathlib import Path
-
-HERE = Path(__file__).resolve().parent
 
 
 def facts(sweep: Path) -> dict:
@@ -28,6 +30,8 @@ def facts(sweep: Path) -> dict:
         if len(set(lrs)) > 1:
             out["lr_reduced"][path.stem] = lrs
         out["train_seconds_sum"] += record["train_seconds"]
+        if record.get("stop_reason"):
+            out.setdefault("stop_reason", Counter())[record["stop_reason"]] += 1
     out["train_seconds_sum"] = round(out["train_seconds_sum"], 1)
     out["epochs_trained"] = {str(n): sum(v == n for v in out["epochs_trained"].values())
                              for n in sorted(set(out["epochs_trained"].values()))}
@@ -35,5 +39,4 @@ def facts(sweep: Path) -> dict:
 
 
 if __name__ == "__main__":
-    print(json.dumps({"main sweep (batch 512)": facts(HERE), "first sweep (batch 2048)": facts(HERE / "sweep_bs2048")},
-                     indent=2))
+    print(json.dumps({folder: facts(Path(folder)) for folder in sys.argv[1:]}, indent=2))
