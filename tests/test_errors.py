@@ -226,7 +226,8 @@ def test_cli_non_finite_loss_stops_keeping_last_good_checkpoint(tmp_path: Path) 
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["epoch"] == 0 and all(torch.isfinite(v).all() for v in ckpt["state_dict"].values()
                                       if v.is_floating_point())
-    assert json.loads((run_dir / "results.json").read_text())["status"] == "failed"
+    record = json.loads((run_dir / "results.json").read_text())
+    assert record["status"] == record["stop_reason"] == "failed"
 
 
 def test_non_finite_guard_in_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

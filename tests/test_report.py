@@ -1,4 +1,5 @@
-"""The sweep report: Table 3 layout, mean +- std over seeds, deltas, failed and incomplete runs listed."""
+"""The sweep report: Table 3 layout, mean +- std over seeds, rows split by varying overrides, stop counts,
+Optuna trials ranked, the curves figure, failed and incomplete runs listed."""
 
 from __future__ import annotations
 
@@ -11,10 +12,15 @@ from qin_lightning.errors import QinError
 from qin_lightning.report import main, write_report
 
 
-def _run(sweep: Path, name: str, results: dict | None) -> None:
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _run(sweep: Path, name: str, results: dict | None, overrides: list[str] | None = None) -> None:
     run_dir = sweep / name
     (run_dir / ".hydra").mkdir(parents=True)
     (run_dir / ".hydra" / "config.yaml").write_text("{}\n")
+    if overrides is not None:
+        (run_dir / ".hydra" / "overrides.yaml").write_text(json.dumps(overrides))
     if results is not None:
         (run_dir / "results.json").write_text(json.dumps(results))
 
@@ -33,9 +39,10 @@ def test_report_table_contents(tmp_path: Path, capsys: pytest.CaptureFixture[str
     _run(tmp_path, "5_din_seed2", None)  # killed before it wrote results.json
 
     collected = write_report(tmp_path)
-    assert set(collected.experiments) == {"qin", "ablation_softmax"}
+    assert {r.experiment for r in collected.rows if r.completed} == {"qin", "ablation_softmax"}
     md = (tmp_path / "report.md").read_text()
-    assert (tmp_path / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "report.png").read_bytes()[:8] == PNG
+    assert not (tmp_path / "report_curves.png").exists()  # no run recorded a validation history
     rows = {line.split("|")[1].strip(): line for line in md.splitlines() if line.startswith("| ")}
     assert "0.8100 ± 0.0141" in rows["qin"]
     assert "+0.0000" in rows["qin"] and "0.9701" in rows["qin"]
@@ -54,3 +61,71 @@ def test_report_errors_are_clear(tmp_path: Path) -> None:
         write_report(tmp_path / "missing")
     with pytest.raises(QinError, match="no runs found"):
         write_report(tmp_path)
+
+
+def _full(experiment: str, seed: int, aucs: list[float], overrides: list[str], **extra: object) -> dict:
+    history = [{"epoch": e, "auc": a, "logloss": 0.5, "lr": 2e-3} for e, a in enumerate(aucs)]
+    best = max(range(len(aucs)), key=aucs.__getitem__)
+    return {"status": "completed", "experiment": experiment, "seed": seed, "best_val_auc": aucs[best],
+            "best_val_logloss": 0.5, "best_epoch": best, "epochs_trained": len(aucs), "val_history": history,
+            "overrides": [f"+experiment={experiment}", f"seed={seed}", *overrides], **extra}
+
+
+def test_rows_split_by_varying_overrides_and_stop_counts(tmp_path: Path) -> None:
+    """A sweep over num_row=2,3 x seeds: one row per (experiment, num_row); seeds averaged; stop reasons counted."""
+    job = 0
+    for num_row, aucs in (("2", [0.70, 0.72]), ("3", [0.80, 0.84])):
+        for seed, auc in zip((1, 2), aucs):
+            stop = {"stop_reason": "early_stopping"} if (num_row, seed) == ("3", 2) else {"stop_reason": "max_epochs"}
+            over = [f"model.net.interaction.num_row={num_row}", "trainer.max_epochs=3"]
+            _run(tmp_path, f"{job}_qin_seed{seed}", _full("qin", seed, [0.6, auc, auc - 0.01], over, **stop))
+            job += 1
+    _run(tmp_path, f"{job}_qin_seed3", {"status": "failed", "experiment": "qin", "seed": 3, "error": "boom",
+                                         "overrides": ["+experiment=qin", "seed=3", "model.net.interaction.num_row=3",
+                                                       "trainer.max_epochs=3"]})
+    collected = write_report(tmp_path)
+    assert collected.varying == ["model.net.interaction.num_row"]  # seed and the constant max_epochs do not split
+    by_row = {dict(r.setting)["model.net.interaction.num_row"]: r for r in collected.rows}
+    assert by_row["2"].aucs == [0.70, 0.72] and by_row["3"].aucs == [0.80, 0.84]
+    md = (tmp_path / "report.md").read_text()
+    lines = [line for line in md.splitlines() if line.startswith("| qin |")]
+    assert len(lines) == 2
+    assert lines[0].split(" | ")[1] == "2" and "0.7100 ± 0.0141" in lines[0] and lines[0].endswith("0 / 2 / 0 |")
+    assert lines[1].split(" | ")[1] == "3" and "0.8200 ± 0.0283" in lines[1] and lines[1].endswith("1 / 1 / 1 |")
+    assert "+0.0000" in lines[0] and "+0.0000" in lines[1]  # each num_row is its own qin baseline
+    assert (tmp_path / "report_curves.png").read_bytes()[:8] == PNG
+    assert "(report_curves.png)" in md and "(report.png)" in md
+
+
+def test_stop_reason_of_older_records_is_inferred_from_the_epochs(tmp_path: Path) -> None:
+    _run(tmp_path, "0_qin_seed1", _full("qin", 1, [0.6, 0.7, 0.8], ["trainer.max_epochs=3"]))
+    _run(tmp_path, "1_qin_seed2", _full("qin", 2, [0.6, 0.7], ["trainer.max_epochs=3"]))
+    collected = write_report(tmp_path)
+    assert sorted(r.stop_reason for r in collected.rows[0].runs) == ["early_stopping", "max_epochs"]
+
+
+def test_committed_record_files_are_read(tmp_path: Path) -> None:
+    """`runs/<run>.json` (records copied out of a sweep, as under experiments/) count like run folders."""
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "0_qin_seed1.json").write_text(json.dumps(_full("qin", 1, [0.6, 0.7], [])))
+    collected = write_report(tmp_path)
+    assert [r.name for r in collected.rows[0].runs] == ["runs/0_qin_seed1.json"]
+    assert (tmp_path / "report_curves.png").exists()
+
+
+def test_optuna_sweep_gets_a_ranked_trials_table(tmp_path: Path) -> None:
+    (tmp_path / "multirun.yaml").write_text(
+        "hydra:\n  sweeper:\n    _target_: hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper\n"
+        "    direction: maximize\noptimized_metric: val/auc\n")
+    (tmp_path / "optimization_results.yaml").write_text(
+        "name: optuna\nbest_params:\n  model.lr: 0.003\n  model/attention: relu\nbest_value: 0.9\n")
+    trials = [("0.001", "softmax", 0.7), ("0.003", "relu", 0.9), ("0.002", "silu", 0.8)]
+    for job, (lr, attention, auc) in enumerate(trials):
+        over = ["hparams_search=qin_optuna", f"model.lr={lr}", f"model/attention={attention}"]
+        _run(tmp_path, f"{job}_qin_optuna_seed20242025", _full("qin_optuna", 20242025, [0.5, auc], over))
+    md = (tmp_path / "report.md").read_text() if write_report(tmp_path) else ""
+    table = [line for line in md.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert [line.split(" | ")[2] for line in table] == ["0.900000", "0.800000", "0.700000"]  # best first
+    assert table[0].split(" | ")[1] == "`1_qin_optuna_seed20242025`" and "0.003 | relu" in table[0]
+    assert "Best parameters" in md and "`model.lr=0.003`" in md
+    assert "Δ AUC" not in md  # no Table 3: every trial is its own setting

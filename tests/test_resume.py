@@ -154,7 +154,8 @@ def test_sigterm_mid_epoch_then_resume_matches(reference: tuple[Path, dict], tmp
     assert "resume with: python -m qin_lightning.train" in err and "ckpt_path=last" in err
     stopped = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert stopped["epoch"] >= 1 and stopped["global_step"] % 16 != 0, "expected a mid-epoch checkpoint"
-    assert json.loads((run_dir / "results.json").read_text())["status"] == "interrupted"
+    record = json.loads((run_dir / "results.json").read_text())
+    assert record["status"] == record["stop_reason"] == "interrupted" and record["stopped_epoch"] == stopped["epoch"]
 
     proc = subprocess.run([sys.executable, "-m", "qin_lightning.train", *args, "ckpt_path=last"], cwd=tmp_path,
                           env=env, capture_output=True, text=True, timeout=240)

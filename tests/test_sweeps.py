@@ -37,7 +37,8 @@ def test_multirun_two_experiments_two_seeds_and_report(tmp_path: Path) -> None:
     from qin_lightning.report import write_report
 
     collected = write_report(sweep)
-    assert {k: len(v.aucs) for k, v in collected.experiments.items()} == {"qin": 2, "ablation_no_asta": 2}
+    assert {r.experiment: len(r.aucs) for r in collected.rows} == {"qin": 2, "ablation_no_asta": 2}
+    assert collected.varying == []  # only the experiment and the seed vary: one row per experiment
     md = (sweep / "report.md").read_text()
     rows = {line.split("|")[1].strip(): line for line in md.splitlines() if line.startswith("| ")}
     for name in ("qin", "ablation_no_asta"):
@@ -45,7 +46,8 @@ def test_multirun_two_experiments_two_seeds_and_report(tmp_path: Path) -> None:
         assert f"{mean:.4f} ±" in rows[name]
         assert "2 (1, 2)" in rows[name]
     assert "0.9321" in rows["ablation_no_asta"]  # the paper's number beside ours
-    assert (sweep / "report.png").exists()
+    assert (sweep / "report.png").exists() and (sweep / "report_curves.png").exists()
+    assert all(r["stop_reason"] == "max_epochs" and r["stopped_epoch"] == 0 for r in results)
 
 
 def test_optuna_two_trials(tmp_path: Path) -> None:
@@ -60,6 +62,15 @@ def test_optuna_two_trials(tmp_path: Path) -> None:
     best = json.loads(json.dumps(__import__("yaml").safe_load((sweep / "optimization_results.yaml").read_text())))
     assert best["best_value"] == pytest.approx(max(r["best_val_auc"] for r in results))
     assert "best_params" in best, proc.stdout[-500:]
+
+    from qin_lightning.report import write_report
+
+    collected = write_report(sweep)
+    assert collected.is_optuna
+    md = (sweep / "report.md").read_text()
+    ranked = [line for line in md.splitlines() if line.startswith(("| 1 |", "| 2 |"))]
+    assert len(ranked) == 2 and f"{best['best_value']:.6f}" in ranked[0]
+    assert "Best parameters" in md
 
 
 def test_wandb_multirun_groups_runs_and_finishes_each(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import subprocess
@@ -34,6 +35,7 @@ def test_train_writes_results_and_learns(tmp_path: Path) -> None:
     assert RESULT_KEYS <= set(on_disk)
     assert on_disk["status"] == "completed" and on_disk["model"] == "qin" and on_disk["experiment"] == "qin"
     assert on_disk["epochs_trained"] == 3 and len(on_disk["val_history"]) == 3
+    assert on_disk["stop_reason"] == "max_epochs" and on_disk["stopped_epoch"] == 2
     assert on_disk["best_val_auc"] == max(h["auc"] for h in on_disk["val_history"])
     oracle = json.loads((Path(on_disk["data_dir"]) / "synthetic.json").read_text())["oracle_auc"]["valid"]
     aucs = [h["auc"] for h in on_disk["val_history"]]
@@ -128,3 +130,106 @@ def test_logged_val_auc_matches_fresh_evaluation_of_last_weights(tmp_path: Path)
         probs = torch.cat([torch.sigmoid(fresh(b)) for b in dm.val_dataloader()])
         labels = torch.cat([b.label.long() for b in dm.val_dataloader()])
     assert float(binary_auroc(probs, labels)) == pytest.approx(results["val_history"][-1]["auc"], abs=1e-6)
+
+
+def test_wandb_summary_holds_the_best_epoch_config_and_tags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The offline run's summary (read back from its .wandb file) holds results.json's best values, not the last."""
+    from wandb_records import read_run
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    overrides = tiny_overrides(tmp_path) + tiny_model_overrides() + [
+        "logger=wandb", "trainer.max_epochs=4", "model.lr=5e-2", "tags=[smoke,summary]"]
+    results = train(compose_train(overrides, tmp_path / "run"))
+    (run_file,) = (tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb")
+    run = read_run(run_file)
+    summary = run["summary"]
+    assert summary["best/val_auc"] == results["best_val_auc"] == max(h["auc"] for h in results["val_history"])
+    assert summary["best/val_logloss"] == results["best_val_logloss"] and summary["best/epoch"] == results["best_epoch"]
+    assert summary["val/auc"] == {"max": pytest.approx(results["best_val_auc"])}
+    assert summary["stop_reason"] == results["stop_reason"] in ("early_stopping", "max_epochs")
+    assert run["config"]["seed"] == 20242025 and run["config"]["model"]["net"]["_target_"].endswith("QIN")
+    assert run["tags"] == ["smoke", "summary"] and run["job_type"] == "qin"
+
+
+def test_makefile_lets_the_config_choose_the_wandb_mode() -> None:
+    """`make` must not export WANDB_MODE: it would override `logger.wandb.offline=false`."""
+    makefile = (REPO_ROOT / "Makefile").read_text()
+    assert not [line for line in makefile.splitlines() if "WANDB_MODE" in line and not line.lstrip().startswith("#")]
+    from hydra.utils import instantiate
+
+    cfg = compose_train(["logger=wandb", "logger.wandb.offline=false"], REPO_ROOT / "unused")
+    assert instantiate(cfg.logger.wandb)._offline is False
+    assert compose_train(["logger=wandb"], REPO_ROOT / "unused").logger.wandb.offline is True  # the default
+
+
+def test_early_stopping_and_lr_reductions_are_one_line_each(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """No epoch improves by 1.0: lr halves from epoch 2, early stopping (patience 2) ends after epoch 2."""
+    overrides = tiny_overrides(tmp_path) + tiny_model_overrides() + [
+        "trainer.max_epochs=6", "callbacks.early_stopping.min_delta=1.0", "callbacks.early_stopping.patience=2",
+        "model.min_delta=1.0"]
+    with caplog.at_level(logging.INFO, logger="qin_lightning.train"):
+        results = train(compose_train(overrides, tmp_path / "run"))
+    assert results["stop_reason"] == "early_stopping" and results["stopped_epoch"] == 2
+    assert results["epochs_trained"] == 3 and [h["lr"] for h in results["val_history"]] == [2e-3, 2e-3, 1e-3]
+    lines = [r.getMessage() for r in caplog.records if r.name == "qin_lightning.train"]
+    assert [m for m in lines if m.startswith("lr reduced")] == [
+        "lr reduced 0.002 -> 0.001 from epoch 2 (val/auc did not improve at epoch 1)"]
+    assert [m for m in lines if m.startswith("early stopping")] == [
+        f"early stopping after epoch 2: val/auc did not improve by 1 for 2 epochs; best {results['best_val_auc']:.6f}"]
+    assert sum(m.startswith(f"reloaded the best weights (epoch {results['best_epoch']}, val/auc)") for m in lines) == 1
+
+
+def test_null_callbacks_are_really_removed(tmp_path: Path) -> None:
+    """`callbacks.X=null` leaves no progress bar / model summary: Lightning must not add its defaults back."""
+    from hydra.utils import instantiate
+    from lightning.pytorch.callbacks import ModelSummary, ProgressBar
+
+    from qin_lightning.callbacks import ParameterSummary, with_display_flags
+    from qin_lightning.train import instantiate_list
+
+    def trainer_callbacks(overrides: list[str]) -> list[object]:
+        cfg = compose_train(overrides, tmp_path / "run")
+        callbacks = instantiate_list(cfg.callbacks)
+        shown = with_display_flags(callbacks, enable_model_summary=cfg.trainer.enable_model_summary)
+        return instantiate(cfg.trainer, logger=False, **shown).callbacks
+
+    dropped = trainer_callbacks(["callbacks.progress_bar=null", "callbacks.model_summary=null"])
+    assert not [c for c in dropped if isinstance(c, (ProgressBar, ModelSummary))]
+    kept = trainer_callbacks([])
+    assert [type(c) for c in kept if isinstance(c, ModelSummary)] == [ParameterSummary]
+    assert len([c for c in kept if isinstance(c, ProgressBar)]) == 1
+    off = trainer_callbacks(["trainer.enable_model_summary=false"])  # the trainer switch still works
+    assert not [c for c in off if isinstance(c, ModelSummary)]
+
+
+def test_model_summary_has_no_flops_column(capsys: pytest.CaptureFixture[str]) -> None:
+    from qin_lightning.callbacks import ParameterSummary
+
+    data = [(" ", ["0"]), ("Name", ["net"]), ("Type", ["QIN"]), ("Params", ["1.2 K"]), ("Mode", ["train"]),
+            ("FLOPs", ["0"])]
+    ParameterSummary.summarize(data, 1200, 1200, 0.005, {"train": 3, "eval": 0}, total_flops=0)
+    out = capsys.readouterr().out
+    assert "QIN" in out and "1.2 K" in out and "FLOP" not in out
+
+
+def test_thread_default_is_portable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No os.sched_getaffinity (macOS, Windows) and no os.process_cpu_count (Python < 3.13): os.cpu_count()."""
+    from qin_lightning import cli
+
+    monkeypatch.delattr(os, "sched_getaffinity", raising=False)
+    monkeypatch.delattr(os, "process_cpu_count", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 3)
+    assert cli.usable_cpus() == 3
+    monkeypatch.setattr(os, "cpu_count", lambda: None)
+    assert cli.usable_cpus() == 1
+    monkeypatch.setattr(os, "process_cpu_count", lambda: 5, raising=False)
+    assert cli.usable_cpus() == 5
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        cli.set_threads(None)
+        assert 1 <= torch.get_num_threads() <= 5
+    finally:
+        torch.set_num_threads(before)

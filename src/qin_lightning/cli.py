@@ -21,10 +21,22 @@ log = logging.getLogger("qin_lightning")
 CONFIG_DIR = str(Path(__file__).resolve().parent / "conf")
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on: ``os.process_cpu_count()`` (Python 3.13+), else the affinity mask
+    (Linux), else ``os.cpu_count()`` (macOS, Windows); 1 when nothing is known."""
+    if hasattr(os, "process_cpu_count"):
+        count = os.process_cpu_count()
+    elif hasattr(os, "sched_getaffinity"):
+        count = len(os.sched_getaffinity(0))
+    else:
+        count = os.cpu_count()
+    return max(1, count or 1)
+
+
 def set_threads(threads: int | None) -> None:
     """Use ``threads`` intra-op threads (None: torch's default, capped at the cores this process may use)."""
     if threads is None:
-        threads = min(torch.get_num_threads(), len(os.sched_getaffinity(0)))
+        threads = min(torch.get_num_threads(), usable_cpus())
     if threads < 1:
         raise QinError(f"config key 'threads' must be >= 1 or null, got {threads}")
     torch.set_num_threads(threads)

@@ -4,13 +4,19 @@
         [--protocol sampled|rating] [--split per_user|global_time] [--encoder auto|minilm|hashing] \
         [--seed N] [--max-len 64] [--negatives 3] [--cache-dir DIR] [--overwrite]
 
-Converts a MovieLens release (zip or folder) into the MMCTR layout; rules in `qin_lightning.data.movielens`.
-Errors in the input print `error: <message>` and exit with status 2.
+    python -m qin_lightning.prepare describe --root DIR [--json]
+
+`movielens` converts a MovieLens release (zip or folder) into the MMCTR layout (rules in
+`qin_lightning.data.movielens`); `describe` prints what to check first about any folder in the layout: rows and
+positive rate per split, items, tags, history lengths and padding, embedding width, and the oracle AUC of a
+synthetic folder (`qin_lightning.data.describe`). Errors in the input print `error: <message>` and exit with
+status 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 from qin_lightning.errors import QinError
@@ -33,11 +39,28 @@ def build_parser() -> argparse.ArgumentParser:
     ml.add_argument("--negatives", type=int, default=3, help="negatives per positive (protocol sampled)")
     ml.add_argument("--cache-dir", default=None, help="embedding cache (default $QIN_CACHE_DIR/embeddings or ~/.cache)")
     ml.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    desc = sub.add_parser("describe", help="rows, positive rate, items, tags, history lengths of a dataset folder")
+    desc.add_argument("--root", required=True, help="a folder in the MMCTR layout (e.g. .cache/qin/synthetic/<id>)")
+    desc.add_argument("--json", action="store_true", help="print the description as JSON")
     return parser  # fmt: skip
+
+
+def describe_main(root: str, as_json: bool) -> int:
+    from qin_lightning.data.describe import describe, format_description
+
+    try:
+        desc = describe(root)
+    except QinError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(desc, indent=2) if as_json else format_description(desc))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.dataset == "describe":
+        return describe_main(args.root, args.json)
     try:
         from qin_lightning.data.movielens import convert_movielens
 

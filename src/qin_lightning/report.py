@@ -1,9 +1,14 @@
 """Paper-style report of a sweep: ``python -m qin_lightning.report <sweep folder> [--baseline qin]``.
 
-Reads every ``results.json`` below the folder and writes, into that folder:
-- ``report.md``: the Table 3 layout (one row per experiment, mean +- std of the best validation AUC over seeds,
-  number of seeds, delta to full QIN, the paper's AUC beside ours), plus the runs that failed or never finished;
-- ``report.png``: a bar chart of the mean AUC per experiment with std error bars.
+Reads every run below the folder (``<run>/results.json``, or ``runs/<run>.json`` records copied out of a sweep)
+and writes, into that folder:
+- ``report.md``: the Table 3 layout, one row per experiment *and* per value of every other override that varies
+  in the sweep (seeds are what a row averages): mean +- std of the best validation AUC, seeds, delta to the
+  baseline experiment, the paper's AUC beside ours, and how many runs stopped early, hit the epoch cap or
+  failed; an Optuna sweep gets a trials table ranked by its objective instead; then every run that failed or
+  never finished;
+- ``report.png``: the mean best AUC per row with std error bars and the paper's values;
+- ``report_curves.png``: validation AUC by epoch per row (mean over seeds, band = +- std).
 """
 
 from __future__ import annotations
@@ -14,10 +19,14 @@ import math
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 from qin_lightning.cli import run_reporting_errors
 from qin_lightning.errors import QinError
 from qin_lightning.files import atomic_write_bytes, atomic_write_text
+from qin_lightning.report_plots import render_chart, render_curves
 
 # Validation AUC on MicroLens_1M_MMCTR (paper Tables 2 and 3; REFERENCE.md section 4).
 PAPER_AUC: dict[str, float] = {
@@ -43,17 +52,54 @@ PAPER_ROW: dict[str, str] = {
     "transformer_dcn": "Transformer+DCNv2 (1st place)",  # beyond the paper: valid 0.9766 in the winners' report
 }
 ORDER = list(PAPER_ROW)
+# overrides that never split rows: the seed is what a row averages, the experiment has its own column
+NOT_A_ROW_KEY = ("seed", "experiment")
+DEFAULT_MAX_EPOCHS = 100  # conf/trainer/default.yaml
 
 
 @dataclass
-class ExperimentRuns:
-    """The completed runs of one experiment."""
+class Run:
+    """One run of the sweep: its record (None when it never wrote one) and its command-line overrides."""
 
-    name: str
-    aucs: list[float] = field(default_factory=list)
-    loglosses: list[float] = field(default_factory=list)
-    seeds: list[int] = field(default_factory=list)
-    epochs: list[int] = field(default_factory=list)
+    name: str  # run folder (or record file) relative to the sweep folder
+    record: dict[str, Any] | None
+    overrides: dict[str, str]
+    problem: str | None = None  # why the run is not in the table (failed, incomplete, unreadable)
+    max_epochs: int | None = None  # from the run's .hydra/config.yaml, when there is one
+
+    @property
+    def experiment(self) -> str:
+        if self.record and self.record.get("experiment"):
+            return str(self.record["experiment"])
+        return self.overrides.get("experiment", "unknown")
+
+    @property
+    def stop_reason(self) -> str:
+        """results.json's ``stop_reason``; for older records inferred from the epochs trained."""
+        if self.problem is not None:
+            return "failed"
+        assert self.record is not None
+        if self.record.get("stop_reason"):
+            return str(self.record["stop_reason"])
+        cap = self.max_epochs or int(self.overrides.get("trainer.max_epochs", DEFAULT_MAX_EPOCHS))
+        return "max_epochs" if int(self.record.get("epochs_trained") or 0) >= cap else "early_stopping"
+
+
+@dataclass
+class Row:
+    """The runs of one experiment with one setting of the varying overrides."""
+
+    experiment: str
+    setting: tuple[tuple[str, str], ...]  # (key, value) of every varying override, in column order
+    runs: list[Run] = field(default_factory=list)
+
+    @property
+    def completed(self) -> list[Run]:
+        return [r for r in self.runs if r.problem is None]
+
+    @property
+    def aucs(self) -> list[float]:
+        return [float(r.record["best_val_auc"]) for r in self.completed if r.record]
 
     @property
     def mean(self) -> float:
@@ -63,73 +109,219 @@ class ExperimentRuns:
     def std(self) -> float:
         return statistics.stdev(self.aucs) if len(self.aucs) > 1 else 0.0
 
+    @property
+    def label(self) -> str:
+        """Short name for the figures: the experiment and each varying override by its last key component."""
+        return " ".join([self.experiment, *(f"{k.split('.')[-1].split('/')[-1]}={_short(v)}" for k, v in self.setting)])
+
+    def count(self, reason: str) -> int:
+        return sum(r.stop_reason == reason for r in self.runs)
+
+    def histories(self) -> list[list[float]]:
+        """Validation AUC by epoch of every completed run that recorded it."""
+        return [[float(h["auc"]) for h in r.record["val_history"]] for r in self.completed
+                if r.record and r.record.get("val_history")]  # fmt: skip
+
 
 @dataclass
 class Collected:
-    experiments: dict[str, ExperimentRuns]
-    problems: list[tuple[str, str]]  # (run folder, what is wrong)
+    rows: list[Row]
+    varying: list[str]  # override keys that split rows
+    problems: list[tuple[str, str]]  # (run, what is wrong)
+    sweep: dict[str, Any]  # the sweep folder's multirun.yaml ({} when absent)
+
+    @property
+    def is_optuna(self) -> bool:
+        return "optuna" in str(self.sweep.get("hydra", {}).get("sweeper", {}).get("_target_", "")).lower()
+
+    def row(self, experiment: str, setting: tuple[tuple[str, str], ...]) -> Row | None:
+        return next((r for r in self.rows if r.experiment == experiment and r.setting == setting), None)
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, str]:
+    """``["+experiment=qin", "seed=1"]`` -> ``{"experiment": "qin", "seed": "1"}`` (``+``/``++``/``~`` dropped)."""
+    parsed: dict[str, str] = {}
+    for item in overrides:
+        key, _, value = str(item).partition("=")
+        parsed[key.lstrip("+~")] = value
+    return parsed
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        return yaml.safe_load(path.read_text()) if path.is_file() else None
+    except (OSError, yaml.YAMLError):
+        return None
+
+
+def _load_run(name: str, record_path: Path, run_dir: Path | None) -> Run:
+    hydra_overrides = _read_yaml(run_dir / ".hydra" / "overrides.yaml") if run_dir else None
+    config = _read_yaml(run_dir / ".hydra" / "config.yaml") if run_dir else None
+    max_epochs = (config or {}).get("trainer", {}).get("max_epochs") if isinstance(config, dict) else None
+    if not record_path.exists():
+        overrides = parse_overrides(hydra_overrides or [])
+        return Run(name, None, overrides, "incomplete: no results.json (still running, killed or crashed)", max_epochs)
+    try:
+        record = json.loads(record_path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        return Run(name, None, parse_overrides(hydra_overrides or []), f"unreadable results.json: {err}", max_epochs)
+    run = Run(name, record, parse_overrides(record.get("overrides") or hydra_overrides or []), None, max_epochs)
+    if record.get("status") != "completed":
+        run.problem = f"{record.get('status', 'unknown')}: {record.get('error', 'no error message')}"
+    elif record.get("best_val_auc") is None or not math.isfinite(float(record["best_val_auc"])):
+        run.problem = "completed without a validation AUC (e.g. fast_dev_run)"
+    return run
+
+
+def find_runs(sweep_dir: Path) -> list[Run]:
+    """Every run folder below ``sweep_dir`` (started or finished) and every ``runs/*.json`` record."""
+    started = {p.parent.parent for p in sweep_dir.rglob(".hydra/config.yaml")}
+    run_dirs = sorted(started | {p.parent for p in sweep_dir.rglob("results.json")})
+    runs = [_load_run(str(d.relative_to(sweep_dir)) or ".", d / "results.json", d) for d in run_dirs]
+    records = sorted((sweep_dir / "runs").glob("*.json")) if (sweep_dir / "runs").is_dir() else []
+    runs += [_load_run(str(p.relative_to(sweep_dir)), p, None) for p in records]
+    return runs
+
+
+def _short(value: str) -> str:
+    """A float override value with 4 significant digits (Optuna samples carry 16)."""
+    try:
+        return f"{float(value):.4g}" if any(c in value for c in ".e") else value
+    except ValueError:
+        return value
+
+
+def _sort_key(value: str) -> tuple[int, float, str]:
+    try:
+        return (0, float(value), value)
+    except ValueError:
+        return (1, 0.0, value)
 
 
 def collect(sweep_dir: Path) -> Collected:
-    """Group completed runs by experiment; list failed, incomplete and unreadable runs as problems."""
-    experiments: dict[str, ExperimentRuns] = {}
-    problems: list[tuple[str, str]] = []
-    started = {p.parent.parent for p in sweep_dir.rglob(".hydra/config.yaml")}
-    run_dirs = sorted(started | {p.parent for p in sweep_dir.rglob("results.json")})
-    for run_dir in run_dirs:
-        rel = str(run_dir.relative_to(sweep_dir)) or "."
-        path = run_dir / "results.json"
-        if not path.exists():
-            problems.append((rel, "incomplete: no results.json (still running, killed or crashed)"))
-            continue
-        try:
-            res = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as err:
-            problems.append((rel, f"unreadable results.json: {err}"))
-            continue
-        if res.get("status") != "completed":
-            problems.append((rel, f"{res.get('status', 'unknown')}: {res.get('error', 'no error message')}"))
-            continue
-        auc = res.get("best_val_auc")
-        if auc is None or not math.isfinite(float(auc)):
-            problems.append((rel, "completed without a validation AUC (e.g. fast_dev_run)"))
-            continue
-        runs = experiments.setdefault(res["experiment"], ExperimentRuns(res["experiment"]))
-        runs.aucs.append(float(auc))
-        runs.loglosses.append(float(res.get("best_val_logloss", math.nan)))
-        runs.seeds.append(int(res.get("seed", -1)))
-        runs.epochs.append(int(res.get("best_epoch") or 0))
-    return Collected(experiments, problems)
-
-
-def _ordered(experiments: dict[str, ExperimentRuns]) -> list[ExperimentRuns]:
+    """Group the runs into rows: experiment x every non-seed override whose value differs between runs."""
+    runs = find_runs(sweep_dir)
+    keys = sorted({k for r in runs for k in r.overrides if k not in NOT_A_ROW_KEY})
+    varying = [k for k in keys if len({r.overrides.get(k) for r in runs}) > 1]
+    rows: dict[tuple[str, tuple[tuple[str, str], ...]], Row] = {}
+    for run in runs:
+        setting = tuple((k, run.overrides.get(k, "–")) for k in varying)
+        rows.setdefault((run.experiment, setting), Row(run.experiment, setting)).runs.append(run)
     rank = {name: i for i, name in enumerate(ORDER)}
-    return sorted(experiments.values(), key=lambda r: (rank.get(r.name, len(ORDER)), r.name))
+    ordered = sorted(
+        rows.values(),
+        key=lambda r: (rank.get(r.experiment, len(ORDER)), r.experiment, [_sort_key(v) for _, v in r.setting]),
+    )
+    problems = [(r.name, r.problem) for r in runs if r.problem is not None]
+    return Collected(ordered, varying, problems, sweep_config(sweep_dir))
+
+
+def sweep_config(sweep_dir: Path) -> dict[str, Any]:
+    """The sweep's configuration with its ``hydra`` node: ``multirun.yaml`` (basic sweeper), else the first job's
+    ``.hydra/config.yaml`` + ``.hydra/hydra.yaml`` (the Optuna sweeper writes no multirun.yaml); {} if none."""
+    multirun = _read_yaml(sweep_dir / "multirun.yaml")
+    if isinstance(multirun, dict):
+        return multirun
+    for hydra_file in sorted(sweep_dir.glob("*/.hydra/hydra.yaml")):
+        config, hydra = _read_yaml(hydra_file.with_name("config.yaml")), _read_yaml(hydra_file)
+        if isinstance(config, dict) and isinstance(hydra, dict):
+            return {**config, "hydra": hydra.get("hydra", {})}
+    return {}
+
+
+def _fmt(value: float | None, digits: int = 4) -> str:
+    return f"{value:.{digits}f}" if value is not None and math.isfinite(value) else "–"
+
+
+def render_table(collected: Collected, baseline: str) -> list[str]:
+    """The Table 3 layout: one line per row (experiment x varying overrides)."""
+    lines = [
+        "| " + " | ".join(["experiment", *collected.varying, "paper row", "AUC (mean ± std)", "logloss", "seeds",
+                           f"Δ AUC vs {baseline}", "paper AUC", "paper Δ", "early stop / epoch cap / failed"]) + " |",
+        "| " + " | ".join(["---"] * (len(collected.varying) + 9)) + " |",
+    ]  # fmt: skip
+    paper_base = PAPER_AUC.get(baseline)
+    for row in collected.rows:
+        base = collected.row(baseline, row.setting)
+        done = row.completed
+        if done:
+            auc = f"{row.mean:.4f} ± {row.std:.4f}"
+            loglosses = [float(r.record.get("best_val_logloss", math.nan)) for r in done if r.record]
+            logloss = _fmt(statistics.fmean(loglosses))
+            seeds = f"{len(done)} ({', '.join(str(r.record.get('seed')) for r in sorted(done, key=_seed) if r.record)})"
+            delta = f"{row.mean - base.mean:+.4f}" if base is not None and base.completed else "n/a"
+        else:
+            auc, logloss, seeds, delta = "–", "–", "0", "–"
+        paper = PAPER_AUC.get(row.experiment)
+        paper_delta = f"{paper - paper_base:+.4f}" if paper is not None and paper_base is not None else "–"
+        counts = f"{row.count('early_stopping')} / {row.count('max_epochs')} / {row.count('failed')}"
+        cells = [row.experiment, *(v for _, v in row.setting), PAPER_ROW.get(row.experiment, "–"), auc, logloss,
+                 seeds, delta, _fmt(paper), paper_delta, counts]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _seed(run: Run) -> int:
+    return int((run.record or {}).get("seed") or -1)
+
+
+def objective(run: Run, metric: str) -> float:
+    """The value a sweeper optimised (``optimized_metric``) for one run, as ``qin_lightning.train`` returns it."""
+    record = run.record or {}
+    key = "best_val_auc" if metric == "val/auc" else metric.replace("/", "_")
+    value = record.get(key)
+    return float(value) if value is not None else math.nan
+
+
+def render_trials(collected: Collected, sweep_dir: Path) -> list[str]:
+    """An Optuna sweep: every trial ranked by the objective (best first), its parameters beside it."""
+    metric = str(collected.sweep.get("optimized_metric", "val/auc"))
+    maximize = str(collected.sweep.get("hydra", {}).get("sweeper", {}).get("direction", "maximize")) != "minimize"
+    runs = [r for row in collected.rows for r in row.runs]
+    finished = sorted((r for r in runs if r.problem is None), key=lambda r: objective(r, metric), reverse=maximize)
+    params = collected.varying
+    lines = [
+        f"Optuna trials ranked by the objective `{metric}` ({'max' if maximize else 'min'}imised), best first.",
+        "",
+        "| rank | run | " + " | ".join([metric, *params, "best epoch", "epochs", "stop reason"]) + " |",
+        "| " + " | ".join(["---"] * (len(params) + 6)) + " |",
+    ]
+    for rank, run in enumerate(finished, 1):
+        record = run.record or {}
+        cells = [str(rank), f"`{run.name}`", _fmt(objective(run, metric), 6),
+                 *(run.overrides.get(k, "–") for k in params),
+                 str(record.get("best_epoch")), str(record.get("epochs_trained")), run.stop_reason]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    best = _read_yaml(sweep_dir / "optimization_results.yaml")
+    if isinstance(best, dict) and best.get("best_params"):
+        shown = ", ".join(f"`{k}={v}`" for k, v in best["best_params"].items())
+        value = _fmt(best.get("best_value"), 6)
+        lines += ["", f"Best parameters (`optimization_results.yaml`, value {value}): {shown}"]
+    return lines
 
 
 def render_markdown(collected: Collected, sweep_dir: Path, baseline: str = "qin") -> str:
-    """The report as Markdown (Table 3 layout)."""
-    base = collected.experiments.get(baseline)
-    lines = [
-        f"# Report: {sweep_dir.name}",
-        "",
-        f"Best validation AUC per run (mean ± std over seeds); Δ is to `{baseline}`.",
-        "Paper AUC: MicroLens_1M_MMCTR validation (QIN paper Tables 2 and 3), for reference only: "
-        "other data gives other absolute numbers, compare the ordering and the deltas.",
-        "",
-        "| experiment | paper row | AUC (mean ± std) | logloss | seeds | Δ AUC vs " + baseline + " | paper AUC | paper Δ |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    for runs in _ordered(collected.experiments):
-        delta = f"{runs.mean - base.mean:+.4f}" if base else "n/a"
-        paper = PAPER_AUC.get(runs.name)
-        paper_base = PAPER_AUC.get(baseline)
-        paper_delta = f"{paper - paper_base:+.4f}" if paper is not None and paper_base is not None else "–"
-        lines.append(
-            f"| {runs.name} | {PAPER_ROW.get(runs.name, '–')} | {runs.mean:.4f} ± {runs.std:.4f} | "
-            f"{statistics.fmean(runs.loglosses):.4f} | {len(runs.aucs)} ({', '.join(map(str, sorted(runs.seeds)))}) | "
-            f"{delta} | {f'{paper:.4f}' if paper is not None else '–'} | {paper_delta} |"
-        )
+    """The report as Markdown: the table (or the Optuna trials), the figures, the runs not in the table."""
+    lines = [f"# Report: {sweep_dir.name}", ""]
+    if collected.is_optuna:
+        lines += render_trials(collected, sweep_dir)
+    else:
+        split = ", ".join(f"`{k}`" for k in collected.varying)
+        lines += [
+            "Best validation AUC per run (mean ± std over seeds); one row per experiment"
+            + (f" and value of {split} (the overrides that vary in this sweep)" if split else "")
+            + f"; Δ is to `{baseline}` with the same settings.",
+            "Paper AUC: MicroLens_1M_MMCTR validation (QIN paper Tables 2 and 3), for reference only: "
+            "other data gives other absolute numbers, compare the ordering and the deltas.",
+            "The last column counts the row's runs that stopped early, ran to `trainer.max_epochs`, or failed"
+            " (records without `stop_reason` are classified by their number of epochs).",
+            "",
+            *render_table(collected, baseline),
+        ]
+    if any(row.completed for row in collected.rows):
+        lines += ["", "![best validation AUC per row](report.png)"]
+    if any(row.histories() for row in collected.rows):
+        lines += ["", "![validation AUC by epoch, mean over seeds, band = ± std](report_curves.png)"]
     lines += ["", "## Runs not in the table", ""]
     if collected.problems:
         lines += [f"- `{run}`: {what}" for run, what in collected.problems]
@@ -138,46 +330,20 @@ def render_markdown(collected: Collected, sweep_dir: Path, baseline: str = "qin"
     return "\n".join(lines) + "\n"
 
 
-def render_chart(collected: Collected, title: str) -> bytes:
-    """A bar chart (PNG bytes) of the mean AUC per experiment with std error bars and the paper's AUC."""
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = _ordered(collected.experiments)
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(rows) + 2), 4.5))
-    xs = range(len(rows))
-    ax.bar(xs, [r.mean for r in rows], yerr=[r.std for r in rows], capsize=4, color="#4C72B0", label="ours")
-    paper = [(i, PAPER_AUC[r.name]) for i, r in enumerate(rows) if r.name in PAPER_AUC]
-    if paper:
-        ax.scatter([i for i, _ in paper], [v for _, v in paper], marker="_", s=400, color="#C44E52", label="paper")
-    ax.set_xticks(list(xs), [r.name for r in rows], rotation=30, ha="right")
-    lows = [r.mean - r.std for r in rows] + [v for _, v in paper]
-    ax.set_ylim(max(0.0, min(lows, default=0.5) - 0.05), 1.0)
-    ax.set_ylabel("best validation AUC")
-    ax.set_title(title)
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    plt.close(fig)
-    return buf.getvalue()
-
-
 def write_report(sweep_dir: str | Path, baseline: str = "qin") -> Collected:
-    """Write report.md and report.png into ``sweep_dir``; returns what was collected."""
+    """Write report.md, report.png and report_curves.png into ``sweep_dir``; returns what was collected."""
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
         raise QinError(f"sweep folder '{sweep_dir}' does not exist or is not a folder")
     collected = collect(sweep_dir)
-    if not collected.experiments and not collected.problems:
+    if not collected.rows:
         raise QinError(f"no runs found below '{sweep_dir}': expected run folders with results.json")
     atomic_write_text(sweep_dir / "report.md", render_markdown(collected, sweep_dir, baseline))
-    if collected.experiments:
-        atomic_write_bytes(sweep_dir / "report.png", render_chart(collected, sweep_dir.name))
+    rows = [(row.label, row.experiment, row.aucs, row.histories()) for row in collected.rows]
+    if any(aucs for _, _, aucs, _ in rows):
+        atomic_write_bytes(sweep_dir / "report.png", render_chart(rows, PAPER_AUC, sweep_dir.name))
+    if any(histories for _, _, _, histories in rows):
+        atomic_write_bytes(sweep_dir / "report_curves.png", render_curves(rows, sweep_dir.name))
     return collected
 
 

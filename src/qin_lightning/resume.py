@@ -159,6 +159,7 @@ class TrainingInterrupted(Exception):
     def __init__(self, signum: int, checkpoint: str, epoch: int, step: int) -> None:
         self.signum = signum
         self.checkpoint = checkpoint
+        self.epoch = epoch
         name = signal.Signals(signum).name
         super().__init__(
             f"{name} received: saved the training state at epoch {epoch}, global step {step} to {checkpoint}"

@@ -27,10 +27,11 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from lightning.pytorch.loggers import Logger, WandbLogger
+from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from qin_lightning.callbacks import StopReason, with_display_flags
 from qin_lightning.checkpoint import read_checkpoint
 from qin_lightning.checkpoint_io import SafeCheckpointIO
 from qin_lightning.cli import CONFIG_DIR, exit_with_error, instantiate_reporting, set_threads
@@ -40,6 +41,7 @@ from qin_lightning.files import FileWriteError, atomic_write_json
 from qin_lightning.memory import check_training_memory, estimate_training_memory, trains_on_gpu
 from qin_lightning.module import CTRModule, NonFiniteLossError
 from qin_lightning.resume import GracefulInterrupt, TrainingInterrupted, make_train_data_resumable, resolve_ckpt_path
+from qin_lightning.tracking import finish_wandb, start_wandb
 
 log = logging.getLogger("qin_lightning.train")
 # Lightning 2.6 on torch 2.13: an internal deprecation notice printed on every run, nothing for the user to do
@@ -116,13 +118,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         with open_dict(cfg):
             cfg.logger.wandb.group = sweep_name()
     callbacks: list[Callback] = instantiate_list(cfg.get("callbacks"))
-    callbacks.append(GracefulInterrupt())
+    stop = StopReason()
+    callbacks += [GracefulInterrupt(), stop]
     loggers: list[Logger] = instantiate_list(cfg.get("logger"))
     trust = bool(cfg.get("trust_checkpoint", False))  # strict loading and atomic saving: qin_lightning.checkpoint_io
-    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
-                                      plugins=[SafeCheckpointIO(trust=trust)])
+    shown = with_display_flags(callbacks, enable_model_summary=cfg.trainer.get("enable_model_summary", True))
+    trainer: pl.Trainer = instantiate(cfg.trainer, logger=loggers or False, plugins=[SafeCheckpointIO(trust=trust)],
+                                      **shown)
     for lg in loggers:
         lg.log_hyperparams(resolved)  # type: ignore[arg-type]
+    start_wandb(loggers)
 
     ckpt_cb = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint) and c.monitor), None)
     ckpt_dir = Path(ckpt_cb.dirpath) if ckpt_cb is not None and ckpt_cb.dirpath else out_dir / "checkpoints"
@@ -140,7 +145,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     # keep and finally reload the best weights (FuxiCTR protocol)
     best_path = ckpt_cb.best_model_path if ckpt_cb is not None else ""
     if best_path:
-        module.load_state_dict(read_checkpoint(best_path, trust=trust)["state_dict"])
+        state = read_checkpoint(best_path, trust=trust)
+        module.load_state_dict(state["state_dict"])
+        log.info("reloaded the best weights (epoch %s, %s): %s", state.get("epoch"), ckpt_cb.monitor, best_path)
 
     history = module.val_history
     best = max(history, key=lambda h: h["auc"]) if history else None
@@ -160,6 +167,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "best_val_logloss": best["logloss"] if best else float("nan"),
         "best_epoch": best["epoch"] if best else None,
         "epochs_trained": len(history),
+        **stop.outcome(),
         "n_params": sum(p.numel() for p in module.net.parameters()),
         "best_checkpoint": best_path or None,
         "val_history": history,
@@ -170,7 +178,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     }
     if trainer.is_global_zero:
         atomic_write_json(out_dir / "results.json", results)
-    _finish_wandb(loggers)
+    finish_wandb(loggers, results)
     return results
 
 
@@ -181,14 +189,6 @@ def _overrides() -> list[str]:
         return []
 
 
-def _finish_wandb(loggers: list[Logger]) -> None:
-    """Close the wandb run so every run of a multirun is logged and synced separately."""
-    if any(isinstance(lg, WandbLogger) for lg in loggers):
-        import wandb
-
-        wandb.finish()
-
-
 def _record_failure(cfg: DictConfig, err: BaseException, status: str = "failed") -> None:
     """A failed run leaves a results.json saying so (the report lists it instead of silently dropping it)."""
     record: dict[str, Any] = {
@@ -196,6 +196,8 @@ def _record_failure(cfg: DictConfig, err: BaseException, status: str = "failed")
         "experiment": cfg.get("experiment_name"),
         "seed": cfg.get("seed"),
         "error": f"{type(err).__name__}: {err}",
+        "stop_reason": status,
+        "stopped_epoch": getattr(err, "epoch", None),
         "overrides": _overrides(),
     }
     if isinstance(err, TrainingInterrupted):

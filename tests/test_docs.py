@@ -1,0 +1,122 @@
+"""The README, the results READMEs and the config comments name only things that exist.
+
+Checked: `make` targets, `python -m qin_lightning.<module>` modules, scripts and repository paths, Markdown
+links, `+experiment=` names and config-group options, `callbacks.<name>` keys, no machine-specific paths, and
+every `python -m qin_lightning.train ...` command line composes with the real Hydra configs.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+from conftest import CONFIG_DIR, REPO_ROOT
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+DOCS = [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "experiments").glob("*/README.md"))]
+CONFIGS = sorted((REPO_ROOT / "conf").rglob("*.yaml"))
+GROUPS = ("data", "model", "trainer", "logger", "callbacks", "hparams_search", "paths", "model/attention",
+          "model/interaction", "hydra/launcher")
+
+
+def _texts() -> dict[Path, str]:
+    return {path: path.read_text() for path in [*DOCS, *CONFIGS, REPO_ROOT / "Makefile"]}
+
+
+def _rel(path: Path) -> str:
+    return str(path.relative_to(REPO_ROOT))
+
+
+def test_make_targets_exist() -> None:
+    makefile = (REPO_ROOT / "Makefile").read_text()
+    targets = set(re.findall(r"^([a-z][a-z-]*):", makefile, flags=re.M))
+    named = {(p, t) for p, text in _texts().items() for t in re.findall(r"\bmake ([a-z][a-z-]*)", text)}
+    missing = sorted(f"{_rel(p)}: make {t}" for p, t in named if t not in targets)
+    assert named and not missing
+
+
+def test_modules_scripts_and_paths_exist() -> None:
+    missing = []
+    for path, text in _texts().items():
+        for module in re.findall(r"python -m (qin_lightning[\w.]*)", text):
+            rel = Path("src", *module.split("."))
+            if not (REPO_ROOT / rel.with_suffix(".py")).is_file() and not (REPO_ROOT / rel / "__main__.py").is_file():
+                missing.append(f"{_rel(path)}: module {module}")
+        for token in re.findall(r"`([^`\s]+)`", text) + re.findall(r"python (\S+\.py)", text):
+            token = token.rstrip(".,:;)")
+            placeholder = re.search(r"[<>*{}]|\.\.\.|\b(NAME|CKPT|DIR)\b", token)
+            if token.startswith(("conf/", "src/", "experiments/", "tests/")) and not placeholder:
+                if not (REPO_ROOT / token.split(":")[0]).exists():
+                    missing.append(f"{_rel(path)}: path {token}")
+        if path.suffix == ".md":
+            for link in re.findall(r"\]\(([^)\s#]+)(?:#[^)]*)?\)", text):
+                if not link.startswith(("http://", "https://")) and not (path.parent / link).exists():
+                    missing.append(f"{_rel(path)}: link {link}")
+    assert not missing
+
+
+def test_no_machine_specific_paths() -> None:
+    found = [f"{_rel(p)}: {m}" for p, text in _texts().items()
+             for m in re.findall(r"(?:^|[\s`(=])(/(?:tmp|work|home|Users|root)/\S*)", text)]  # fmt: skip
+    assert not found
+
+
+def test_experiments_groups_and_callbacks_named_exist() -> None:
+    conf = Path(CONFIG_DIR)
+    callbacks = set(re.findall(r"^(\w+):", (conf / "callbacks" / "default.yaml").read_text(), flags=re.M))
+    missing = []
+    for path, text in _texts().items():
+        for name in re.findall(r"\+experiment=([a-z_0-9]+)\b(?!\()", text):
+            if name not in ("glob", "NAME") and not (conf / "experiment" / f"{name}.yaml").is_file():
+                missing.append(f"{_rel(path)}: +experiment={name}")
+        for group, options in re.findall(r"(?<![\w./+])(" + "|".join(GROUPS) + r")=([a-z_0-9|\\]+)", text):
+            for option in re.split(r"\\?\|", options):
+                if option and option != "null" and not (conf / group / f"{option}.yaml").is_file():
+                    missing.append(f"{_rel(path)}: {group}={option}")
+        for name in re.findall(r"(?<![\w.])callbacks\.(\w+)", text):
+            if name not in callbacks and name != "X":
+                missing.append(f"{_rel(path)}: callbacks.{name}")
+    assert not missing
+
+
+def _train_commands() -> list[tuple[str, list[str]]]:
+    """Every `python -m qin_lightning.train ...` line of the docs, continuation lines joined, comments dropped."""
+    commands = []
+    for path in DOCS:
+        text = re.sub(r"\\\n\s*", " ", path.read_text())
+        for line in text.splitlines():
+            start = line.find("python -m qin_lightning.train")
+            if start < 0:
+                continue
+            command = line[start:].split(" #")[0].split("`")[0].split(" |")[0]
+            try:
+                args = shlex.split(command)[3:]
+            except ValueError:
+                continue
+            commands.append((f"{_rel(path)}: {command.strip()}", args))
+    return commands
+
+
+def _composable(args: list[str]) -> list[str]:
+    """The overrides of a command line as `compose` takes them: first value of a sweep, no Hydra settings."""
+    out = []
+    for arg in args:
+        if arg.startswith("-") or arg.startswith(("hydra.", "hydra/", "[")) or "=" not in arg or "<" in arg:
+            continue
+        key, value = arg.split("=", 1)
+        if value.startswith("glob("):
+            value = "qin"
+        elif "," in value and not value.startswith("["):
+            value = value.split(",")[0]
+        out.append(f"{key}={value}")
+    return out
+
+
+@pytest.mark.parametrize("where,args", _train_commands(), ids=lambda v: v if isinstance(v, str) else "")
+def test_documented_train_commands_compose(where: str, args: list[str]) -> None:
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR):
+        compose(config_name="train", overrides=_composable(args))
