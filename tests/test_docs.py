@@ -17,7 +17,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 DOCS = [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "experiments").glob("*/README.md"))]
-CONFIGS = sorted((REPO_ROOT / "conf").rglob("*.yaml"))
+CONFIGS = sorted(Path(CONFIG_DIR).rglob("*.yaml"))
 GROUPS = ("data", "model", "trainer", "logger", "callbacks", "hparams_search", "paths", "model/attention",
           "model/interaction", "hydra/launcher")
 
