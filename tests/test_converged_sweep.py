@@ -56,6 +56,10 @@ def test_job_states_and_commands(tmp_path: Path) -> None:
     assert job.state() == "resume" and job.train_command()[-1] == "ckpt_path=last"
     (job.run_dir / "results.json").write_text(json.dumps({"status": "completed"}))
     assert job.state() == "completed"
+    first = jobs[0]  # its run folder is gone (another machine): the committed record alone marks it done
+    first.record.parent.mkdir(parents=True)
+    first.record.write_text(json.dumps({"status": "completed"}))
+    assert not first.run_dir.exists() and first.state() == "completed"
 
 
 def test_sweep_runs_in_chunks_and_tabulates(tmp_path: Path) -> None:

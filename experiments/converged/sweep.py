@@ -6,7 +6,8 @@
 A plan (YAML) names the experiments, the seeds and the overrides shared by every row (the one reduced
 configuration), plus per-experiment shrink options where a model needs them. Each job runs
 `python -m qin_lightning.train +experiment=E seed=S <overrides> hydra.run.dir=<runs>/<E>_seed<S>`:
-- a folder whose `results.json` says `completed` is skipped (its record is collected again);
+- a job whose committed record (`<plan dir>/<name>/runs/<E>_seed<S>.json`) or run folder's `results.json`
+  says `completed` is skipped (a record is collected again when missing);
 - a folder with `checkpoints/last.ckpt` (interrupted, or killed) resumes with `ckpt_path=last`;
 - otherwise the job starts fresh.
 At `--hours` the driver stops launching jobs and sends SIGTERM to the running ones: training saves
@@ -41,16 +42,17 @@ class Job:
     seed: int
     run_dir: Path
     overrides: tuple[str, ...]
+    record: Path  # the committed copy of its results: a job recorded there is done even if run_dir is gone
 
     @property
     def name(self) -> str:
         return f"{self.experiment}_seed{self.seed}"
 
     def state(self) -> str:
-        """completed | resume | fresh, from what the run folder holds."""
-        results = self.run_dir / "results.json"
-        if results.is_file() and json.loads(results.read_text()).get("status") == "completed":
-            return "completed"
+        """completed | resume | fresh, from its committed record and what the run folder holds."""
+        for results in (self.record, self.run_dir / "results.json"):
+            if results.is_file() and json.loads(results.read_text()).get("status") == "completed":
+                return "completed"
         return "resume" if (self.run_dir / "checkpoints" / "last.ckpt").is_file() else "fresh"
 
     def train_command(self) -> list[str]:
@@ -67,9 +69,10 @@ def load_plan(path: Path, runs_dir: Path | None) -> tuple[str, list[Job], Path]:
     runs = runs_dir or REPO / "logs" / "converged" / name
     shared = [str(o) for o in plan.get("overrides") or []]
     extra = {str(k): [str(o) for o in v] for k, v in (plan.get("per_experiment") or {}).items()}
-    jobs = [Job(str(e), int(s), runs / f"{e}_seed{s}", tuple(shared + extra.get(str(e), [])))
-            for e in plan["experiments"] for s in plan["seeds"]]
-    return name, jobs, path.parent / name / "runs"
+    records = path.parent / name / "runs"
+    jobs = [Job(str(e), int(s), runs / f"{e}_seed{s}", tuple(shared + extra.get(str(e), [])),
+                records / f"{e}_seed{s}.json") for e in plan["experiments"] for s in plan["seeds"]]
+    return name, jobs, records
 
 
 def collect(job: Job, records: Path) -> None:
@@ -94,7 +97,7 @@ def run(jobs: list[Job], records: Path, parallel: int, deadline: float, log_dir:
     """Run the jobs that are not completed, `parallel` at a time, until done or `deadline` (time.time())."""
     pending = [j for j in jobs if j.state() != "completed"]
     for job in jobs:
-        if job.state() == "completed" and not (records / f"{job.name}.json").is_file():
+        if job.state() == "completed" and not job.record.is_file():
             collect(job, records)
     print(f"{len(jobs) - len(pending)} of {len(jobs)} jobs completed; {len(pending)} to run", flush=True)
     running: dict[Job, subprocess.Popen[bytes]] = {}
@@ -119,7 +122,7 @@ def run(jobs: list[Job], records: Path, parallel: int, deadline: float, log_dir:
             del running[job]
             state = job.state()
             print(f"end {job.name}: exit {proc.returncode}, {state}", flush=True)
-            if state == "completed":
+            if state == "completed" and (job.run_dir / "results.json").is_file():
                 collect(job, records)
             elif proc.returncode not in (128 + signal.SIGTERM, 128 + signal.SIGINT):
                 failed += 1
