@@ -37,6 +37,7 @@ from qin_lightning.errors import ConfigError, QinError
 from qin_lightning.files import atomic_write_json
 from qin_lightning.module import CTRModule, NonFiniteLossError
 from qin_lightning.resume import GracefulInterrupt, TrainingInterrupted, make_train_data_resumable, resolve_ckpt_path
+from qin_lightning.timing import EpochTiming, epoch_timing
 
 log = logging.getLogger("qin_lightning.train")
 # Lightning 2.6 on torch 2.13: an internal deprecation notice printed on every run, nothing for the user to do
@@ -106,7 +107,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         with open_dict(cfg):
             cfg.logger.wandb.group = sweep_name()
     callbacks: list[Callback] = instantiate_list(cfg.get("callbacks"))
-    callbacks.append(GracefulInterrupt())
+    callbacks += [GracefulInterrupt(), EpochTiming()]
     loggers: list[Logger] = instantiate_list(cfg.get("logger"))
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for lg in loggers:
@@ -154,6 +155,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "val_history": history,
         **test_metrics,
         "train_seconds": round(time.time() - started, 2),
+        "timing": epoch_timing(trainer),  # per-epoch train / val / checkpoint seconds (qin_lightning.timing)
         "fast_dev_run": bool(trainer.fast_dev_run),
         "overrides": _overrides(),
     }
