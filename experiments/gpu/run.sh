@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU checks of issue 5 on one CUDA machine (H100/H200), in well under 5 minutes:
+# GPU checks of issues 5 and 16 on one CUDA machine (H100/H200): steps 1-3 in well under 5 minutes, the sweep (4) a few more:
 #   1. the GPU-only tests (tests/test_gpu.py: bf16 training step, Lightning bf16-mixed fit, torch.compile parity,
 #      fast paths on the device, the bench in its GPU configuration);
 #   2. the benchmark at MicroLens scale (3.6M synthetic training rows, 64-long histories, real vocab sizes),
@@ -61,8 +61,8 @@ log "GPU-only tests"
 timeout 600 "$PY" -m pytest tests/test_gpu.py -q -m gpu -p no:cacheprovider -rs \
   --junitxml="$OUT_DIR/gpu_tests.xml" 2>&1 | tee "$OUT_DIR/gpu_tests.log"
 
-log "benchmark at MicroLens scale (bf16, batch 8192)"
-BENCH_ARGS=(--data-scale microlens --device cuda --precision bf16 --batch-size 8192 --threads 8
+log "benchmark at MicroLens scale (bf16, and the fast paths in fp32 side by side: 32_* keys; batch 8192)"
+BENCH_ARGS=(--data-scale microlens --device cuda --precision bf16,32 --batch-size 8192 --threads 8
             --rounds 3 --train-steps 20 --infer-batches 10 --requests 1000 --epoch --no-onnx
             --override model.nonfinite_check_every_n_steps=0)
 if [[ "$COMPILE" == "1" ]]; then BENCH_ARGS+=(--compile); fi
@@ -101,7 +101,8 @@ import json, sys
 r = json.load(open(sys.argv[1]))
 keys = ["device_name", "train_samples_per_s", "plain_train_samples_per_s", "train_speedup", "epoch_seconds",
         "epoch_samples_per_s", "infer_samples_per_s", "plain_infer_samples_per_s", "infer_speedup",
-        "latency_p50_ms", "latency_p99_ms", "auc_plain", "auc_fast", "max_abs_prob_diff", "peak_rss_mb"]
+        "latency_p50_ms", "latency_p99_ms", "auc_plain", "auc_fast", "max_abs_prob_diff", "peak_rss_mb",
+        "32_train_samples_per_s", "32_infer_samples_per_s", "32_auc", "32_max_abs_prob_diff"]
 for k in keys:
     print(f"{k:28s} {r.get(k)}")
 print(f"{'data load_s / generate_s':28s} {r['data']['load_s']} / {r['data']['generate_s']}")
