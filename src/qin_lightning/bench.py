@@ -14,6 +14,8 @@ Data: a synthetic dataset in the MMCTR layout (qin_lightning.data) with the real
 (91,718 items, 11,740 tags, 128-d vectors), histories of mean length 8 left-padded to 64. `--data-scale
 microlens` uses the full MicroLens-scale dataset (3.6M train rows) and also records its load time and
 memory against the bytes of its columns. Writes `--out` (JSON, atomically) and prints a small table.
+`--precision 32,bf16` adds the fast paths under bf16 autocast as a third configuration of every round (keys
+`bf16_*`, AUC parity against the fp32 fast paths); `--experiment A,B` measures any `+experiment=` config.
 """
 
 from __future__ import annotations
@@ -676,7 +678,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[BenchArgs, Path | None]:
     p.add_argument("--model", choices=("qin", "din"), default=d.model)
     p.add_argument("--experiment", default=d.experiment,
                    help="NAME[,NAME...]: measure `+experiment=NAME` (conf/experiment/, any model) instead of --model;"
-                        " several names are measured in turn into one JSON")
+                        " several names are measured in turn into one JSON; only the experiment's model config is"
+                        " used (data and batch size stay the bench's)")
     p.add_argument("--data-scale", choices=("bench", "microlens", "tiny"), default=d.data_scale,
                    help="bench: MicroLens vocab with --train-rows rows; microlens: 3.6M train rows; tiny: tests")
     p.add_argument("--train-rows", type=int, default=d.train_rows)
