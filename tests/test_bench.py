@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from qin_lightning.bench import BenchArgs, main, parse_args, percentile, run, table
+from qin_lightning.bench import BenchArgs, configurations, main, parse_args, percentile, run, run_all, table
 from qin_lightning.errors import ConfigError
 
 from conftest import tiny_model_overrides
@@ -67,4 +67,36 @@ def test_errors_and_helpers(tmp_path: Path):
         run(tiny_args(tmp_path, "dcn"))
     args, out = parse_args(["--model", "din", "--threads", "3", "--compile", "--precision", "bf16"])
     assert (args.model, args.threads, args.compile, args.precision, out) == ("din", 3, True, "bf16", None)
+    for bad in ("16", "32,32", "bf16,fp8", ""):
+        with pytest.raises(ConfigError, match="--precision"):
+            run(tiny_args(tmp_path, precision=bad))
+    with pytest.raises(ConfigError, match=r"\+experiment=no_such_experiment"):
+        run(tiny_args(tmp_path, experiment="no_such_experiment", onnx=False))
+    assert [(c.name, c.precision, c.prefix) for c in configurations(("32", "bf16"))] == [
+        ("plain", "32", "plain_"), ("fast", "32", ""), ("bf16", "bf16", "bf16_")]
     assert percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.5 and percentile([5.0], 99) == 5.0
+
+
+def test_precisions_side_by_side_for_several_experiments(tmp_path: Path, capsys: pytest.CaptureFixture):
+    """`--precision 32,bf16 --experiment qin,din`: one JSON, per experiment the fp32 keys plus `bf16_*`."""
+    out = tmp_path / "bench.json"
+    argv = ["--data-scale", "tiny", "--train-rows", "256", "--eval-rows", "192", "--batch-size", "64",
+            "--rounds", "2", "--train-steps", "1", "--infer-batches", "1", "--requests", "10", "--threads", "1",
+            "--no-onnx", "--data-root", str(tmp_path / "data"), "--precision", "32,bf16",
+            "--experiment", "qin,din", "--override", "model.net.embedding_dim=8", "--out", str(out)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "experiment qin:" in printed and "experiment din:" in printed and "bf16 fast" in printed
+    combined = json.loads(out.read_text())
+    assert set(combined["experiments"]) == {"qin", "din"} and "--precision 32,bf16" in combined["command"]
+    for name, record in combined["experiments"].items():
+        assert record["experiment"] == name and record["model"]["name"] == name
+        assert record["precisions"] == ["32", "bf16"]
+        for key in REQUIRED + ["bf16_train_samples_per_s", "bf16_infer_samples_per_s", "bf16_auc",
+                               "bf16_max_abs_prob_diff", "bf16_train_speedup"]:
+            assert key in record, (name, key)
+        assert set(record["train_rounds_samples_per_s"]) == {"plain", "fast", "bf16"}
+        assert record["max_abs_prob_diff"] < 1e-5 and record["bf16_max_abs_prob_diff"] < 5e-2
+    single = run_all(tiny_args(tmp_path, experiment="ablation_no_qnn", onnx=False, precision="bf16"))
+    assert single["experiment"] == "ablation_no_qnn" and "bf16_train_samples_per_s" not in single
+    assert single["model"]["net"]["interaction"]["_target_"].endswith("MLP")

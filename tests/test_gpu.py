@@ -1,5 +1,16 @@
-"""GPU-only checks (skipped without CUDA): bf16 mixed-precision training, torch.compile, fast paths on the
-device, and the benchmark in its GPU configuration. Run by experiments/gpu/run.sh on a GPU machine."""
+"""The GPU's code paths, on every device this machine has: each test runs on the CPU in the default suite (its
+CPU twin) and on CUDA where there is one (`-m gpu`, experiments/gpu/run.sh).
+
+What a GPU run takes that a default CPU run does not, each selected here by its named option:
+- dense histories (`model.net.pack_history=false`; on CUDA packing is never used) with training batches indexed
+  from device-resident columns (`bench --train-batches device`, `bench.DeviceBatches`);
+- bf16 autocast with fp32 master weights (`trainer.precision=bf16-mixed`: `trainer=gpu`, `trainer=cpu_bf16`);
+- the non-finite check switched off (`model.nonfinite_check_every_n_steps=0`: no host sync per step);
+- the inference form (folded QNN, cached item table) under bf16 autocast;
+- torch.compile (`model.compile=true`; slow on the CPU: marked `slow` there);
+- the benchmark in its GPU configuration.
+Where it makes sense each is compared with the CPU fp32 reference (same weights, same batches).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +21,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
-from qin_lightning.bench import BenchArgs, run
+from qin_lightning.bench import BenchArgs, DeviceBatches, run
 from qin_lightning.data.datamodule import Batch, MMCTRDataModule
 from qin_lightning.data.synthetic import SyntheticConfig
 from qin_lightning.models.switches import set_fast_paths
@@ -19,11 +30,10 @@ from qin_lightning.train import build_module
 
 from conftest import compose_train, tiny_model_overrides, tiny_overrides
 
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
-]
-CUDA = torch.device("cuda")
+CUDA = pytest.param("cuda", marks=[pytest.mark.gpu,
+                                   pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")])
+DEVICES = ["cpu", CUDA]
+BF16 = dict(rtol=3e-2, atol=3e-2)  # bf16 keeps 8 bits of mantissa: ~4e-3 relative per rounding
 
 
 @pytest.fixture(scope="module")
@@ -35,48 +45,142 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> MMCTRDataModule:
     return dm
 
 
-def tiny_module(dm: MMCTRDataModule, tmp: Path, compile: bool = False) -> CTRModule:
-    cfg = compose_train(tiny_overrides(tmp) + tiny_model_overrides() + ["data.max_len=12"], tmp / "run")
-    module = build_module(cfg, dm)
-    module.compile = compile
-    return module
+def tiny_module(dm: MMCTRDataModule, tmp: Path, *overrides: str) -> CTRModule:
+    cfg = compose_train(tiny_overrides(tmp) + tiny_model_overrides() + ["data.max_len=12", *overrides], tmp / "run")
+    torch.manual_seed(0)
+    return build_module(cfg, dm)
 
 
-def first_batch(dm: MMCTRDataModule) -> Batch:
-    return Batch(*(t.to(CUDA, non_blocking=True) for t in next(iter(dm.train_dataloader()))))
+def first_batch(dm: MMCTRDataModule, device: str) -> Batch:
+    return Batch(*(t.to(device, non_blocking=True) for t in next(iter(dm.train_dataloader()))))
 
 
-def test_bf16_training_step_updates_weights_on_device(tiny_data: MMCTRDataModule, tmp_path: Path):
-    module = tiny_module(tiny_data, tmp_path).to(CUDA).train()
-    assert module.net.items.item_tags.is_cuda and module.net.items.item_mm.is_cuda  # tables on the device
+def train_steps(module: CTRModule, batches: list[Batch], precision: str, seed: int = 3) -> list[float]:
+    """Lightning's automatic optimisation spelled out (as in the bench): losses of the steps taken."""
+    device = batches[0].label.device
     optimizer = module.configure_optimizers()["optimizer"]
-    before = module.net.head.weight.detach().clone()
-    batch = first_batch(tiny_data)
-    with torch.autocast("cuda", dtype=torch.bfloat16):
-        loss = module.training_step(batch, 0)
-    assert loss.dtype == torch.float32 and torch.isfinite(loss)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(module.parameters(), 10.0)
-    optimizer.step()
-    assert not torch.equal(before, module.net.head.weight)
-    assert all(p.dtype == torch.float32 for p in module.parameters())  # mixed precision keeps fp32 weights
+    module.train()
+    torch.manual_seed(seed)  # the same dropout masks for every form run on the CPU
+    losses = []
+    for i, batch in enumerate(batches):
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            loss = module.training_step(batch, i)
+        assert loss.dtype == torch.float32  # the loss is computed in fp32 (logits.float(), fp32 L2 term)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(module.parameters(), 10.0)
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    return losses
 
 
-def test_lightning_fit_bf16_mixed(tiny_data: MMCTRDataModule, tmp_path: Path):
+@pytest.mark.parametrize("device", DEVICES)
+def test_bf16_training_step_keeps_fp32_master_weights(tiny_data: MMCTRDataModule, tmp_path: Path, device: str):
     module = tiny_module(tiny_data, tmp_path)
-    trainer = pl.Trainer(accelerator="gpu", devices=1, precision="bf16-mixed", max_steps=3, logger=False,
-                         enable_checkpointing=False, enable_progress_bar=False, limit_val_batches=1,
-                         gradient_clip_val=10.0)
+    reference = copy.deepcopy(module)  # CPU fp32: same weights, same batch
+    module.to(device)
+    assert module.net.items.item_tags.device.type == device and module.net.items.item_mm.device.type == device
+    before = module.net.head.weight.detach().clone()
+    bf16_loss = train_steps(module, [first_batch(tiny_data, device)], "bf16")
+    fp32_loss = train_steps(reference, [first_batch(tiny_data, "cpu")], "32")
+    assert bf16_loss[0] == pytest.approx(fp32_loss[0], rel=2e-2)
+    assert not torch.equal(before, module.net.head.weight)
+    assert all(p.dtype == torch.float32 and p.grad.dtype == torch.float32 for p in module.parameters()
+               if p.grad is not None)  # mixed precision: fp32 weights and gradients
+    optimizer_state = module.configure_optimizers()["optimizer"].state  # a fresh optimizer: no state yet
+    assert not optimizer_state
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_lightning_fit_bf16_mixed(tiny_data: MMCTRDataModule, tmp_path: Path, device: str):
+    module = tiny_module(tiny_data, tmp_path)
+    trainer = pl.Trainer(accelerator="gpu" if device == "cuda" else "cpu", devices=1, precision="bf16-mixed",
+                         max_epochs=1, limit_train_batches=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, limit_val_batches=2, gradient_clip_val=10.0)
     trainer.fit(module, datamodule=tiny_data)
-    assert trainer.global_step == 3 and module.val_history and module.val_history[-1]["auc"] == module.val_history[-1]["auc"]
+    assert trainer.global_step == 3 and module.val_history
+    assert 0.0 <= module.val_history[-1]["auc"] <= 1.0  # fp32 metrics from bf16 logits
+    assert all(p.dtype == torch.float32 for p in module.parameters())
 
 
-def test_compile_matches_eager(tiny_data: MMCTRDataModule, tmp_path: Path):
-    eager = tiny_module(tiny_data, tmp_path).to(CUDA)
+def test_cpu_bf16_trainer_config_composes_bf16_mixed(tmp_path: Path):
+    cfg = compose_train(tiny_overrides(tmp_path) + ["trainer=cpu_bf16"], tmp_path / "run")
+    assert (cfg.trainer.accelerator, cfg.trainer.precision) == ("cpu", "bf16-mixed")
+    default = compose_train(tiny_overrides(tmp_path), tmp_path / "run")
+    assert default.trainer.precision == "32-true"  # the faithful default stays fp32
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_dense_history_training_on_device_batches_matches_cpu_reference(tiny_data: MMCTRDataModule,
+                                                                         tmp_path: Path, device: str):
+    """The GPU's training form (fast attention on dense histories, batches indexed on the device) against the
+    CPU default (packed histories, the datamodule's loader): the same losses on the CPU, where the batches and
+    dropout masks are the same; on CUDA (another permutation and RNG) it trains to finite losses."""
+    dense = tiny_module(tiny_data, tmp_path, "model.net.pack_history=false").to(device)
+    packed = tiny_module(tiny_data, tmp_path)
+    assert dense.net.pack_history is False and packed.net.pack_history is True
+    source = DeviceBatches(tiny_data, torch.device(device), tiny_data.batch_size, tiny_data.seed)
+    device_batches = list(source.epoch(0))[:3]
+    assert device_batches[0].item_seq.device.type == device and source.steps_per_epoch() == len(tiny_data.train_sampler())
+    dense_losses = train_steps(dense, device_batches, "32")
+    assert all(torch.isfinite(torch.tensor(dense_losses)))
+    if device == "cpu":
+        sampler = tiny_data.train_sampler()
+        sampler.set_epoch(0)
+        loader_batches = [tiny_data.dataset("train")[index] for index in sampler][:3]
+        for a, b in zip(device_batches, loader_batches):
+            assert all(torch.equal(x, y) for x, y in zip(a, b))  # exactly the loader's batches
+        packed_losses = train_steps(packed, loader_batches, "32")
+        assert dense_losses == pytest.approx(packed_losses, rel=1e-5, abs=1e-6)
+        torch.testing.assert_close(dense.net.head.weight, packed.net.head.weight, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_nonfinite_check_switched_off(tiny_data: MMCTRDataModule, tmp_path: Path, device: str):
+    """`nonfinite_check_every_n_steps=0`: a NaN loss is returned, not checked (no host sync per step)."""
+    module = tiny_module(tiny_data, tmp_path, "model.nonfinite_check_every_n_steps=0").to(device).train()
+    with torch.no_grad():
+        module.net.head.bias.fill_(float("nan"))
+    batch = first_batch(tiny_data, device)
+    loss = module.training_step(batch, 0)
+    assert torch.isnan(loss)
+    module.validation_step(batch, 0)  # no check in validation either
+    checked = tiny_module(tiny_data, tmp_path).to(device).train()
+    with torch.no_grad():
+        checked.net.head.bias.fill_(float("nan"))
+    with pytest.raises(Exception, match="non-finite training loss"):
+        checked.training_step(batch, 0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("pack_history", [True, False])
+def test_inference_form_under_autocast_matches_fp32_reference(tiny_data: MMCTRDataModule, tmp_path: Path,
+                                                              device: str, pack_history: bool):
+    """eval: folded QNN + cached item table under bf16 autocast vs the literal fp32 form on the CPU."""
+    module = tiny_module(tiny_data, tmp_path)
+    train_steps(module, [first_batch(tiny_data, "cpu")] * 2, "32")  # non-trivial BatchNorm statistics
+    reference = copy.deepcopy(module.net).eval()
+    set_fast_paths(reference, False)
+    net = module.net.to(device).eval()
+    set_fast_paths(net, True)
+    net.pack_history = pack_history
+    batches = list(tiny_data.val_dataloader())
+    with torch.inference_mode():
+        expected = torch.cat([torch.sigmoid(reference(*b[:4])) for b in batches])
+        with torch.autocast(device, dtype=torch.bfloat16):
+            probs = torch.cat([torch.sigmoid(net(*(t.to(device) for t in b[:4])).float()) for b in batches])
+    assert probs.dtype == torch.float32
+    torch.testing.assert_close(probs.cpu(), expected, **BF16)
+    assert (probs.cpu() - expected).abs().mean() < 5e-3
+
+
+@pytest.mark.parametrize("device", [pytest.param("cpu", marks=pytest.mark.slow), CUDA])
+def test_compile_matches_eager(tiny_data: MMCTRDataModule, tmp_path: Path, device: str):
+    eager = tiny_module(tiny_data, tmp_path, "model.net.pack_history=false").to(device)
     compiled = copy.deepcopy(eager)
     compiled.compile = True
     compiled.setup("fit")
-    batch = first_batch(tiny_data)
+    batch = first_batch(tiny_data, device)
     for module in (eager, compiled):
         module.train(False)
     with torch.no_grad():
@@ -87,23 +191,32 @@ def test_compile_matches_eager(tiny_data: MMCTRDataModule, tmp_path: Path):
     assert torch.isfinite(loss) and compiled.net.head.weight.grad is not None
 
 
-def test_fast_paths_match_plain_on_cuda(tiny_data: MMCTRDataModule, tmp_path: Path):
-    net = tiny_module(tiny_data, tmp_path).net.to(CUDA).eval()
-    batch = first_batch(tiny_data)
+@pytest.mark.parametrize("device", DEVICES)
+def test_fast_paths_match_plain_on_dense_histories(tiny_data: MMCTRDataModule, tmp_path: Path, device: str):
+    net = tiny_module(tiny_data, tmp_path).net.to(device).eval()
+    batch = first_batch(tiny_data, device)
     args = (batch.item_seq, batch.item_id, batch.likes_level, batch.views_level)
     with torch.no_grad():
         set_fast_paths(net, True)
+        net.pack_history = False  # what CUDA runs
         fast = net(*args)
         set_fast_paths(net, False)
         plain = net(*args)
     torch.testing.assert_close(fast, plain, rtol=1e-4, atol=1e-5)
 
 
-def test_bench_gpu_configuration(tmp_path: Path):
+@pytest.mark.parametrize("device", DEVICES)
+def test_bench_gpu_configuration(tmp_path: Path, device: str):
+    """The bench as experiments/gpu/run.sh runs it (bf16, device batches, a whole epoch; compile on CUDA)."""
     args = BenchArgs(data_scale="tiny", train_rows=512, eval_rows=256, batch_size=128, rounds=2, train_steps=2,
-                     infer_batches=1, requests=20, threads=1, device="cuda", precision="bf16", compile=True,
-                     epoch=True, onnx=False, data_root=str(tmp_path / "data"), overrides=tiny_model_overrides())
+                     infer_batches=1, requests=20, threads=1, device=device, precision="32,bf16",
+                     compile=device == "cuda", epoch=True, onnx=False, train_batches="device",
+                     data_root=str(tmp_path / "data"),
+                     overrides=tiny_model_overrides() + ["model.nonfinite_check_every_n_steps=0"])
     record = run(args, tmp_path / "bench.json")
-    assert record["device"] == "cuda" and record["epoch_steps"] == 4 and record["train_samples_per_s"] > 0
-    assert record["auc_abs_diff"] < 1e-2  # bf16 autocast: both paths round differently
+    assert record["device"] == device and record["epoch_steps"] == 4 and record["train_samples_per_s"] > 0
+    assert record["train_batches"].startswith("device-resident")
+    assert record["bf16_train_samples_per_s"] > 0 and record["bf16_infer_samples_per_s"] > 0
+    assert record["bf16_max_abs_prob_diff"] < 5e-2 and abs(record["bf16_auc"] - record["auc_fast"]) < 2e-2
+    assert record["auc_abs_diff"] < 1e-5  # fp32 plain vs fast: the same function
     assert (tmp_path / "bench.json").is_file()

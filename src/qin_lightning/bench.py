@@ -14,6 +14,8 @@ Data: a synthetic dataset in the MMCTR layout (qin_lightning.data) with the real
 (91,718 items, 11,740 tags, 128-d vectors), histories of mean length 8 left-padded to 64. `--data-scale
 microlens` uses the full MicroLens-scale dataset (3.6M train rows) and also records its load time and
 memory against the bytes of its columns. Writes `--out` (JSON, atomically) and prints a small table.
+`--precision 32,bf16` adds the fast paths under bf16 autocast as a third configuration of every round (keys
+`bf16_*`, AUC parity against the fp32 fast paths); `--experiment A,B` measures any `+experiment=` config.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from torch import Tensor, nn
 from torchmetrics.functional.classification import binary_auroc
 
 from qin_lightning.cli import CONFIG_DIR, run_reporting_errors
-from qin_lightning.data.datamodule import Batch, MMCTRDataModule
+from qin_lightning.data.datamodule import Batch, MMCTRDataModule, ShardedBatchSampler
 from qin_lightning.data.synthetic import SyntheticConfig
 from qin_lightning.errors import ConfigError
 from qin_lightning.files import atomic_write_json
@@ -54,7 +56,24 @@ from qin_lightning.onnx_runtime import open_session
 from qin_lightning.train import build_module
 
 MICROLENS_ITEMS, MICROLENS_TAGS = 91_718, 11_740  # incl. the padding id 0 (REFERENCE section 1)
-CONFIGS = ("plain", "fast")
+PRECISIONS = ("32", "bf16")
+
+
+@dataclass(frozen=True)
+class Config:
+    """One measured configuration: the paths (plain / fast) and the precision; `prefix` names its record keys."""
+
+    name: str  # plain | fast | bf16 (the fast paths under bf16 autocast) ...
+    fast: bool
+    precision: str  # 32 | bf16
+    prefix: str  # "plain_" | "" | "bf16_": e.g. {prefix}train_samples_per_s
+
+
+def configurations(precisions: tuple[str, ...]) -> list[Config]:
+    """plain and fast in the first precision (today's keys), then the fast paths in every other precision."""
+    main = precisions[0]
+    configs = [Config("plain", False, main, "plain_"), Config("fast", True, main, "")]
+    return configs + [Config(p, True, p, f"{p}_") for p in precisions[1:]]
 
 
 @dataclass
@@ -73,7 +92,9 @@ class BenchArgs:
     onnx_requests: int = 10_000  # cheap per request: a longer window makes the p99 less a matter of luck
     threads: int = 2
     device: str = "cpu"
-    precision: str = "32"  # 32 | bf16
+    precision: str = "32"  # 32 | bf16 | 32,bf16 (the first one gets the plain and fast keys, the others `bf16_*`)
+    experiment: str | None = None  # a `+experiment=` config (conf/experiment/) instead of `model=<model>`
+    train_batches: str = "auto"  # loader (datamodule batches) | device (device-resident columns) | auto
     compile: bool = False
     epoch: bool = False  # also time one whole training epoch with the fast configuration
     onnx: bool = True
@@ -198,7 +219,8 @@ def load_data(args: BenchArgs, record: dict[str, Any]) -> MMCTRDataModule:
 class DeviceBatches:
     """Training batches indexed directly from device-resident columns (GPU: no host round trip per step).
 
-    Same sampling as the datamodule's train loader (a seeded permutation per epoch, fixed-size batches).
+    Same sampling as the datamodule's train loader (a seeded permutation per epoch cut into `steps` nearly equal
+    batches): on the CPU exactly the loader's batches, on CUDA another permutation (the device's generator).
     """
 
     def __init__(self, dm: MMCTRDataModule, device: torch.device, batch_size: int, seed: int) -> None:
@@ -206,14 +228,15 @@ class DeviceBatches:
         self.columns = [t.to(device) for t in (data.item_seq, data.item_id, data.likes_level, data.views_level,
                                                data.label, data.user_id)]
         self.n, self.batch_size, self.seed, self.device = len(data), batch_size, seed, device
+        self.steps = len(ShardedBatchSampler(self.n, batch_size, True, seed, rank=0, world_size=1))
 
     def steps_per_epoch(self) -> int:
-        return math.ceil(self.n / self.batch_size)
+        return self.steps
 
     def epoch(self, epoch: int) -> Iterator[Batch]:
         g = torch.Generator(device=self.device).manual_seed(self.seed + epoch)
         order = torch.randperm(self.n, device=self.device, generator=g)
-        for index in order.split(self.batch_size):
+        for index in order.tensor_split(self.steps):
             seq, iid, likes, views, label, user = (c[index] for c in self.columns)
             yield Batch(seq.long(), iid.long(), likes.long(), views.long(), label, user)
 
@@ -227,18 +250,32 @@ def cycle_batches(make_epoch: Callable[[int], Iterator[Batch]]) -> Iterator[Batc
 
 # ---- model -----------------------------------------------------------------------------------------------
 def compose_config(args: BenchArgs) -> DictConfig:
-    """conf/train.yaml with `model=<args.model>` and the given overrides (the exact default model config)."""
+    """conf/train.yaml with `+experiment=<args.experiment>` (or `model=<args.model>`) and the given overrides:
+    exactly the model config a training run of it uses."""
     if GlobalHydra.instance().is_initialized():
         GlobalHydra.instance().clear()
+    selection = f"+experiment={args.experiment}" if args.experiment else f"model={args.model}"
     try:
         with initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR):
-            return compose(config_name="train", overrides=[f"model={args.model}", *args.overrides])
+            return compose(config_name="train", overrides=[selection, *args.overrides])
+    except Exception as err:  # hydra's MissingConfigException / OverrideParseException: one line for the user
+        raise ConfigError(f"{selection}: {str(err).splitlines()[0]}") from err
     finally:
         GlobalHydra.instance().clear()
 
 
-def autocast(args: BenchArgs, device: torch.device) -> contextlib.AbstractContextManager:
-    if args.precision == "bf16":
+def precisions_of(args: BenchArgs) -> tuple[str, ...]:
+    """`--precision 32,bf16` -> ("32", "bf16"); every name checked."""
+    names = tuple(p.strip() for p in args.precision.split(","))
+    if not names or any(p not in PRECISIONS for p in names) or len(set(names)) != len(names):
+        raise ConfigError(f"--precision: {args.precision!r}, expected a comma-separated list of distinct values "
+                          f"from {', '.join(PRECISIONS)} (e.g. 32,bf16)")
+    return names
+
+
+def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16: torch.autocast (weights, optimizer state, loss and metrics stay fp32; module doc of CTRModule)."""
+    if precision == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
@@ -247,14 +284,15 @@ class Trainer:
     """The automatic-optimisation step of Lightning, spelled out: zero_grad, training_step (under autocast for
     bf16), backward, clip_grad_norm_, optimizer.step."""
 
-    def __init__(self, module: CTRModule, args: BenchArgs, clip: float | None, device: torch.device) -> None:
-        self.module, self.args, self.clip, self.device = module, args, clip, device
+    def __init__(self, module: CTRModule, clip: float | None, device: torch.device) -> None:
+        self.module, self.clip, self.device = module, clip, device
         self.optimizer = module.configure_optimizers()["optimizer"]
         self.step_index = 0
+        self.precision = "32"
 
     def step(self, batch: Batch) -> None:
         self.optimizer.zero_grad(set_to_none=True)
-        with autocast(self.args, self.device):
+        with autocast(self.precision, self.device):
             loss = self.module.training_step(batch, self.step_index)
         loss.backward()
         if self.clip:
@@ -263,8 +301,8 @@ class Trainer:
         self.step_index += 1
 
 
-def predict(net: nn.Module, batch: Batch, args: BenchArgs, device: torch.device) -> Tensor:
-    with torch.inference_mode(), autocast(args, device):
+def predict(net: nn.Module, batch: Batch, precision: str, device: torch.device) -> Tensor:
+    with torch.inference_mode(), autocast(precision, device):
         return torch.sigmoid(net(*inputs(batch)).float())
 
 
@@ -281,28 +319,35 @@ def measure_training(trainer: Trainer, batches: Iterator[Batch], args: BenchArgs
                      record: dict[str, Any]) -> None:
     net = trainer.module.net
     trainer.module.train()
-    for config in CONFIGS:  # warm-up (allocator, compile) for both configurations
-        set_fast_paths(net, config == "fast")
+    configs = configurations(precisions_of(args))
+    for config in configs:  # warm-up (allocator, compile) for every configuration
+        use(trainer, config)
         elapsed = timed(lambda: trainer.step(next(batches)), device)
-        record.setdefault("warmup_step_s", {})[config] = round(elapsed, 3)
-    rates: dict[str, list[float]] = {c: [] for c in CONFIGS}
+        record.setdefault("warmup_step_s", {})[config.name] = round(elapsed, 3)
+    rates: dict[str, list[float]] = {c.name: [] for c in configs}
     for _ in range(args.rounds):
         round_batches = [next(batches) for _ in range(args.train_steps)]
         samples = sum(b.label.shape[0] for b in round_batches)
-        for config in CONFIGS:
-            set_fast_paths(net, config == "fast")
+        for config in configs:
+            use(trainer, config)
             elapsed = timed(lambda: [trainer.step(b) for b in round_batches], device)
-            rates[config].append(samples / elapsed)
-    record["plain_train_samples_per_s"] = statistics.median(rates["plain"])
-    record["train_samples_per_s"] = statistics.median(rates["fast"])
+            rates[config.name].append(samples / elapsed)
+    for config in configs:
+        record[f"{config.prefix}train_samples_per_s"] = statistics.median(rates[config.name])
     record["train_rounds_samples_per_s"] = rates
+    use(trainer, configs[1])
     record["rss_mb"]["after_training"] = round(rss_mb(), 1)
+
+
+def use(trainer: Trainer, config: Config) -> None:
+    """Switch the trainer's network to `config`'s paths and precision."""
+    set_fast_paths(trainer.module.net, config.fast)
+    trainer.precision = config.precision
 
 
 def measure_epoch(trainer: Trainer, make_epoch: Callable[[int], Iterator[Batch]], steps: int, rows: int,
                   device: torch.device, record: dict[str, Any]) -> None:
-    set_fast_paths(trainer.module.net, True)
-    trainer.module.train()
+    trainer.module.train()  # the fast paths in the first precision (measure_training leaves them on)
     elapsed = timed(lambda: [trainer.step(b) for b in make_epoch(10_000)], device)
     record["epoch_seconds"] = elapsed
     record["epoch_steps"] = steps
@@ -317,36 +362,45 @@ def measure_inference(net: nn.Module, batches: list[Batch], args: BenchArgs, dev
                       record: dict[str, Any]) -> None:
     net.eval()
     full = [b for b in batches if b.label.shape[0] == args.batch_size] or batches
-    for config in CONFIGS:
-        set_fast_paths(net, config == "fast")
-        timed(lambda: predict(net, full[0], args, device), device)  # warm-up (builds the fast caches)
-    rates: dict[str, list[float]] = {c: [] for c in CONFIGS}
+    configs = configurations(precisions_of(args))
+    for config in configs:
+        set_fast_paths(net, config.fast)
+        timed(lambda: predict(net, full[0], config.precision, device), device)  # warm-up (builds the fast caches)
+    rates: dict[str, list[float]] = {c.name: [] for c in configs}
     for r in range(args.rounds):
         chosen = [full[(r * args.infer_batches + i) % len(full)] for i in range(args.infer_batches)]
         samples = sum(b.label.shape[0] for b in chosen)
-        for config in CONFIGS:
-            set_fast_paths(net, config == "fast")
-            elapsed = timed(lambda: [predict(net, b, args, device) for b in chosen], device)
-            rates[config].append(samples / elapsed)
-    record["plain_infer_samples_per_s"] = statistics.median(rates["plain"])
-    record["infer_samples_per_s"] = statistics.median(rates["fast"])
+        for config in configs:
+            set_fast_paths(net, config.fast)
+            elapsed = timed(lambda: [predict(net, b, config.precision, device) for b in chosen], device)
+            rates[config.name].append(samples / elapsed)
+    for config in configs:
+        record[f"{config.prefix}infer_samples_per_s"] = statistics.median(rates[config.name])
     record["infer_rounds_samples_per_s"] = rates
     record["rss_mb"]["after_inference"] = round(rss_mb(), 1)
 
 
 def measure_parity(net: nn.Module, batches: list[Batch], args: BenchArgs, device: torch.device,
                    record: dict[str, Any]) -> None:
-    """Same weights, whole validation split, plain vs fast: AUCs and the max |probability difference|."""
+    """Same weights, whole validation split, plain vs fast: AUCs and the max |probability difference|; every
+    further precision against the fast paths of the first: `bf16_auc`, `bf16_max_abs_prob_diff`, ..."""
     net.eval()
     labels = torch.cat([b.label for b in batches]).long().cpu()
     probs = {}
-    for config in CONFIGS:
-        set_fast_paths(net, config == "fast")
-        probs[config] = torch.cat([predict(net, b, args, device).cpu() for b in batches])
-    for config in CONFIGS:
-        record[f"auc_{config}"] = float(binary_auroc(probs[config], labels))
+    configs = configurations(precisions_of(args))
+    for config in configs:
+        set_fast_paths(net, config.fast)
+        probs[config.name] = torch.cat([predict(net, b, config.precision, device).cpu() for b in batches])
+    for config in configs[:2]:
+        record[f"auc_{config.name}"] = float(binary_auroc(probs[config.name], labels))
     record["auc_abs_diff"] = abs(record["auc_fast"] - record["auc_plain"])
     record["max_abs_prob_diff"] = float((probs["fast"] - probs["plain"]).abs().max())
+    for config in configs[2:]:
+        diff = (probs[config.name] - probs["fast"]).abs()
+        record[f"{config.prefix}auc"] = float(binary_auroc(probs[config.name], labels))
+        record[f"{config.prefix}max_abs_prob_diff"] = float(diff.max())
+        record[f"{config.prefix}mean_abs_prob_diff"] = float(diff.mean())
+    set_fast_paths(net, True)
     record["parity_rows"] = int(labels.numel())
 
 
@@ -374,12 +428,13 @@ def measure_latency(net: nn.Module, requests: list[Batch], args: BenchArgs, devi
     (`*_1thread_*` keys: the usual serving setting, one request per core; also far less sensitive to other
     processes on a small machine, where every parallel region waits for a descheduled thread)."""
     net.eval()
+    main = precisions_of(args)[0]
     for threads in sorted({args.threads, 1}, reverse=True):
         torch.set_num_threads(threads)
         suffix = "_1thread" if threads != args.threads else ""
         for config in ("plain", "fast"):
             set_fast_paths(net, config == "fast")
-            times = latency_ms(lambda i: predict(net, requests[i], args, device), len(requests), device)
+            times = latency_ms(lambda i: predict(net, requests[i], main, device), len(requests), device)
             prefix = "plain_" if config == "plain" else ""
             record[f"{prefix}latency{suffix}_p50_ms"] = percentile(times, 50)
             record[f"{prefix}latency{suffix}_p99_ms"] = percentile(times, 99)
@@ -444,7 +499,7 @@ def measure_onnx(net: nn.Module, requests: list[Batch], batches: list[Batch], ar
     chosen = [feed(full[i % len(full)]) for i in range(args.infer_batches)]
     set_fast_paths(cpu_net, True)
     cpu_batches = [Batch(*(t.cpu() for t in b)) for b in batches]
-    reference = torch.cat([predict(cpu_net, b, args, torch.device("cpu")) for b in cpu_batches])
+    reference = torch.cat([predict(cpu_net, b, "32", torch.device("cpu")) for b in cpu_batches])
     labels = torch.cat([b.label for b in cpu_batches]).long()
     for key, model in models.items():
         session = open_session(model, threads=args.threads)  # one live session at a time
@@ -482,6 +537,12 @@ def table(record: dict[str, Any]) -> str:
         f"{fmt(r('latency_p50_ms')) + ' / ' + fmt(r('latency_p99_ms')):>14s}",
         f"{'AUC (validation)':34s} {fmt(r('auc_plain')):>14s} {fmt(r('auc_fast')):>14s}",
     ]
+    for p in record.get("precisions", [])[1:]:
+        lines.append(f"{p + ' fast: train / infer samples/s':34s} {fmt(r(p + '_train_samples_per_s')):>14s} "
+                     f"{fmt(r(p + '_infer_samples_per_s')):>14s} "
+                     f"{'x' + format(r(p + '_train_speedup'), '.2f') + ' / x' + format(r(p + '_infer_speedup'), '.2f'):>14s}"
+                     f" vs {record['precisions'][0]} fast; AUC {r(p + '_auc'):.6f}, max |dp| "
+                     f"{fmt(r(p + '_max_abs_prob_diff'))}")
     if r("latency_1thread_p50_ms") is not None:
         lines.append(f"{'latency p50 / p99 ms, 1 thread':34s} "
                      f"{fmt(r('plain_latency_1thread_p50_ms')) + ' / ' + fmt(r('plain_latency_1thread_p99_ms')):>14s} "
@@ -506,8 +567,11 @@ def run(args: BenchArgs, out: str | Path | None = None, command: str | None = No
     """Run the benchmark; returns the record (also written to `out` when given)."""
     if args.model not in ("qin", "din"):
         raise ConfigError(f"--model: unknown value {args.model!r}, expected 'qin' or 'din'")
-    if args.precision not in ("32", "bf16"):
-        raise ConfigError(f"--precision: unknown value {args.precision!r}, expected '32' or 'bf16'")
+    if args.experiment is not None and "," in args.experiment:
+        raise ConfigError(f"--experiment {args.experiment}: one experiment per run() (run_all takes a list)")
+    if args.train_batches not in ("auto", "loader", "device"):
+        raise ConfigError(f"--train-batches: unknown value {args.train_batches!r}, expected auto, loader or device")
+    precisions_of(args)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda: no CUDA device is available")
@@ -521,6 +585,8 @@ def run(args: BenchArgs, out: str | Path | None = None, command: str | None = No
         "command": command if command is not None else " ".join(["python -m qin_lightning.bench", *sys.argv[1:]]),
         "config": dataclasses.asdict(args),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "experiment": args.experiment or args.model,
+        "precisions": list(precisions_of(args)),
         "device": args.device,
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
         "threads": args.threads,
@@ -548,7 +614,7 @@ def run_model(args: BenchArgs, dm: MMCTRDataModule, device: torch.device, record
     module.compile = args.compile
     net = module.net
     record["model"] = {
-        "name": args.model,
+        "name": type(net).__name__.lower(),
         "n_params": sum(p.numel() for p in net.parameters()),
         "net": OmegaConf.to_container(cfg.model.net, resolve=True),
         "module": {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items() if k != "net"},
@@ -558,8 +624,8 @@ def run_model(args: BenchArgs, dm: MMCTRDataModule, device: torch.device, record
     record["gradient_clip_val"] = clip
     t0 = time.perf_counter()
     module.setup("fit")  # torch.compile of the training forward when --compile
-    trainer = Trainer(module, args, clip, device)
-    if device.type == "cuda":
+    trainer = Trainer(module, clip, device)
+    if args.train_batches == "device" or (args.train_batches == "auto" and device.type == "cuda"):
         source = DeviceBatches(dm, device, args.batch_size, args.seed)
         make_epoch, steps, rows = source.epoch, source.steps_per_epoch(), source.n
         record["train_batches"] = "device-resident columns, indexed on the device"
@@ -587,12 +653,32 @@ def run_model(args: BenchArgs, dm: MMCTRDataModule, device: torch.device, record
         net.to(device)
     record["train_speedup"] = record["train_samples_per_s"] / record["plain_train_samples_per_s"]
     record["infer_speedup"] = record["infer_samples_per_s"] / record["plain_infer_samples_per_s"]
+    for config in configurations(precisions_of(args))[2:]:  # e.g. bf16 / fp32, both with the fast paths
+        record[f"{config.prefix}train_speedup"] = record[f"{config.prefix}train_samples_per_s"] / record["train_samples_per_s"]
+        record[f"{config.prefix}infer_speedup"] = record[f"{config.prefix}infer_samples_per_s"] / record["infer_samples_per_s"]
+
+
+def run_all(args: BenchArgs, out: str | Path | None = None, command: str | None = None) -> dict[str, Any]:
+    """`run` for every name of `--experiment A,B` in turn (one name, or none: exactly `run`). Several names
+    write one JSON `{"command": ..., "experiments": {name: record}}`."""
+    names = [n.strip() for n in args.experiment.split(",")] if args.experiment else []
+    if len(names) <= 1:
+        return run(dataclasses.replace(args, experiment=names[0] if names else None), out, command)
+    records = {name: run(dataclasses.replace(args, experiment=name), None, command) for name in names}
+    combined = {"command": next(iter(records.values()))["command"], "experiments": records}
+    if out is not None:
+        atomic_write_json(out, combined)
+    return combined
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[BenchArgs, Path | None]:
     d = BenchArgs()
     p = argparse.ArgumentParser(prog="python -m qin_lightning.bench", description=__doc__.splitlines()[0])
     p.add_argument("--model", choices=("qin", "din"), default=d.model)
+    p.add_argument("--experiment", default=d.experiment,
+                   help="NAME[,NAME...]: measure `+experiment=NAME` (conf/experiment/, any model) instead of --model;"
+                        " several names are measured in turn into one JSON; only the experiment's model config is"
+                        " used (data and batch size stay the bench's)")
     p.add_argument("--data-scale", choices=("bench", "microlens", "tiny"), default=d.data_scale,
                    help="bench: MicroLens vocab with --train-rows rows; microlens: 3.6M train rows; tiny: tests")
     p.add_argument("--train-rows", type=int, default=d.train_rows)
@@ -606,7 +692,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[BenchArgs, Path | None]:
                    help="single requests for each ONNX latency (cycling over the --requests inputs)")
     p.add_argument("--threads", type=int, default=d.threads)
     p.add_argument("--device", default=d.device)
-    p.add_argument("--precision", choices=("32", "bf16"), default=d.precision)
+    p.add_argument("--precision", default=d.precision,
+                   help="32 | bf16 | 32,bf16: measure every precision side by side in each round (bf16: autocast,"
+                        " fp32 weights); the first gets the plain and fast keys, the others `bf16_*` (fast paths)")
+    p.add_argument("--train-batches", choices=("auto", "loader", "device"), default=d.train_batches,
+                   help="device: training batches indexed from device-resident columns (auto: on CUDA only)")
     p.add_argument("--compile", action="store_true", help="torch.compile the training forward (CTRModule)")
     p.add_argument("--epoch", action="store_true", help="also time one whole epoch with the fast paths")
     p.add_argument("--no-onnx", dest="onnx", action="store_false", help="skip the ONNX export and latency")
@@ -625,12 +715,14 @@ def main(argv: list[str] | None = None) -> int:
     args, out = parse_args(argv)
     argv_list = sys.argv[1:] if argv is None else argv
     command = " ".join(["python -m qin_lightning.bench", *argv_list])
-    record = run_reporting_errors(lambda: run(args, out, command))
-    if args.data_only:
-        print({k: record["data"][k] for k in ("rows", "generate_s", "load_s", "total_bytes_mb", "rss_after_load_mb",
-                                              "peak_rss_after_load_mb")})
-    else:
-        print(table(record))
+    combined = run_reporting_errors(lambda: run_all(args, out, command))
+    records = combined["experiments"] if "experiments" in combined else {combined["experiment"]: combined}
+    for name, record in records.items():
+        if args.data_only:
+            print({k: record["data"][k] for k in ("rows", "generate_s", "load_s", "total_bytes_mb",
+                                                  "rss_after_load_mb", "peak_rss_after_load_mb")})
+        else:
+            print(f"experiment {name}:\n{table(record)}")
     if out is not None:
         print(f"wrote {out}")
     return 0

@@ -41,6 +41,7 @@ from qin_lightning.files import FileWriteError, atomic_write_json
 from qin_lightning.memory import check_training_memory, estimate_training_memory, trains_on_gpu
 from qin_lightning.module import CTRModule, NonFiniteLossError
 from qin_lightning.resume import GracefulInterrupt, TrainingInterrupted, make_train_data_resumable, resolve_ckpt_path
+from qin_lightning.timing import EpochTiming, epoch_timing
 from qin_lightning.tracking import finish_wandb, start_wandb
 
 log = logging.getLogger("qin_lightning.train")
@@ -119,7 +120,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             cfg.logger.wandb.group = sweep_name()
     callbacks: list[Callback] = instantiate_list(cfg.get("callbacks"))
     stop = StopReason()
-    callbacks += [GracefulInterrupt(), stop]
+    callbacks += [GracefulInterrupt(), stop, EpochTiming()]
     loggers: list[Logger] = instantiate_list(cfg.get("logger"))
     trust = bool(cfg.get("trust_checkpoint", False))  # strict loading and atomic saving: qin_lightning.checkpoint_io
     shown = with_display_flags(callbacks, enable_model_summary=cfg.trainer.get("enable_model_summary", True))
@@ -173,6 +174,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "val_history": history,
         **test_metrics,
         "train_seconds": round(time.time() - started, 2),
+        "timing": epoch_timing(trainer),  # per-epoch train / val / checkpoint seconds (qin_lightning.timing)
         "fast_dev_run": bool(trainer.fast_dev_run),
         "overrides": _overrides(),
     }

@@ -1,0 +1,79 @@
+"""Where an epoch's time goes: a callback that splits every training epoch into seconds (results.json `timing`).
+
+Per epoch (lists, one entry per epoch this process ran, in order):
+  train_s       first training batch requested .. validation starts: the training steps, loader included
+  val_s         validation start .. validation end (all validation batches and the metrics' compute)
+  checkpoint_s  validation end .. epoch end: the checkpoint writes (with one validation per epoch
+                ModelCheckpoint saves in the epoch-end hooks, after every other callback), the early-stopping
+                check, the lr schedule step and the epoch's logging
+  epoch_s       epoch start .. epoch end = the sum of the three; an epoch ends where the next one starts (or
+                where training ends)
+Wall-clock seconds from `time.perf_counter`; on CUDA every mark synchronises the device first, so a phase is
+not charged for kernels queued by the previous one (one sync per phase, not per step).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+
+PHASES = ("epoch_s", "train_s", "val_s", "checkpoint_s")
+
+
+class EpochTiming(Callback):
+    """Records `epoch_s`, `train_s`, `val_s` and `checkpoint_s` for every training epoch (module doc)."""
+
+    def __init__(self) -> None:
+        self.timing: dict[str, list[float]] = {phase: [] for phase in PHASES}
+        self._marks: dict[str, float] = {}
+
+    def _mark(self, name: str, module: LightningModule) -> None:
+        if module.device.type == "cuda":
+            torch.cuda.synchronize(module.device)
+        self._marks[name] = time.perf_counter()
+
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._close_epoch(pl_module)
+        self._mark("epoch_start", pl_module)
+
+    def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not trainer.sanity_checking and "epoch_start" in self._marks:
+            self._mark("val_start", pl_module)
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not trainer.sanity_checking and "val_start" in self._marks:
+            self._mark("val_end", pl_module)
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._close_epoch(pl_module)
+
+    def _close_epoch(self, module: LightningModule) -> None:
+        """End the open epoch (at the next epoch's start or the end of training) and append its phases."""
+        if "epoch_start" not in self._marks:
+            return
+        self._mark("epoch_end", module)
+        m = self._marks
+        train_end = m.get("val_start", m["epoch_end"])  # no validation this epoch: all of it was training
+        val_end = m.get("val_end", train_end)
+        self.timing["epoch_s"].append(round(m["epoch_end"] - m["epoch_start"], 3))
+        self.timing["train_s"].append(round(train_end - m["epoch_start"], 3))
+        self.timing["val_s"].append(round(val_end - train_end, 3))
+        self.timing["checkpoint_s"].append(round(m["epoch_end"] - val_end, 3))
+        self._marks = {}
+
+    def summary(self) -> dict[str, Any]:
+        """The per-epoch lists plus their totals and the share of an epoch spent outside the training steps."""
+        totals = {f"total_{phase}": round(sum(values), 3) for phase, values in self.timing.items()}
+        epoch_total = totals["total_epoch_s"]
+        overhead = (epoch_total - totals["total_train_s"]) / epoch_total if epoch_total > 0 else 0.0
+        return {**{k: list(v) for k, v in self.timing.items()}, **totals,
+                "non_training_share": round(overhead, 4)}
+
+
+def epoch_timing(trainer: Trainer) -> dict[str, Any] | None:
+    """The `EpochTiming.summary()` of the trainer's timing callback (None when it has none)."""
+    found = next((c for c in trainer.callbacks if isinstance(c, EpochTiming)), None)
+    return found.summary() if found is not None else None
