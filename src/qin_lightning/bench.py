@@ -660,14 +660,17 @@ def run_model(args: BenchArgs, dm: MMCTRDataModule, device: torch.device, record
 
 def run_all(args: BenchArgs, out: str | Path | None = None, command: str | None = None) -> dict[str, Any]:
     """`run` for every name of `--experiment A,B` in turn (one name, or none: exactly `run`). Several names
-    write one JSON `{"command": ..., "experiments": {name: record}}`."""
+    write one JSON `{"command": ..., "experiments": {name: record}}`, rewritten after each experiment."""
     names = [n.strip() for n in args.experiment.split(",")] if args.experiment else []
     if len(names) <= 1:
         return run(dataclasses.replace(args, experiment=names[0] if names else None), out, command)
-    records = {name: run(dataclasses.replace(args, experiment=name), None, command) for name in names}
-    combined = {"command": next(iter(records.values()))["command"], "experiments": records}
-    if out is not None:
-        atomic_write_json(out, combined)
+    combined: dict[str, Any] = {"command": None, "experiments": {}}
+    for name in names:  # the file is rewritten after every experiment: a stopped series keeps what it measured
+        record = run(dataclasses.replace(args, experiment=name), None, command)
+        combined["command"] = record["command"]
+        combined["experiments"][name] = record
+        if out is not None:
+            atomic_write_json(out, combined)
     return combined
 
 
