@@ -13,7 +13,7 @@ import torch
 from qin_lightning.bench import BenchArgs, run
 from qin_lightning.data.datamodule import Batch, MMCTRDataModule
 from qin_lightning.data.synthetic import SyntheticConfig
-from qin_lightning.models.switches import set_fast_paths
+from qin_lightning.models.inference import inference_form, set_fast_paths
 from qin_lightning.module import CTRModule
 from qin_lightning.train import build_module
 
@@ -91,8 +91,8 @@ def test_fast_paths_match_plain_on_cuda(tiny_data: MMCTRDataModule, tmp_path: Pa
     net = tiny_module(tiny_data, tmp_path).net.to(CUDA).eval()
     batch = first_batch(tiny_data)
     args = (batch.item_seq, batch.item_id, batch.likes_level, batch.views_level)
-    with torch.no_grad():
-        set_fast_paths(net, True)
+    with torch.no_grad(), inference_form(net):
+        set_fast_paths(net, True)  # prepared parts: the item table, attention products, folded QNN
         fast = net(*args)
         set_fast_paths(net, False)
         plain = net(*args)
