@@ -43,8 +43,8 @@ def prepare_inference(net: nn.Module) -> nn.Module:
     """Puts `net` in eval mode and prepares every part's inference form from its current weights (full
     precision, no autograd); returns `net`."""
     net.eval()
-    device = next(net.parameters()).device.type
-    with torch.no_grad(), torch.autocast(device, enabled=False):
+    weight = next(net.parameters(), None)
+    with torch.no_grad(), torch.autocast(weight.device.type if weight is not None else "cpu", enabled=False):
         for module in net.modules():
             if isinstance(module, Preparable):
                 module.prepare_inference()
