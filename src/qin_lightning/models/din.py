@@ -49,13 +49,13 @@ class DIN(nn.Module):
     """Deep Interest Network baseline; `forward` returns logits (B,).
 
     Facts (from the challenge's DIN_default template and its MicroLens tuner config, checked against FuxiCTR
-    DIN / DIN_Attention / MLP_Block): ids, tags and levels embedded in 64 dimensions, the multimodal projection in 128 (items 64 + 64 + 128 = 256-d); attention MLP [512, 256] with
-    ReLU and dropout 0.1 on [t, x, t - x, t * x] (1024 in); DNN [1024, 512, 256] on
-    [likes | views | target | pooled] (640 in) with Linear -> BN -> ReLU -> Dropout, then Linear -> logit.
-    8,611,842 parameters with the MicroLens vocabulary. The challenge's template uses Dice in the attention
-    MLP; the QIN paper's DIN baseline uses ReLU, which we follow. `dnn_dropout` 0.1 is the tuner's
-    net_dropout (the template's is 0). `fast` (exact): the prepared item table, and packed histories (see
-    models.history): only the non-padding items are encoded and attended.
+    DIN / DIN_Attention / MLP_Block): ids, tags and levels embedded in 64 dimensions, the multimodal projection
+    in 128 (items 64 + 64 + 128 = 256-d); attention MLP [512, 256] with ReLU and dropout 0.1 on
+    [t, x, t - x, t * x] (1024 in); DNN [1024, 512, 256] on [likes | views | target | pooled] (640 in) with
+    Linear -> BN -> ReLU -> Dropout, then Linear -> logit. 8,611,842 parameters with the MicroLens vocabulary.
+    The challenge's template uses Dice in the attention MLP; the QIN paper's DIN baseline uses ReLU, which we
+    follow. `dnn_dropout` 0.1 is the tuner's net_dropout (the template's is 0). `fast` (exact): the prepared
+    item table, and packed histories (see models.history): only the non-padding items are encoded and attended.
     """
 
     def __init__(

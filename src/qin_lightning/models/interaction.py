@@ -41,8 +41,8 @@ class QuadraticLayer(nn.Module):
       i.e. the activation (and BatchNorm, over the D*R linear output) sit inside, before the Hadamard product,
       and the layer's dropout acts after the residual sum.
 
-    Folding (`fast`, post only, eval mode): with dropout off, sum_r (W_r x + b_r) = (sum_r W_r) x + sum_r b_r, and the
-    eval BatchNorm y*s + t is absorbed too: BN(x * (W x + b)) = x * ((s W) x + s b) + t. Exact up to rounding.
+    Folding (`fast`, post only, eval mode): with dropout off, sum_r (W_r x + b_r) = (sum_r W_r) x + sum_r b_r, and
+    the eval BatchNorm y*s + t is absorbed too: BN(x * (W x + b)) = x * ((s W) x + s b) + t. Exact up to rounding.
     In training the R rows have separate dropout masks, so folding is never used there. The fold is computed
     from the weights each forward, or read from the prepared one (models.inference).
     """
