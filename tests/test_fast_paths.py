@@ -289,8 +289,8 @@ def test_fast_paths_of_the_new_networks():
                 interaction=functools.partial(QuadraticAlphaNetwork, field_dim=4, num_heads=2)).double()
     winner = TransformerDCN(tags, mm, num_tags, embedding_dim=4, mm_projection_dim=4, feedforward_dim=8,
                             first_k_cols=3, dnn_units=[8], head_units=[4], cross_rank=4).double()
-    assert fast_path_state(alpha) == {"QIN.fast": True, "ItemEncoder.fast": True, "TargetAttention.fast": True}
-    assert fast_path_state(winner) == {"ItemEncoder.fast": True}
+    assert fast_path_state(alpha) == {"fast": True, "items.fast": True, "attention.fast": True}
+    assert fast_path_state(winner) == {"items.fast": True}
     batch = tiny_batch()
     for net in (alpha, winner):
         with torch.no_grad(), inference_form(net):

@@ -38,9 +38,8 @@ def test_one_fast_switch_per_part_from_the_configs(tiny_data: MMCTRDataModule, t
     for switch in SWITCHES:
         cfg = compose_train(tiny_overrides(tmp_path) + tiny_model_overrides() + [f"{switch}=false"], tmp_path / "run")
         state = fast_path_state(build_module(cfg, tiny_data).net)
-        off = {"model.net.fast": {"QIN.fast", "ItemEncoder.fast"},
-               "model.net.attention.fast": {"TargetAttention.fast"},
-               "model.net.interaction.fast": {"QuadraticLayer.fast"}}[switch]
+        off = {"model.net.fast": {"fast", "items.fast"}, "model.net.attention.fast": {"attention.fast"},
+               "model.net.interaction.fast": {"interaction.layers.0.fast"}}[switch]
         assert {name for name, on in state.items() if not on} == off, switch
 
 

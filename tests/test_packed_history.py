@@ -144,8 +144,8 @@ def test_packed_din_matches_dense(empty):
 def test_set_fast_paths_switches_everything():
     net = trained_qin(TargetAttention).eval()
     set_fast_paths(net, False)
-    assert fast_path_state(net) == {"QIN.fast": False, "ItemEncoder.fast": False, "TargetAttention.fast": False,
-                                    "QuadraticLayer.fast": False}
+    assert fast_path_state(net) == {"fast": False, "items.fast": False, "attention.fast": False,
+                                    "interaction.layers.0.fast": False}
     with torch.no_grad(), inference_form(net), path_taken(net) as taken:  # every part runs literally
         net(*batch())
         assert not prepared(net.items) and not prepared(net.attention)  # nothing to prepare

@@ -76,11 +76,14 @@ def set_fast_paths(net: nn.Module, fast: bool) -> None:
 
 
 def fast_path_state(net: nn.Module) -> dict[str, bool]:
-    """{"<class>.fast": value} of the first part of each class carrying the switch (benchmark records)."""
+    """{"<path>.fast": value} of the first part of each class carrying the switch, e.g. "fast" (the net),
+    "items.fast", "attention.fast", "interaction.layers.0.fast" (benchmark records)."""
     state: dict[str, bool] = {}
-    for module in net.modules():
-        if hasattr(module, "fast"):
-            state.setdefault(f"{type(module).__name__}.fast", bool(module.fast))
+    seen: set[type] = set()
+    for name, module in net.named_modules():
+        if hasattr(module, "fast") and type(module) not in seen:
+            seen.add(type(module))
+            state[f"{name}.fast" if name else "fast"] = bool(module.fast)
     return state
 
 
