@@ -156,14 +156,23 @@ class CTRModule(LightningModule):
         )
 
     # ---- evaluation: the network's inference form (models.inference) lives exactly as long as an epoch ------
-    def on_validation_epoch_start(self) -> None:
+    def _prepare_inference(self) -> None:
+        # DDP broadcasts rank 0's buffers (BatchNorm running statistics) before every forward, evaluation too:
+        # take them first, so that the prepared form (BatchNorm folded into the QNN) is rank 0's on every rank
+        if torch.distributed.is_available() and torch.distributed.is_initialized() and self.trainer.world_size > 1:
+            for name, buffer in self.net.named_buffers():
+                if name.split(".")[-1] not in CONSTANT_BUFFERS:
+                    torch.distributed.broadcast(buffer, src=0)
         prepare_inference(self.net)
+
+    def on_validation_epoch_start(self) -> None:
+        self._prepare_inference()
 
     def on_test_epoch_start(self) -> None:
-        prepare_inference(self.net)
+        self._prepare_inference()
 
     def on_predict_epoch_start(self) -> None:
-        prepare_inference(self.net)
+        self._prepare_inference()
 
     def on_predict_epoch_end(self) -> None:
         release_inference(self.net)
