@@ -4,11 +4,12 @@ A parity test compares a fast form with the literal one; if a switch silently st
 a path with itself and stay green. These probes observe the path taken, mostly through public submodules:
 - attention: the fast form never calls the W_q / W_k / W_v / W_o projections (it multiplies their weights);
 - folded QNN: the folded layer never calls its (D, D*R) `linear`;
-- item table: with the cache, `items(ids)` gathers rows of the (N, 3E) table, so the id embedding is called once
-  for all N items when the table is built and not at all afterwards;
+- item table: once prepared, `items(ids)` gathers rows of the (N, 3E) table, so the id embedding is called once
+  for all N items when the table is prepared and not at all afterwards;
 - packed history: the item encoder receives the (B + P,) targets and non-padding history ids, not (B, S + 1),
   and the attention module's `forward_packed` is called.
-Where a cache must be filled, `cache_filled` reads the module's cache (the one place that knows its name).
+Whether a part holds a prepared inference form (models.inference) is read by `prepared` (the one place that
+knows the attribute names).
 """
 
 from __future__ import annotations
@@ -60,9 +61,9 @@ def projections(attention: TargetAttention) -> tuple[nn.Module, ...]:
     return attention.W_q, attention.W_k, attention.W_v, attention.W_o
 
 
-def cache_filled(module: nn.Module) -> bool:
-    """Whether the inference cache of `module` (item table, attention products, folded QNN) holds a value."""
-    return module._cache._value is not None
+def prepared(module: nn.Module) -> bool:
+    """Whether `module` holds a prepared inference form (item table, attention products, folded QNN layer)."""
+    return getattr(module, "table", None) is not None or getattr(module, "prepared", None) is not None
 
 
 @contextlib.contextmanager

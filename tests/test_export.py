@@ -15,7 +15,7 @@ from qin_lightning.data.datamodule import MMCTRDataModule
 from qin_lightning.data.synthetic import SyntheticConfig
 from qin_lightning.errors import QinError
 from qin_lightning.export import INPUT_NAMES, export_checkpoint, main
-from qin_lightning.models.switches import set_fast_paths
+from qin_lightning.models.inference import set_fast_paths
 from qin_lightning.train import build_module
 
 from conftest import compose_train, tiny_model_overrides, tiny_overrides

@@ -1,4 +1,5 @@
-"""Exact fast paths agree with the literal forms: fast attention, folded QNN, item inference cache."""
+"""Exact fast paths agree with the literal forms (fast attention, folded QNN, item table), and the inference
+form lives exactly between prepare_inference and release_inference (models.inference)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ import functools
 
 import pytest
 import torch
-from probes import cache_filled, forward_calls, path_taken, projections
+from probes import forward_calls, path_taken, prepared, projections
 
 from qin_lightning.models.attention import TargetAttention
+from qin_lightning.models.inference import inference_form, prepare_inference, release_inference
 from qin_lightning.models.interaction import QuadraticLayer, QuadraticNetwork
 from qin_lightning.models.items import ItemEncoder
 from qin_lightning.models.qin import QIN
@@ -68,32 +70,51 @@ def test_fast_attention_matches_plain_outputs_and_gradients(activation, training
         torch.testing.assert_close(g_fast, g_plain, **TIGHT)
 
 
-def test_fast_attention_inference_cache_invalidates_after_step():
+def test_fast_attention_prepared_products_follow_the_lifecycle():
     torch.manual_seed(0)
     attn = TargetAttention(6).double()
     target, history, mask = (t.detach() for t in attention_inputs())
     opt = torch.optim.SGD(attn.parameters(), lr=0.5)
     for _ in range(2):
-        attn.eval()
-        assert not cache_filled(attn)  # train() dropped the products of the old weights
-        with torch.no_grad(), forward_calls(*projections(attn)) as calls:
-            cached = attn(target, history, mask)
-            assert cache_filled(attn) and not calls
+        with torch.no_grad(), inference_form(attn), forward_calls(*projections(attn)) as calls:
+            assert prepared(attn) and not attn.training
+            products = attn.prepared
+            fast = attn(target, history, mask)
+            assert attn.products() is products and not calls  # the prepared pair, no projection
             attn.fast = False
-            plain = attn(target, history, mask)
+            literal = attn(target, history, mask)
             assert len(calls) == 4  # the literal form: W_q, W_k, W_v, W_o
             attn.fast = True
-        torch.testing.assert_close(cached, plain, **TIGHT)
+        torch.testing.assert_close(fast, literal, **TIGHT)
+        assert not prepared(attn)  # released on leaving the block
         attn.train()  # an optimizer step in between changes the weights in place
         attn(target, history, mask).pow(2).sum().backward()
         opt.step()
+
+
+def test_training_mode_never_uses_a_prepared_form():
+    torch.manual_seed(0)
+    tags, mm, num_tags = tiny_tables()
+    net = QIN(tags, mm, num_tags, embedding_dim=4,
+              interaction=functools.partial(QuadraticNetwork, num_layers=2, num_row=3, dropout=0.0)).double()
+    batch = tiny_batch()
+    prepare_inference(net)
+    with torch.no_grad():
+        for p in net.parameters():  # the prepared tensors are now stale
+            p.add_(0.01)
+    net.train()
+    with path_taken(net) as taken:
+        out = net(*batch)
+    assert not taken["item_table"] and not taken["folded_qnn"]
+    release_inference(net)
+    torch.testing.assert_close(out, net(*batch), rtol=0, atol=0)
 
 
 def run_layers(qnn: QuadraticNetwork, x: torch.Tensor, fold: bool, expect_fold: bool | None = None) -> torch.Tensor:
     """qnn(x) with every layer's fold switch set to `fold`; asserts the folded form ran iff `expect_fold`
     (default: `fold`, i.e. the switch really switches). A folded layer never calls its (D, D*R) `linear`."""
     for layer in qnn.layers:
-        layer.fold_at_inference = fold
+        layer.fast = fold
     with forward_calls(*(layer.linear for layer in qnn.layers)) as calls:
         out = qnn(x)
     folded = fold if expect_fold is None else expect_fold
@@ -115,12 +136,12 @@ def test_folded_qnn_matches_per_row_in_eval(activation, batch_norm):
         opt.zero_grad()
     qnn.eval()
     x_eval = torch.randn(10, 8, dtype=torch.float64, requires_grad=True)
-    with torch.no_grad():
+    with torch.no_grad(), inference_form(qnn):
         folded = run_layers(qnn, x_eval, fold=True)
-        assert qnn.layers[0].can_fold() and all(cache_filled(layer) for layer in qnn.layers)
+        assert qnn.layers[0].can_fold() and all(prepared(layer) for layer in qnn.layers)
         per_row = run_layers(qnn, x_eval, fold=False)
     torch.testing.assert_close(folded, per_row, **TIGHT)
-    # with autograd on (eval mode) the fold is recomputed and differentiable: same gradients
+    # unprepared (eval mode, autograd on) the fold is computed from the weights and differentiable: same gradients
     grads = []
     for fold in (True, False):
         qnn.zero_grad()
@@ -132,20 +153,20 @@ def test_folded_qnn_matches_per_row_in_eval(activation, batch_norm):
         torch.testing.assert_close(a, b, **TIGHT)
 
 
-def test_fold_cache_invalidates_after_optimizer_step_and_load():
+def test_prepared_fold_follows_the_lifecycle_and_load():
     torch.manual_seed(0)
     qnn = QuadraticNetwork(8, num_layers=2, num_row=3).double()
     other = QuadraticNetwork(8, num_layers=2, num_row=3).double()
     x = torch.randn(12, 8, dtype=torch.float64)
     opt = torch.optim.SGD(qnn.parameters(), lr=0.1)
     for step in range(3):
-        qnn.eval()
-        with torch.no_grad():
+        with torch.no_grad(), inference_form(qnn):
+            assert all(prepared(layer) for layer in qnn.layers)
             torch.testing.assert_close(run_layers(qnn, x, True), run_layers(qnn, x, False), **TIGHT)
-        assert all(cache_filled(layer) for layer in qnn.layers)
+        assert not any(prepared(layer) for layer in qnn.layers)
         if step == 1:
             qnn.load_state_dict(other.state_dict())
-            with torch.no_grad():
+            with torch.no_grad(), inference_form(qnn):
                 torch.testing.assert_close(run_layers(qnn, x, True), run_layers(other.eval(), x, False), **TIGHT)
         qnn.train()
         run_layers(qnn, x, True, expect_fold=False).pow(2).mean().backward()  # also updates BatchNorm running stats
@@ -156,7 +177,7 @@ def test_fold_cache_invalidates_after_optimizer_step_and_load():
 def test_training_mode_uses_per_row_dropout_masks():
     torch.manual_seed(0)
     layer = QuadraticLayer(6, num_row=3, dropout=0.5, batch_norm=False, activation="none", placement="post",
-                           fold_at_inference=True).double()
+                           fast=True).double()
     layer.train()
     assert not layer.can_fold()
     x = torch.randn(4, 6, dtype=torch.float64)
@@ -179,54 +200,50 @@ def test_mid_placement_is_never_folded():
         torch.testing.assert_close(run_layers(qnn, x, True, expect_fold=False), run_layers(qnn, x, False), **TIGHT)
 
 
-def test_item_cache_matches_and_invalidates():
+def test_prepared_item_table_matches_and_follows_the_lifecycle():
     tags, mm, num_tags = tiny_tables()
     enc = ItemEncoder(tags, mm, num_tags, embedding_dim=4)
     ids = torch.randint(0, 30, (3, 9))
     opt = torch.optim.SGD(enc.parameters(), lr=10.0)
     for _ in range(2):
-        enc.eval()
-        with torch.no_grad(), forward_calls(enc.id_embedding) as lookups:
-            cached = enc(ids)
-            assert cache_filled(enc)
-            enc(ids)  # the table is built once, then only gathered from
+        with torch.no_grad(), forward_calls(enc.id_embedding) as lookups, inference_form(enc):
+            assert prepared(enc)
+            table = enc(ids)
+            enc(ids)  # the table is prepared once, then only gathered from
             assert [shapes[0] for shapes in lookups] == [(30,)], "the (N, 3E) table, not the requested ids"
-            torch.testing.assert_close(cached, enc.encode(ids), rtol=0, atol=0)
+            torch.testing.assert_close(table, enc.encode(ids), rtol=0, atol=0)
+        assert not prepared(enc)  # released on leaving the block
         enc.train()
-        assert not cache_filled(enc)  # train() drops the table
         enc(ids).pow(2).sum().backward()
-        opt.step()  # weights change in place: the next eval call must rebuild
-    # an in-place change without train(): the version counter catches it
-    enc.eval()
-    with torch.no_grad():
-        before = enc(ids)
-        enc.mm_projection.weight.mul_(2.0)
-        after = enc(ids)
-        torch.testing.assert_close(after, enc.encode(ids), rtol=0, atol=0)
-        assert not torch.equal(before, after)
-    # load_state_dict
+        opt.step()  # weights change in place: the next block prepares from the new ones
+    # load_state_dict, then prepare
     fresh = ItemEncoder(tags, mm, num_tags, embedding_dim=4)
-    with torch.no_grad():
-        enc(ids)
-        enc.load_state_dict(fresh.state_dict())
+    enc.load_state_dict(fresh.state_dict())
+    with torch.no_grad(), inference_form(enc):
         torch.testing.assert_close(enc(ids), fresh.encode(ids), rtol=0, atol=0)
+    # fast=False prepares nothing
+    enc.fast = False
+    with inference_form(enc):
+        assert not prepared(enc)
 
 
-def test_item_cache_not_used_with_grad_enabled():
+def test_unprepared_item_encoder_encodes_with_grad():
     tags, mm, num_tags = tiny_tables()
     enc = ItemEncoder(tags, mm, num_tags, embedding_dim=4).eval()
     enc(torch.tensor([1, 2])).sum().backward()
-    assert enc.id_embedding.weight.grad is not None and not cache_filled(enc)
+    assert enc.id_embedding.weight.grad is not None and not prepared(enc)
 
 
-def test_item_cache_built_in_inference_mode_usable_in_no_grad():
+def test_item_table_prepared_in_inference_mode_usable_in_no_grad():
     tags, mm, num_tags = tiny_tables()
     enc = ItemEncoder(tags, mm, num_tags, embedding_dim=4).eval()
     ids = torch.tensor([[0, 5, 7]])
     with torch.inference_mode():
+        prepare_inference(enc)
         a = enc(ids)
     with torch.no_grad():
         torch.testing.assert_close(enc(ids), a, rtol=0, atol=0)
+    release_inference(enc)
 
 
 def test_qin_fast_and_cached_inference_matches_literal_model():
@@ -236,9 +253,9 @@ def test_qin_fast_and_cached_inference_matches_literal_model():
                interaction=functools.partial(QuadraticNetwork, num_layers=2, num_row=3)).double()
     literal = copy.deepcopy(fast)
     literal.attention.fast = False
-    literal.items.cache_at_inference = False
+    literal.items.fast = False
     for layer in literal.interaction.layers:
-        layer.fold_at_inference = False
+        layer.fast = False
     batch = tiny_batch()
     opt = torch.optim.Adam(fast.parameters(), lr=1e-2)
     for _ in range(2):  # train the fast model a little, then copy its weights
@@ -247,24 +264,23 @@ def test_qin_fast_and_cached_inference_matches_literal_model():
         opt.step()
         opt.zero_grad()
     literal.load_state_dict(fast.state_dict())
-    fast.eval()
     literal.eval()
-    with torch.no_grad():
+    with torch.no_grad(), inference_form(fast):
         with path_taken(fast) as fast_path:
             fast_out = fast(*batch)
         with path_taken(literal) as literal_path:
             literal_out = literal(*batch)
         torch.testing.assert_close(fast_out, literal_out, **TIGHT)
-    # literal.pack_history stays on: the packed / dense pair is tests/test_packed_history.py's
+    # literal.fast (packed histories) stays on: the packed / dense pair is tests/test_packed_history.py's
     assert fast_path == {"fast_attention": True, "folded_qnn": True, "packed": True, "item_table": True}
     assert literal_path == {"fast_attention": False, "folded_qnn": False, "packed": True, "item_table": False}
 
 
 def test_fast_paths_of_the_new_networks():
     """QIN + QNN-alpha: ASTA's algebra, the item cache and packed histories apply; the QNN-alpha layers have no
-    fold (ReLU inside the branch). The winner: only the item cache (no pack_history, nothing to fold)."""
+    fold (ReLU inside the branch). The winner: only the item table (no packed histories, nothing to fold)."""
     from qin_lightning.models.interaction import QuadraticAlphaNetwork
-    from qin_lightning.models.switches import fast_path_state, set_fast_paths
+    from qin_lightning.models.inference import fast_path_state, set_fast_paths
     from qin_lightning.models.transformer_dcn import TransformerDCN
 
     tags, mm, num_tags = tiny_tables()
@@ -273,12 +289,12 @@ def test_fast_paths_of_the_new_networks():
                 interaction=functools.partial(QuadraticAlphaNetwork, field_dim=4, num_heads=2)).double()
     winner = TransformerDCN(tags, mm, num_tags, embedding_dim=4, mm_projection_dim=4, feedforward_dim=8,
                             first_k_cols=3, dnn_units=[8], head_units=[4], cross_rank=4).double()
-    assert fast_path_state(alpha) == {"items.cache_at_inference": True, "attention.fast": True, "pack_history": True}
-    assert fast_path_state(winner) == {"items.cache_at_inference": True}
+    assert fast_path_state(alpha) == {"fast": True, "items.fast": True, "attention.fast": True}
+    assert fast_path_state(winner) == {"items.fast": True}
     batch = tiny_batch()
     for net in (alpha, winner):
-        net.eval()
-        with torch.no_grad():
+        with torch.no_grad(), inference_form(net):
+            assert prepared(net.items)
             fast = net(*batch)
             set_fast_paths(net, False)
             literal = net(*batch)

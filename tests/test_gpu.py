@@ -2,7 +2,7 @@
 CPU twin) and on CUDA where there is one (`-m gpu`, experiments/gpu/run.sh).
 
 What a GPU run takes that a default CPU run does not, each selected here by its named option:
-- dense histories (`model.net.pack_history=false`; on CUDA packing is never used) with training batches indexed
+- dense histories (`model.net.fast=false`; on CUDA packing is never used) with training batches indexed
   from device-resident columns (`bench --train-batches device`, `bench.DeviceBatches`);
 - bf16 autocast with fp32 master weights (`trainer.precision=bf16-mixed`: `trainer=gpu`, `trainer=cpu_bf16`);
 - the non-finite check switched off (`model.nonfinite_check_every_n_steps=0`: no host sync per step);
@@ -24,7 +24,7 @@ import torch
 from qin_lightning.bench import BenchArgs, DeviceBatches, run
 from qin_lightning.data.datamodule import Batch, MMCTRDataModule
 from qin_lightning.data.synthetic import SyntheticConfig
-from qin_lightning.models.switches import set_fast_paths
+from qin_lightning.models.inference import inference_form, set_fast_paths
 from qin_lightning.module import CTRModule
 from qin_lightning.train import build_module
 
@@ -116,9 +116,9 @@ def test_dense_history_training_on_device_batches_matches_cpu_reference(tiny_dat
     """The GPU's training form (fast attention on dense histories, batches indexed on the device) against the
     CPU default (packed histories, the datamodule's loader): the same losses on the CPU, where the batches and
     dropout masks are the same; on CUDA (another permutation and RNG) it trains to finite losses."""
-    dense = tiny_module(tiny_data, tmp_path, "model.net.pack_history=false").to(device)
+    dense = tiny_module(tiny_data, tmp_path, "model.net.fast=false").to(device)
     packed = tiny_module(tiny_data, tmp_path)
-    assert dense.net.pack_history is False and packed.net.pack_history is True
+    assert dense.net.fast is False and packed.net.fast is True
     source = DeviceBatches(tiny_data, torch.device(device), tiny_data.batch_size, tiny_data.seed)
     device_batches = list(source.epoch(0))[:3]
     assert device_batches[0].item_seq.device.type == device and source.steps_per_epoch() == len(tiny_data.train_sampler())
@@ -153,9 +153,9 @@ def test_nonfinite_check_switched_off(tiny_data: MMCTRDataModule, tmp_path: Path
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("pack_history", [True, False])
+@pytest.mark.parametrize("packed", [True, False])
 def test_inference_form_under_autocast_matches_fp32_reference(tiny_data: MMCTRDataModule, tmp_path: Path,
-                                                              device: str, pack_history: bool):
+                                                              device: str, packed: bool):
     """eval: folded QNN + cached item table under bf16 autocast vs the literal fp32 form on the CPU."""
     module = tiny_module(tiny_data, tmp_path)
     train_steps(module, [first_batch(tiny_data, "cpu")] * 2, "32")  # non-trivial BatchNorm statistics
@@ -163,9 +163,9 @@ def test_inference_form_under_autocast_matches_fp32_reference(tiny_data: MMCTRDa
     set_fast_paths(reference, False)
     net = module.net.to(device).eval()
     set_fast_paths(net, True)
-    net.pack_history = pack_history
+    net.fast = packed  # QIN's own switch: packed histories (the parts keep theirs)
     batches = list(tiny_data.val_dataloader())
-    with torch.inference_mode():
+    with torch.inference_mode(), inference_form(net):
         expected = torch.cat([torch.sigmoid(reference(*b[:4])) for b in batches])
         with torch.autocast(device, dtype=torch.bfloat16):
             probs = torch.cat([torch.sigmoid(net(*(t.to(device) for t in b[:4])).float()) for b in batches])
@@ -176,7 +176,7 @@ def test_inference_form_under_autocast_matches_fp32_reference(tiny_data: MMCTRDa
 
 @pytest.mark.parametrize("device", [pytest.param("cpu", marks=pytest.mark.slow), CUDA])
 def test_compile_matches_eager(tiny_data: MMCTRDataModule, tmp_path: Path, device: str):
-    eager = tiny_module(tiny_data, tmp_path, "model.net.pack_history=false").to(device)
+    eager = tiny_module(tiny_data, tmp_path, "model.net.fast=false").to(device)
     compiled = copy.deepcopy(eager)
     compiled.compile = True
     compiled.setup("fit")
@@ -196,9 +196,9 @@ def test_fast_paths_match_plain_on_dense_histories(tiny_data: MMCTRDataModule, t
     net = tiny_module(tiny_data, tmp_path).net.to(device).eval()
     batch = first_batch(tiny_data, device)
     args = (batch.item_seq, batch.item_id, batch.likes_level, batch.views_level)
-    with torch.no_grad():
-        set_fast_paths(net, True)
-        net.pack_history = False  # what CUDA runs
+    with torch.no_grad(), inference_form(net):
+        set_fast_paths(net, True)  # prepared parts: the item table, attention products, folded QNN
+        net.fast = False  # dense histories: what CUDA runs
         fast = net(*args)
         set_fast_paths(net, False)
         plain = net(*args)

@@ -13,7 +13,7 @@ from qin_lightning.errors import ConfigError
 from qin_lightning.models.attention import MeanPooling, TargetAttention
 from qin_lightning.models.din import DIN
 from qin_lightning.models.interaction import MLP, QuadraticAlphaLayer, QuadraticAlphaNetwork, QuadraticNetwork
-from qin_lightning.models.items import ItemEncoder
+from qin_lightning.models.items import ItemEncoder, dense_parameters, embedding_parameters
 from qin_lightning.models.qin import QIN
 
 ACTIVATIONS = ["relu", "softmax", "silu", "relu2"]
@@ -69,7 +69,7 @@ def test_qin_parameter_count_matches_published(microlens_tables):
     tags, mm = microlens_tables
     model = QIN(tags, mm, num_tags=int(tags.max()) + 1)
     assert count(model.parameters()) == 31_244_293
-    assert count(model.embedding_parameters()) == 13_261_824
+    assert count(embedding_parameters(model)) == 13_261_824
     assert count(model.attention.parameters()) == 1_179_648
     assert count(model.interaction.parameters()) + count(model.head.parameters()) == 16_802_821
 
@@ -90,7 +90,7 @@ def test_din_parameter_count(microlens_tables):
     tags, mm = microlens_tables
     model = DIN(tags, mm, 11740)
     assert model.items.out_dim == 256
-    assert count(model.embedding_parameters()) == 6_639_104
+    assert count(embedding_parameters(model)) == 6_639_104
     assert count(model.attention.parameters()) == 656_385
     assert count(model.dnn.parameters()) + count(model.head.parameters()) == 1_316_353
     assert count(model.parameters()) == 8_611_842
@@ -98,7 +98,7 @@ def test_din_parameter_count(microlens_tables):
 
 def test_parameter_groups_partition_all_parameters():
     for model in (tiny_qin(), DIN(*tiny_tables(), embedding_dim=4, attention_units=[8], dnn_units=[8, 4])):
-        emb, dense = model.embedding_parameters(), model.dense_parameters()
+        emb, dense = embedding_parameters(model), dense_parameters(model)
         assert {id(p) for p in emb}.isdisjoint({id(p) for p in dense})
         assert len(emb) + len(dense) == len(list(model.parameters()))
         assert any(p is model.items.mm_projection.weight for p in emb)
@@ -168,23 +168,23 @@ def test_din_shapes_and_empty_history():
     assert logits.shape == (6,) and torch.isfinite(logits).all()
 
 
-@pytest.mark.parametrize("pack_history", [False, True])
+@pytest.mark.parametrize("fast", [False, True])
 @pytest.mark.parametrize("model_name", ["qin", "din", "mean"])
-def test_padding_length_invariance(model_name, pack_history):
+def test_padding_length_invariance(model_name, fast):
     """More left padding (longer S) must not change any output; the dense form really sees the padding."""
     if model_name == "din":
-        model = DIN(*tiny_tables(), embedding_dim=4, attention_units=[8], dnn_units=[8], pack_history=pack_history)
+        model = DIN(*tiny_tables(), embedding_dim=4, attention_units=[8], dnn_units=[8], fast=fast)
     elif model_name == "mean":
-        model = tiny_qin(attention=MeanPooling, pack_history=pack_history)
+        model = tiny_qin(attention=MeanPooling, fast=fast)
     else:
-        model = tiny_qin(pack_history=pack_history)
+        model = tiny_qin(fast=fast)
     model.eval()
     item_seq, item_id, likes, views = tiny_batch()
     longer = torch.cat([torch.zeros(6, 9, dtype=torch.long), item_seq], dim=1)
     with torch.no_grad(), path_taken(model) as taken:
         a = model(item_seq, item_id, likes, views)
         b = model(longer, item_id, likes, views)
-    assert taken["packed"] == pack_history
+    assert taken["packed"] == fast
     torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
 
 

@@ -12,13 +12,19 @@ import functools
 
 import pytest
 import torch
-from probes import cache_filled, path_taken
+from probes import path_taken, prepared
 
 from qin_lightning.models.attention import MeanPooling, TargetAttention
 from qin_lightning.models.din import DIN
 from qin_lightning.models.interaction import QuadraticNetwork
 from qin_lightning.models.qin import QIN
-from qin_lightning.models.switches import fast_path_state, set_fast_paths
+from qin_lightning.models.inference import (
+    fast_path_state,
+    inference_form,
+    prepare_inference,
+    release_inference,
+    set_fast_paths,
+)
 
 TIGHT = dict(rtol=1e-10, atol=1e-12)
 NUM_ITEMS = 30
@@ -49,7 +55,7 @@ def outputs_and_grads(net: torch.nn.Module, inputs, seed: int = 5):
     torch.manual_seed(seed)  # same dropout masks in both forms
     with path_taken(net) as taken:
         out = net(*inputs)
-    assert taken["packed"] == net.pack_history, f"pack_history={net.pack_history} but packed={taken['packed']}"
+    assert taken["packed"] == net.fast, f"fast={net.fast} but packed={taken['packed']}"
     (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype)).sum().backward()
     return out.detach(), [p.grad.clone() if p.grad is not None else None for p in net.parameters()]
 
@@ -65,9 +71,11 @@ def assert_same(a, b):
 
 
 def pair(net: torch.nn.Module):
+    """(packed, dense): the same net with the net's own `fast` switch (packed histories) on and off; the
+    parts' switches (item table, attention, fold) stay as they are."""
     dense = copy.deepcopy(net)
-    dense.pack_history = False
-    net.pack_history = True
+    dense.fast = False
+    net.fast = True
     return net, dense
 
 
@@ -95,11 +103,10 @@ def test_packed_qin_matches_dense_in_training(activation, fast, empty):
 
 
 @pytest.mark.parametrize("activation", ["relu", "softmax"])
-def test_packed_qin_matches_dense_in_eval_with_caches(activation):
+def test_packed_qin_matches_dense_in_eval_prepared(activation):
     net = trained_qin(functools.partial(TargetAttention, activation=activation))
     packed, dense = pair(net)
-    packed.eval(), dense.eval()
-    with torch.no_grad():
+    with torch.no_grad(), inference_form(packed), inference_form(dense):
         with path_taken(packed) as packed_path, path_taken(dense) as dense_path:
             torch.testing.assert_close(packed(*batch()), dense(*batch()), **TIGHT)
         assert packed_path == {"fast_attention": True, "folded_qnn": True, "packed": True, "item_table": True}
@@ -137,16 +144,18 @@ def test_packed_din_matches_dense(empty):
 def test_set_fast_paths_switches_everything():
     net = trained_qin(TargetAttention).eval()
     set_fast_paths(net, False)
-    assert fast_path_state(net) == {"items.cache_at_inference": False, "attention.fast": False,
-                                    "interaction.fold_at_inference": False, "pack_history": False}
-    with torch.no_grad(), path_taken(net) as taken:  # the flags are not just recorded: every part runs literally
+    assert fast_path_state(net) == {"fast": False, "items.fast": False, "attention.fast": False,
+                                    "interaction.layers.0.fast": False}
+    with torch.no_grad(), inference_form(net), path_taken(net) as taken:  # every part runs literally
         net(*batch())
-    assert set(taken.values()) == {False} and not cache_filled(net.items)
+        assert not prepared(net.items) and not prepared(net.attention)  # nothing to prepare
+    assert set(taken.values()) == {False}
     set_fast_paths(net, True)
     assert set(fast_path_state(net).values()) == {True}
-    with torch.no_grad(), path_taken(net) as taken:
+    with torch.no_grad(), inference_form(net), path_taken(net) as taken:
         net(*batch())
-    assert set(taken.values()) == {True} and cache_filled(net.items) and cache_filled(net.attention)
+        assert prepared(net.items) and prepared(net.attention)
+    assert set(taken.values()) == {True}
 
 
 def test_ragged_products_gradcheck_and_empty_rows():
@@ -168,16 +177,17 @@ def test_ragged_products_gradcheck_and_empty_rows():
     assert row_sum(w[:0], v[:0], empty).shape == (2, 4) and row_dot(q[:2], v[:0], empty).shape == (0,)
 
 
-def test_inference_caches_are_built_in_full_precision_under_autocast():
+def test_inference_form_is_prepared_in_full_precision_under_autocast():
     net = trained_qin(TargetAttention).float().eval()
     inputs = batch()
     with torch.inference_mode():
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            net(*inputs)  # builds the item table / products / folds inside autocast
-        assert cache_filled(net.items) and cache_filled(net.attention)
-        assert all(cache_filled(layer) for layer in net.interaction.layers)
-        table = net.items.item_table()
-        torch.testing.assert_close(table, net.items.encode(torch.arange(NUM_ITEMS)), rtol=0, atol=0)
+            prepare_inference(net)  # the item table / products / folds are prepared inside autocast
+        assert prepared(net.items) and prepared(net.attention)
+        assert all(prepared(layer) for layer in net.interaction.layers)
+        assert net.items.table.dtype == net.attention.prepared[0].dtype == torch.float32
+        torch.testing.assert_close(net.items.table, net.items.encode(torch.arange(NUM_ITEMS)), rtol=0, atol=0)
         cached = net(*inputs)
+        release_inference(net)
         set_fast_paths(net, False)
         torch.testing.assert_close(cached, net(*inputs), rtol=1e-5, atol=1e-6)

@@ -8,6 +8,7 @@ import torch
 from test_models import count, tiny_batch, tiny_tables
 
 from qin_lightning.errors import ConfigError
+from qin_lightning.models.items import dense_parameters, embedding_parameters
 from qin_lightning.models.transformer_dcn import CrossNetV2, TransformerDCN
 
 
@@ -29,13 +30,13 @@ def test_parameter_count_with_the_microlens_vocabulary() -> None:
     tags = torch.zeros(91718, 5, dtype=torch.long, device="meta")
     with torch.device("meta"):
         model = TransformerDCN(tags, torch.zeros(91718, 128, device="meta"), num_tags=11740)
-    assert count(model.embedding_parameters()) == 6_639_104
+    assert count(embedding_parameters(model)) == 6_639_104
     assert count(model.transformer.parameters()) == 2_893_824
     assert count(model.cross.parameters()) == 247_802_496
     assert count(model.dnn.parameters()) == 9_963_264
     assert count(model.head_mlp.parameters()) + count(model.head.parameters()) == 600_193
     assert count(model.parameters()) == 267_898_881
-    assert len(model.dense_parameters()) + len(model.embedding_parameters()) == len(list(model.parameters()))
+    assert len(dense_parameters(model)) + len(embedding_parameters(model)) == len(list(model.parameters()))
 
 
 def test_shapes_empty_history_and_gradients() -> None:

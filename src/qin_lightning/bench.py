@@ -1,7 +1,7 @@
 """Benchmark the plain (paper-literal) and fast (exact) paths side by side: `python -m qin_lightning.bench`.
 
 One process, one network, one set of weights: every round measures the plain configuration and then the fast
-one (models.switches.set_fast_paths) on the same batches (ABAB...), and the median over rounds is reported.
+one (models.inference.set_fast_paths) on the same batches (ABAB...), and the median over rounds is reported.
 - training: CTRModule.training_step (BCE + the L2 terms) + backward + gradient-norm clipping (trainer value)
   + the CTRModule optimizer step, samples/s;
 - inference: eval mode, `torch.inference_mode`, batches of `--batch-size`, samples/s;
@@ -49,7 +49,7 @@ from qin_lightning.data.datamodule import Batch, MMCTRDataModule, ShardedBatchSa
 from qin_lightning.data.synthetic import SyntheticConfig
 from qin_lightning.errors import ConfigError
 from qin_lightning.files import atomic_write_json
-from qin_lightning.models.switches import fast_path_state, set_fast_paths
+from qin_lightning.models.inference import fast_path_state, inference_form, set_fast_paths
 from qin_lightning.module import CTRModule
 from qin_lightning.onnx_runtime import feed as onnx_feed
 from qin_lightning.onnx_runtime import open_session
@@ -365,7 +365,7 @@ def measure_inference(net: nn.Module, batches: list[Batch], args: BenchArgs, dev
     configs = configurations(precisions_of(args))
     for config in configs:
         set_fast_paths(net, config.fast)
-        timed(lambda: predict(net, full[0], config.precision, device), device)  # warm-up (builds the fast caches)
+        timed(lambda: predict(net, full[0], config.precision, device), device)  # warm-up
     rates: dict[str, list[float]] = {c.name: [] for c in configs}
     for r in range(args.rounds):
         chosen = [full[(r * args.infer_batches + i) % len(full)] for i in range(args.infer_batches)]
@@ -644,10 +644,12 @@ def run_model(args: BenchArgs, dm: MMCTRDataModule, device: torch.device, record
     if args.epoch:
         measure_epoch(trainer, make_epoch, steps, rows, device, record)
     valid = eval_batches(dm, device)
-    measure_inference(net, valid, args, device, record)
-    measure_parity(net, valid, args, device, record)
-    requests = single_requests(valid, args.requests, device)
-    measure_latency(net, requests, args, device, record)
+    set_fast_paths(net, True)
+    with inference_form(net):  # prepared from the fast form; "plain" switches it off and computes literally
+        measure_inference(net, valid, args, device, record)
+        measure_parity(net, valid, args, device, record)
+        requests = single_requests(valid, args.requests, device)
+        measure_latency(net, requests, args, device, record)
     if args.onnx:
         measure_onnx(net, [Batch(*(t.cpu() for t in r)) for r in requests], valid, args, record)
         net.to(device)

@@ -27,6 +27,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from qin_lightning.errors import QinError
+from qin_lightning.models.inference import rename_old_switches
 
 NET_PREFIX = "net."
 TAGS_KEY = "items.item_tags"
@@ -177,7 +178,7 @@ def load_network(path: str | Path, trust: bool = False,
     tags, mm = state[TAGS_KEY], state[MM_KEY]
     try:
         net = instantiate(
-            OmegaConf.create(cfg["model"]["net"]),
+            OmegaConf.create(rename_old_switches(cfg["model"]["net"])),
             item_tags=torch.zeros_like(tags),
             item_mm=torch.zeros_like(mm),
             num_tags=int(state[TAG_EMBEDDING_KEY].shape[0]),

@@ -32,6 +32,7 @@ from qin_lightning.data.datamodule import Batch, MMCTRDataModule, SplitDataset
 from qin_lightning.errors import ConfigError, QinError
 from qin_lightning.files import atomic_write_json
 from qin_lightning.metrics import BinaryLogLoss
+from qin_lightning.models.inference import inference_form
 from qin_lightning.onnx_runtime import feed, open_session
 
 DATA_OVERRIDES = ("root", "batch_size")  # the only data settings eval/predict may change
@@ -147,8 +148,8 @@ def predict_batches(
     net: nn.Module, data: SplitDataset, batch_size: int, device: torch.device
 ) -> Iterator[tuple[Batch, np.ndarray]]:
     """(batch on the CPU, probabilities (B,) float32) over a split in row order, without gradients."""
-    net = net.to(device).eval()
-    with torch.inference_mode():
+    net = net.to(device)
+    with torch.inference_mode(), inference_form(net):
         for index in torch.arange(len(data)).split(batch_size):
             batch = data[index]
             logits = net(*(t.to(device) for t in (batch.item_seq, batch.item_id, batch.likes_level, batch.views_level)))

@@ -3,7 +3,7 @@
 The exported model takes (item_seq (B, S) int64, item_id (B,), likes_level (B,), views_level (B,)) and returns
 click probabilities (B,) float32. It is self-contained and is the fast inference form of the same function:
 the (N, 3E) item table is stored in the graph (no tag pooling / projection per request), attention uses the
-pre-multiplied d x d matrices and every QNN layer is one folded D x D matrix (models.switches). The batch
+pre-multiplied d x d matrices and every QNN layer is one folded D x D matrix (models.inference). The batch
 and history axes are dynamic, except for networks with `dynamic_history = False` (the Transformer+DCN winner:
 the traced nn.MultiheadAttention fixes the sequence length), whose history axis is the checkpoint's max_len.
 Written atomically; an existing file is replaced only with `--overwrite`.
@@ -29,8 +29,7 @@ from qin_lightning.checkpoint import load_network
 from qin_lightning.cli import run_reporting_errors
 from qin_lightning.errors import QinError
 from qin_lightning.files import atomic_write_bytes
-from qin_lightning.models.items import caches_as_constants
-from qin_lightning.models.switches import set_fast_paths
+from qin_lightning.models.inference import inference_form, set_fast_paths
 from qin_lightning.onnx_runtime import INPUT_NAMES as ONNX_INPUTS
 
 INPUT_NAMES = list(ONNX_INPUTS)
@@ -53,7 +52,7 @@ class ProbabilityModel(nn.Module):
 
 
 def example_inputs(seq_len: int, batch: int = 2) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """A small valid request (some padding) used to build the caches and to trace."""
+    """A small valid request (some padding) used to trace."""
     item_seq = torch.zeros(batch, seq_len, dtype=torch.long)
     item_seq[:, -1] = 1
     ones = torch.ones(batch, dtype=torch.long)
@@ -68,9 +67,8 @@ def onnx_bytes(net: nn.Module, seq_len: int = 64, opset: int = OPSET) -> bytes:
     inputs = example_inputs(seq_len)
     history_axis = {1: "history"} if getattr(net, "dynamic_history", True) else {}
     buffer = io.BytesIO()
-    with torch.no_grad():
-        model(*inputs)  # builds the item table, attention products and folded QNN layers
-        with caches_as_constants(), warnings.catch_warnings():
+    with torch.no_grad(), inference_form(net):  # the trace records the prepared tensors as constants
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracer warnings about constants are what we want here
             torch.onnx.export(
                 model,

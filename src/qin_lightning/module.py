@@ -22,7 +22,8 @@ from torchmetrics.classification import BinaryAUROC
 
 from qin_lightning.errors import QinError
 from qin_lightning.metrics import BinaryLogLoss
-from qin_lightning.models.switches import clear_inference_caches
+from qin_lightning.models.inference import prepare_inference, release_inference
+from qin_lightning.models.items import dense_parameters, embedding_parameters
 from qin_lightning.resume import rng_state, set_rng_state
 
 if TYPE_CHECKING:
@@ -104,9 +105,9 @@ class CTRModule(LightningModule):
         """(embedding_l2 / 2) * sum ||emb||^2 + (net_l2 / 2) * sum ||w||^2 (FuxiCTR's L2 form)."""
         reg = torch.zeros((), device=self.device)
         if self.embedding_l2 > 0:
-            reg = reg + 0.5 * self.embedding_l2 * squared_l2(self.net.embedding_parameters())
+            reg = reg + 0.5 * self.embedding_l2 * squared_l2(embedding_parameters(self.net))
         if self.net_l2 > 0:
-            reg = reg + 0.5 * self.net_l2 * squared_l2(self.net.dense_parameters())
+            reg = reg + 0.5 * self.net_l2 * squared_l2(dense_parameters(self.net))
         return reg
 
     @staticmethod
@@ -154,12 +155,28 @@ class CTRModule(LightningModule):
             " training stopped, the last good checkpoint is kept. Try a lower lr or check the input data."
         )
 
-    def on_train_batch_end(self, outputs: Any, batch: Batch, batch_idx: int) -> None:
-        # after optimizer.step(): the weights changed, so no inference cache may survive (see
-        # clear_inference_caches: fused Adam does not bump the tensors' version counters)
-        clear_inference_caches(self.net)
+    # ---- evaluation: the network's inference form (models.inference) lives exactly as long as an epoch ------
+    def _prepare_inference(self) -> None:
+        # DDP broadcasts rank 0's buffers (BatchNorm running statistics) before every forward, evaluation too:
+        # take them first, so that the prepared form (BatchNorm folded into the QNN) is rank 0's on every rank
+        if torch.distributed.is_available() and torch.distributed.is_initialized() and self.trainer.world_size > 1:
+            for name, buffer in self.net.named_buffers():
+                if name.split(".")[-1] not in CONSTANT_BUFFERS:
+                    torch.distributed.broadcast(buffer, src=0)
+        prepare_inference(self.net)
 
-    # ---- evaluation ----------------------------------------------------------------------------------------
+    def on_validation_epoch_start(self) -> None:
+        self._prepare_inference()
+
+    def on_test_epoch_start(self) -> None:
+        self._prepare_inference()
+
+    def on_predict_epoch_start(self) -> None:
+        self._prepare_inference()
+
+    def on_predict_epoch_end(self) -> None:
+        release_inference(self.net)
+
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         probs = torch.sigmoid(self(batch).float())
         n = self.nonfinite_check_every_n_steps
@@ -173,6 +190,7 @@ class CTRModule(LightningModule):
         self.val_logloss.update(probs, batch.label)
 
     def on_validation_epoch_end(self) -> None:
+        release_inference(self.net)
         auc, logloss = self.val_auc.compute(), self.val_logloss.compute()
         self.val_auc.reset()
         self.val_logloss.reset()
@@ -190,6 +208,7 @@ class CTRModule(LightningModule):
         self.test_logloss.update(probs, batch.label)
 
     def on_test_epoch_end(self) -> None:
+        release_inference(self.net)
         self.log("test/auc", self.test_auc.compute())
         self.log("test/logloss", self.test_logloss.compute())
         self.test_auc.reset()

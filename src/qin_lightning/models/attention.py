@@ -12,7 +12,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from qin_lightning.errors import ConfigError
-from qin_lightning.models.items import WeightsCache, _clear_cache_hook, caching_allowed
 from qin_lightning.models.ragged import Ragged, row_dot, row_sum
 
 ACTIVATIONS = ("relu", "softmax", "silu", "relu2")
@@ -43,7 +42,8 @@ class TargetAttention(nn.Module):
     `fast=True` is the exact algebraic form: never project the S history items to attention_dim.
       scores = X_b (W_k^T W_q x_t) / sqrt(d_a)    (W_q^T W_k is a d x d matrix)
       o = (W_o W_v)(weights X_b) + x_t             (W_o W_v is a d x d matrix)
-    The two d x d products are recomputed (differentiably) each step in training and cached at inference.
+    The two d x d products are recomputed (differentiably) each forward, or, once prepared (models.inference),
+    read from the prepared pair in eval mode.
     `fast=False` is the literal paper form (Q, K, V projections). Both agree to rounding, in training too
     (attention-weight dropout acts on the (B, S) weights in both).
     """
@@ -73,20 +73,22 @@ class TargetAttention(nn.Module):
         self.dropout = nn.Dropout(dropout)
         for layer in (self.W_q, self.W_k, self.W_v, self.W_o):
             nn.init.xavier_normal_(layer.weight)
-        self._cache = WeightsCache()
-        self.register_load_state_dict_post_hook(_clear_cache_hook)
+        self.prepared: tuple[Tensor, Tensor] | None = None  # (qk, vo) once prepared
 
-    def _products(self) -> tuple[Tensor, Tensor]:
-        """(W_q^T W_k, W_v^T W_o^T), both (d, d), for right-multiplying row vectors."""
+    def products(self) -> tuple[Tensor, Tensor]:
+        """(W_q^T W_k, W_v^T W_o^T), both (d, d), for right-multiplying row vectors (prepared ones in eval)."""
+        if self.prepared is not None and not self.training:
+            return self.prepared
         qk = self.W_q.weight.t() @ self.W_k.weight  # (d, d): x_t @ qk = (W_k^T W_q x_t)^T
         vo = self.W_v.weight.t() @ self.W_o.weight.t()  # (d, d): p @ vo = (W_o W_v p)^T
         return qk, vo
 
-    def products(self) -> tuple[Tensor, Tensor]:
-        if not self.training and caching_allowed():
-            deps = [self.W_q.weight, self.W_k.weight, self.W_v.weight, self.W_o.weight]
-            return self._cache.get(deps, self._products)
-        return self._products()
+    def prepare_inference(self) -> None:
+        self.prepared = None  # so that `products()` computes from the current weights
+        self.prepared = self.products() if self.fast else None
+
+    def release_inference(self) -> None:
+        self.prepared = None
 
     def forward(self, target: Tensor, history: Tensor, mask: Tensor) -> Tensor:
         # target (B, d), history (B, S, d), mask (B, S) bool -> (B, d)
@@ -123,11 +125,6 @@ class TargetAttention(nn.Module):
         weight = weights.reshape(-1).index_select(0, ragged.flat)  # (P,)
         pooled = row_sum(weight, values if self.fast else self.W_v(values), ragged)  # (B, d | da)
         return (pooled @ vo if self.fast else self.W_o(pooled)) + target  # (B, d)
-
-    def train(self, mode: bool = True) -> "TargetAttention":
-        if mode:  # training invalidates the inference cache; eval() keeps a valid one
-            self._cache.clear()
-        return super().train(mode)
 
 
 class MeanPooling(nn.Module):

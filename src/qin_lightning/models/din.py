@@ -1,12 +1,13 @@
-"""The official DIN baseline of the challenge (REFERENCE section 2b), same inputs and item representation."""
+"""The official DIN baseline of the challenge: the same inputs and item representation as QIN."""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
 
-from qin_lightning.models.features import SampleFeatures
+from qin_lightning.models.history import attend, can_pack, lookup_items
 from qin_lightning.models.interaction import MLP, init_linear
+from qin_lightning.models.items import ItemEncoder, level_embeddings
 from qin_lightning.models.ragged import Ragged, row_sum
 
 
@@ -44,17 +45,17 @@ class DINAttention(nn.Module):
         return row_sum(weights, values, ragged)  # (B, d)
 
 
-class DIN(SampleFeatures):
+class DIN(nn.Module):
     """Deep Interest Network baseline; `forward` returns logits (B,).
 
-    Facts (REFERENCE 2b, second edition, from the challenge's DIN_default template and its MicroLens tuner
-    config, checked against FuxiCTR DIN / DIN_Attention / MLP_Block): ids, tags and levels embedded in 64
-    dimensions, the multimodal projection in 128 (items 64 + 64 + 128 = 256-d); attention MLP [512, 256] with
-    ReLU and dropout 0.1 on [t, x, t - x, t * x] (1024 in); DNN [1024, 512, 256] on
-    [likes | views | target | pooled] (640 in) with Linear -> BN -> ReLU -> Dropout, then Linear -> logit.
-    8,611,842 parameters with the MicroLens vocabulary. The challenge's template uses Dice in the attention
-    MLP; REFERENCE (the paper's baseline) says ReLU, which we follow. `dnn_dropout` 0.1 is the tuner's
-    net_dropout (the template's is 0). `pack_history` (exact, see models.history): attend only non-padding items.
+    Facts (from the challenge's DIN_default template and its MicroLens tuner config, checked against FuxiCTR
+    DIN / DIN_Attention / MLP_Block): ids, tags and levels embedded in 64 dimensions, the multimodal projection
+    in 128 (items 64 + 64 + 128 = 256-d); attention MLP [512, 256] with ReLU and dropout 0.1 on
+    [t, x, t - x, t * x] (1024 in); DNN [1024, 512, 256] on [likes | views | target | pooled] (640 in) with
+    Linear -> BN -> ReLU -> Dropout, then Linear -> logit. 8,611,842 parameters with the MicroLens vocabulary.
+    The challenge's template uses Dice in the attention MLP; the QIN paper's DIN baseline uses ReLU, which we
+    follow. `dnn_dropout` 0.1 is the tuner's net_dropout (the template's is 0). `fast` (exact): the prepared
+    item table, and packed histories (see models.history): only the non-padding items are encoded and attended.
     """
 
     def __init__(
@@ -70,10 +71,12 @@ class DIN(SampleFeatures):
         dnn_units: list[int] = [1024, 512, 256],  # noqa: B006
         dnn_dropout: float = 0.1,
         batch_norm: bool = True,
-        pack_history: bool = True,
+        fast: bool = True,
     ) -> None:
-        super().__init__(item_tags, item_mm, num_tags, embedding_dim, num_levels, mm_projection_dim)
-        self.pack_history = pack_history
+        super().__init__()
+        self.fast = fast
+        self.items = ItemEncoder(item_tags, item_mm, num_tags, embedding_dim, mm_projection_dim, fast)
+        self.likes_embedding, self.views_embedding = level_embeddings(num_levels, embedding_dim)
         item_dim = self.items.out_dim  # I = 2E + P (256)
         self.attention = DINAttention(item_dim, list(attention_units), attention_dropout)
         self.dnn = MLP(2 * embedding_dim + 2 * item_dim, list(dnn_units), dnn_dropout, batch_norm, "relu")
@@ -82,6 +85,9 @@ class DIN(SampleFeatures):
 
     def forward(self, item_seq: Tensor, item_id: Tensor, likes_level: Tensor, views_level: Tensor) -> Tensor:
         # item_seq (B, S), item_id / likes_level / views_level (B,) -> logits (B,)
-        x = self.features(self.attention, item_seq, item_id, likes_level, views_level, self.pack_history)
-        # x (B, 2E + 2I) = (B, 640)
+        pack = self.fast and can_pack(self.attention, item_seq)
+        target, history = lookup_items(self.items, item_seq, item_id, pack)  # (B, I), (B, S, I) or packed
+        pooled = attend(self.attention, target, history, item_seq > 0)  # (B, I)
+        levels = [self.likes_embedding(likes_level), self.views_embedding(views_level)]  # 2 x (B, E)
+        x = torch.cat([*levels, target, pooled], dim=-1)  # (B, 2E + 2I) = (B, 640)
         return self.head(self.dnn(x)).squeeze(-1)  # (B,)

@@ -1,4 +1,5 @@
-"""Feature-interaction networks: the Quadratic Neural Network (paper eq. 4), QNN-alpha (REFERENCE 7) and the MLP."""
+"""Feature-interaction networks: the Quadratic Neural Network (paper eq. 4), QNN-alpha (the authors' successor,
+FuxiCTR model_zoo/QNN) and the MLP."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ import torch
 from torch import Tensor, nn
 
 from qin_lightning.errors import ConfigError
-from qin_lightning.models.items import WeightsCache, _clear_cache_hook, caching_allowed
 
 QNN_ACTIVATIONS = ("prelu", "relu", "none")
 PLACEMENTS = ("post", "mid")
@@ -41,9 +41,10 @@ class QuadraticLayer(nn.Module):
       i.e. the activation (and BatchNorm, over the D*R linear output) sit inside, before the Hadamard product,
       and the layer's dropout acts after the residual sum.
 
-    Folding (post only, eval mode): with dropout off, sum_r (W_r x + b_r) = (sum_r W_r) x + sum_r b_r, and the
-    eval BatchNorm y*s + t is absorbed too: BN(x * (W x + b)) = x * ((s W) x + s b) + t. Exact up to rounding.
-    In training the R rows have separate dropout masks, so folding is never used there.
+    Folding (`fast`, post only, eval mode): with dropout off, sum_r (W_r x + b_r) = (sum_r W_r) x + sum_r b_r, and
+    the eval BatchNorm y*s + t is absorbed too: BN(x * (W x + b)) = x * ((s W) x + s b) + t. Exact up to rounding.
+    In training the R rows have separate dropout masks, so folding is never used there. The fold is computed
+    from the weights each forward, or read from the prepared one (models.inference).
     """
 
     def __init__(
@@ -54,11 +55,11 @@ class QuadraticLayer(nn.Module):
         batch_norm: bool,
         activation: str,
         placement: str,
-        fold_at_inference: bool,
+        fast: bool,
     ) -> None:
         super().__init__()
         self.input_dim, self.num_row, self.placement = input_dim, num_row, placement
-        self.fold_at_inference = fold_at_inference and placement == "post"
+        self.fast = fast
         self.linear = nn.Linear(input_dim, input_dim * num_row)
         init_linear(self.linear)
         norm_dim = input_dim if placement == "post" else input_dim * num_row
@@ -66,10 +67,9 @@ class QuadraticLayer(nn.Module):
         self.activation = make_activation(activation, "model.net.interaction.activation")
         self.dropout_h = nn.Dropout(dropout)
         self.dropout_y = nn.Dropout(dropout)
-        self._cache = WeightsCache()
-        self.register_load_state_dict_post_hook(_clear_cache_hook)
+        self.prepared: tuple[Tensor, Tensor, Tensor | None] | None = None  # the fold, once prepared
 
-    def _fold(self) -> tuple[Tensor, Tensor, Tensor | None]:
+    def fold(self) -> tuple[Tensor, Tensor, Tensor | None]:
         """(W^T (D, D), b (D,), shift (D,) or None) of the folded eval-mode layer before the activation."""
         d, r = self.input_dim, self.num_row
         weight = self.linear.weight.view(r, d, d).sum(0)  # (D, D)
@@ -81,22 +81,20 @@ class QuadraticLayer(nn.Module):
             weight, bias = weight * scale.unsqueeze(1), bias * scale
         return weight.t(), bias, shift
 
-    def folded(self) -> tuple[Tensor, Tensor, Tensor | None]:
-        if not caching_allowed():
-            return self._fold()
-        deps = [self.linear.weight, self.linear.bias]
-        if self.norm is not None:
-            deps += [self.norm.weight, self.norm.bias, self.norm.running_mean, self.norm.running_var]
-        return self._cache.get(deps, self._fold)
-
     def can_fold(self) -> bool:
         bn_ok = self.norm is None or self.norm.running_mean is not None
-        return self.fold_at_inference and self.placement == "post" and not self.training and bn_ok
+        return self.fast and self.placement == "post" and not self.training and bn_ok
+
+    def prepare_inference(self) -> None:
+        self.prepared = self.fold() if self.can_fold() else None
+
+    def release_inference(self) -> None:
+        self.prepared = None
 
     def forward(self, x: Tensor) -> Tensor:
         # x (B, D) -> (B, D)
         if self.can_fold():
-            weight_t, bias, shift = self.folded()
+            weight_t, bias, shift = self.prepared if self.prepared is not None else self.fold()
             if not (torch.is_grad_enabled() or torch.is_autocast_enabled(x.device.type)):  # in place: same ops
                 y = torch.addmm(bias, x, weight_t).mul_(x)  # (B, D)
                 if shift is not None:
@@ -118,14 +116,11 @@ class QuadraticLayer(nn.Module):
             y = self.norm(y)
         return self.dropout_y(self.activation(y)) + x
 
-    def train(self, mode: bool = True) -> "QuadraticLayer":
-        if mode:  # training invalidates the inference cache; eval() keeps a valid one
-            self._cache.clear()
-        return super().train(mode)
-
 
 class QuadraticNetwork(nn.Module):
-    """QNN (paper eq. 4): `num_layers` quadratic layers of width D = input_dim, R = `num_row` rows each."""
+    """QNN (paper eq. 4): `num_layers` quadratic layers of width D = input_dim, R = `num_row` rows each.
+
+    `fast`: every layer's exact folded eval form (post placement only; see QuadraticLayer)."""
 
     def __init__(
         self,
@@ -136,7 +131,7 @@ class QuadraticNetwork(nn.Module):
         batch_norm: bool = True,
         activation: str = "prelu",
         placement: str = "post",
-        fold_at_inference: bool = True,
+        fast: bool = True,
     ) -> None:
         super().__init__()
         if placement not in PLACEMENTS:
@@ -150,7 +145,7 @@ class QuadraticNetwork(nn.Module):
             )
         self.out_dim = input_dim
         self.layers = nn.ModuleList(
-            QuadraticLayer(input_dim, num_row, dropout, batch_norm, activation, placement, fold_at_inference)
+            QuadraticLayer(input_dim, num_row, dropout, batch_norm, activation, placement, fast)
             for _ in range(num_layers)
         )
 
@@ -196,7 +191,7 @@ class MLP(nn.Module):
 
 
 class QuadraticAlphaLayer(nn.Module):
-    """One QNN-alpha layer (REFERENCE section 7; the authors' successor, FuxiCTR model_zoo/QNN), residual included.
+    """One QNN-alpha layer (the authors' successor of QNN, FuxiCTR model_zoo/QNN), residual included.
 
     x (B, D) is F fields of width e (D = F e); each field is split into H chunks of e/H, head h holding chunk h
     of every field: x_h (B, H, D/H).

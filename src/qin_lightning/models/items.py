@@ -1,42 +1,13 @@
-"""Item encoder: id | masked-mean tags | projected multimodal vector (REFERENCE section 2).
+"""Item encoder: id | masked-mean tags | projected multimodal vector; the likes/views level embeddings.
 
-Also home of `WeightsCache`, the small exact inference cache used by the item table, the fast attention
-products and the folded quadratic layers: a value derived from some weights is reused only while every one
-of those tensors is unchanged (same storage, same in-place version counter, same dtype/device).
+QIN, DIN and the winner each hold these parts (`items`, `likes_embedding`, `views_embedding`) and split their
+parameters into the two L2 groups of the training protocol with `embedding_parameters` / `dense_parameters`.
 """
 
 from __future__ import annotations
 
-import contextlib
-from typing import Callable, Iterator
-
 import torch
 from torch import Tensor, nn
-
-_CACHES_AS_CONSTANTS = False
-
-
-def caching_allowed() -> bool:
-    """Inference caches are used only with autograd off and outside tracing/compilation (export, compile),
-    unless `caches_as_constants()` is active (export: the tracer then records the cached tensors as constants).
-    """
-    if torch.is_grad_enabled():
-        return False
-    return _CACHES_AS_CONSTANTS or not (torch.jit.is_tracing() or torch.compiler.is_compiling())
-
-
-@contextlib.contextmanager
-def caches_as_constants() -> Iterator[None]:
-    """Let a trace (ONNX export) use the inference caches: the exported graph gathers from the (N, I) item
-    table and uses the folded / pre-multiplied matrices. Build the caches first (one eval forward under
-    `torch.no_grad()` outside the trace), or the trace records their computation instead.
-    """
-    global _CACHES_AS_CONSTANTS
-    previous, _CACHES_AS_CONSTANTS = _CACHES_AS_CONSTANTS, True
-    try:
-        yield
-    finally:
-        _CACHES_AS_CONSTANTS = previous
 
 
 def init_embedding(table: nn.Embedding, std: float = 1e-4) -> None:
@@ -52,52 +23,39 @@ def gather_rows(table: Tensor, ids: Tensor) -> Tensor:
     return table.index_select(0, ids.reshape(-1)).view(*ids.shape, *table.shape[1:])
 
 
-class WeightsCache:
-    """Caches `compute()` while the tensors it depends on are unchanged.
+def level_embeddings(num_levels: int, embedding_dim: int) -> tuple[nn.Embedding, nn.Embedding]:
+    """The likes and views level tables: `num_levels` rows, row 0 = padding (zero, never trained), as published.
 
-    The key is (data_ptr, _version, dtype, device) of every dependency. `_version` is bumped by every in-place
-    write (optimizer steps, `load_state_dict`'s `copy_`, BatchNorm running-stat updates) and `data_ptr` changes
-    when `.to()` / `.half()` reallocate. Only used when autograd is off, so a cached value never has to carry
-    gradients; with grad enabled callers recompute.
-    """
-
-    def __init__(self) -> None:
-        self._key: tuple | None = None
-        self._value: Tensor | tuple[Tensor, ...] | None = None
-
-    @staticmethod
-    def key(tensors: list[Tensor]) -> tuple:
-        return tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors)
-
-    def get(self, tensors: list[Tensor], compute: Callable[[], Tensor | tuple[Tensor, ...]]):
-        key = self.key(tensors)
-        if self._value is None or key != self._key:
-            with torch.autocast(tensors[0].device.type, enabled=False):  # cached values are full precision
-                self._value = compute()
-            self._key = key
-        return self._value
-
-    def clear(self) -> None:
-        self._key, self._value = None, None
+    Both are created before either is initialised (the random-number order of every run so far)."""
+    likes = nn.Embedding(num_levels, embedding_dim, padding_idx=0)
+    views = nn.Embedding(num_levels, embedding_dim, padding_idx=0)
+    init_embedding(likes)
+    init_embedding(views)
+    return likes, views
 
 
-def _clear_cache_hook(module: nn.Module, incompatible_keys: object) -> None:
-    """load_state_dict post-hook: drop any inference cache of `module` (its weights were just replaced)."""
-    cache = getattr(module, "_cache", None)
-    if isinstance(cache, WeightsCache):
-        cache.clear()
+def embedding_parameters(net: nn.Module) -> list[nn.Parameter]:
+    """The embedding L2 group of a network with `items`, `likes_embedding`, `views_embedding`: every
+    embedding table + the multimodal projection."""
+    return net.items.embedding_parameters() + [net.likes_embedding.weight, net.views_embedding.weight]
+
+
+def dense_parameters(net: nn.Module) -> list[nn.Parameter]:
+    """Every other trainable parameter of `net`: the "net" L2 group (DIN's protocol)."""
+    embedding = {id(p) for p in embedding_parameters(net)}
+    return [p for p in net.parameters() if p.requires_grad and id(p) not in embedding]
 
 
 class ItemEncoder(nn.Module):
     """Item vector (2E + P) = id embedding (E) | masked mean of tag embeddings (E) | Linear(M, P, no bias)(item_mm).
 
     P = `mm_projection_dim`, 128 for every model: the challenge's dataset config declares the multimodal
-    feature with `embedding_dim: 128` whatever the model's embedding_dim (REFERENCE 2b), so QIN's item is
+    feature with `embedding_dim: 128` whatever the model's embedding_dim, so QIN's item is
     384 = 3 x 128 and DIN's / the winner's (E = 64) is 64 + 64 + 128 = 256.
 
-    Row i of the tables is item i; item 0 is padding and always encodes to the all-zero vector. In eval mode
-    with `cache_at_inference` and autograd off, the (N, I) table of every item is computed once and gathered
-    from (exact: same ops on the same rows); it is rebuilt whenever a weight or table changes.
+    Row i of the tables is item i; item 0 is padding and always encodes to the all-zero vector. `fast`: once
+    prepared (models.inference), eval mode gathers rows of the (N, I) table of every item vector (exact: the
+    same ops on the same rows) instead of encoding the requested ids.
     """
 
     def __init__(
@@ -107,14 +65,14 @@ class ItemEncoder(nn.Module):
         num_tags: int,
         embedding_dim: int = 128,
         mm_projection_dim: int = 128,
-        cache_at_inference: bool = True,
+        fast: bool = True,
     ) -> None:
         super().__init__()
         num_items, mm_dim = item_mm.shape
         self.embedding_dim = embedding_dim
         self.mm_projection_dim = mm_projection_dim
         self.out_dim = 2 * embedding_dim + mm_projection_dim
-        self.cache_at_inference = cache_at_inference
+        self.fast = fast
         self.register_buffer("item_tags", item_tags.detach().clone().long(), persistent=True)  # (N, T)
         self.register_buffer("item_mm", item_mm.detach().clone().float(), persistent=True)  # (N, M)
         self.id_embedding = nn.Embedding(num_items, embedding_dim, padding_idx=0)
@@ -123,8 +81,7 @@ class ItemEncoder(nn.Module):
         init_embedding(self.id_embedding)
         init_embedding(self.tag_embedding)
         nn.init.xavier_normal_(self.mm_projection.weight)
-        self._cache = WeightsCache()
-        self.register_load_state_dict_post_hook(_clear_cache_hook)
+        self.table: Tensor | None = None  # (N, 2E + P) once prepared
 
     def embedding_parameters(self) -> list[nn.Parameter]:
         return [self.id_embedding.weight, self.tag_embedding.weight, self.mm_projection.weight]
@@ -139,21 +96,14 @@ class ItemEncoder(nn.Module):
         out = torch.cat([self.id_embedding(ids), tag_mean, mm], dim=-1)  # (..., 2E + P)
         return out * (ids > 0).unsqueeze(-1).to(out.dtype)  # padding item -> exact zeros
 
-    def _dependencies(self) -> list[Tensor]:
-        return [self.id_embedding.weight, self.tag_embedding.weight, self.mm_projection.weight,
-                self.item_tags, self.item_mm]
-
-    def item_table(self) -> Tensor:
-        """(N, 2E + P) vectors of all items, cached while weights and tables are unchanged."""
+    def prepare_inference(self) -> None:
         all_ids = torch.arange(self.item_mm.shape[0], device=self.item_mm.device)
-        return self._cache.get(self._dependencies(), lambda: self.encode(all_ids))
+        self.table = self.encode(all_ids) if self.fast else None  # (N, 2E + P)
+
+    def release_inference(self) -> None:
+        self.table = None
 
     def forward(self, ids: Tensor) -> Tensor:
-        if self.cache_at_inference and not self.training and caching_allowed():
-            return gather_rows(self.item_table(), ids)  # (..., 2E + P)
+        if self.fast and self.table is not None and not self.training:
+            return gather_rows(self.table, ids)  # (..., 2E + P)
         return self.encode(ids)
-
-    def train(self, mode: bool = True) -> "ItemEncoder":
-        if mode:  # training invalidates the inference cache; eval() keeps a valid one
-            self._cache.clear()
-        return super().train(mode)

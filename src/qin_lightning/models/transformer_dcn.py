@@ -1,6 +1,6 @@
 """The challenge winner (1st place, valid AUC 0.9766): a Transformer over [history item | target] + DCNv2.
 
-REFERENCE section 6 (the winners' Transformer_DCN on FuxiCTR 2.3.7, tech report arXiv 2505.03543):
+The winners' Transformer_DCN on FuxiCTR 2.3.7 (tech report arXiv 2505.03543):
 
     item i (I = 2E + P = 256)   = id (64) | masked-mean tags (64) | Linear(128, 128, no bias)(multimodal)
     s_j = [x_j | x_t]           (B, S, 2I)  every history item next to the target, no positional encoding
@@ -14,8 +14,8 @@ An all-padding history keeps its last position unmasked (the published code does
 key): that position's output is kept, not zeroed. 267,898,881 parameters with the MicroLens vocabulary.
 Shrink options (faithful defaults): `first_k_cols`, `cross_rank` (DCN-V2's low-rank U (V^T x) form),
 `transformer_layers` / `feedforward_dim` / `num_heads` (the width d_model = 2I follows embedding_dim and
-mm_projection_dim). No exact fast path is needed: only the item table cache (models.items) applies; there is
-no `pack_history` (every position of the dense (B, S) grid is a query of the transformer).
+mm_projection_dim). `fast` is the item encoder's prepared item table only (models.inference); there are no
+packed histories (every position of the dense (B, S) grid is a query of the transformer).
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from qin_lightning.errors import ConfigError
-from qin_lightning.models.features import SampleFeatures
 from qin_lightning.models.interaction import MLP, init_linear
+from qin_lightning.models.items import ItemEncoder, level_embeddings
 
 
 class CrossNetV2(nn.Module):
@@ -96,7 +96,7 @@ class SequenceTransformer(nn.Module):
         return torch.cat([recent.flatten(1), self.pool_projection(pooled)], dim=-1)  # (B, (k + 1) 2I)
 
 
-class TransformerDCN(SampleFeatures):
+class TransformerDCN(nn.Module):
     """The 1st-place model of the challenge; `forward` returns logits (B,). See the module docstring."""
 
     # ONNX: the traced nn.MultiheadAttention records the sequence length as a constant, so an export serves
@@ -121,8 +121,11 @@ class TransformerDCN(SampleFeatures):
         dnn_units: list[int] = [1024, 512, 256],  # noqa: B006
         dnn_dropout: float = 0.2,
         head_units: list[int] = [64, 32],  # noqa: B006
+        fast: bool = True,
     ) -> None:
-        super().__init__(item_tags, item_mm, num_tags, embedding_dim, num_levels, mm_projection_dim)
+        super().__init__()
+        self.items = ItemEncoder(item_tags, item_mm, num_tags, embedding_dim, mm_projection_dim, fast)
+        self.likes_embedding, self.views_embedding = level_embeddings(num_levels, embedding_dim)
         item_dim = self.items.out_dim  # I = 2E + P (256)
         self.transformer = SequenceTransformer(
             item_dim, transformer_layers, num_heads, feedforward_dim, transformer_dropout, first_k_cols
