@@ -20,10 +20,11 @@ from conftest import REPO_ROOT, compose_train, tiny_model_overrides, tiny_overri
 from omegaconf import OmegaConf
 from torchmetrics.functional.classification import binary_auroc
 
-from qin_lightning.checkpoint import load_network
+from qin_lightning.serving.load import load_network
 from qin_lightning.data import schema as S
 from qin_lightning.errors import ConfigError, DataValidationError, QinError
-from qin_lightning.eval import evaluate, group_auc
+from qin_lightning.eval import evaluate
+from qin_lightning.training.metrics import group_auc
 from qin_lightning.predict import predict
 from qin_lightning.train import train
 

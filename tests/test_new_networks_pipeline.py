@@ -10,7 +10,7 @@ from conftest import compose_train, tiny_model_overrides, tiny_overrides
 from omegaconf import OmegaConf
 
 from qin_lightning.eval import evaluate
-from qin_lightning.export import export_checkpoint
+from qin_lightning.serving.export import export_checkpoint
 from qin_lightning.predict import predict
 from qin_lightning.train import train
 

@@ -16,7 +16,7 @@ import torch
 from conftest import REPO_ROOT, compose_train, tiny_model_overrides, tiny_overrides
 
 from qin_lightning.errors import ConfigError
-from qin_lightning.resume import GracefulInterrupt, TrainingInterrupted, resolve_ckpt_path
+from qin_lightning.training.resume import GracefulInterrupt, TrainingInterrupted, resolve_ckpt_path
 from qin_lightning.train import train
 
 # 16 batches per epoch, lr high enough that the plateau schedule halves it at some epoch, dropout on (QNN)

@@ -185,7 +185,7 @@ def test_null_callbacks_are_really_removed(tmp_path: Path) -> None:
     from hydra.utils import instantiate
     from lightning.pytorch.callbacks import ModelSummary, ProgressBar
 
-    from qin_lightning.callbacks import ParameterSummary, with_display_flags
+    from qin_lightning.training.callbacks import ParameterSummary, with_display_flags
     from qin_lightning.train import instantiate_list
 
     def trainer_callbacks(overrides: list[str]) -> list[object]:
@@ -204,7 +204,7 @@ def test_null_callbacks_are_really_removed(tmp_path: Path) -> None:
 
 
 def test_model_summary_has_no_flops_column(capsys: pytest.CaptureFixture[str]) -> None:
-    from qin_lightning.callbacks import ParameterSummary
+    from qin_lightning.training.callbacks import ParameterSummary
 
     data = [(" ", ["0"]), ("Name", ["net"]), ("Type", ["QIN"]), ("Params", ["1.2 K"]), ("Mode", ["train"]),
             ("FLOPs", ["0"])]

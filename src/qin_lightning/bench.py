@@ -48,9 +48,9 @@ from qin_lightning.data.synthetic import SyntheticConfig
 from qin_lightning.errors import ConfigError
 from qin_lightning.files import atomic_write_json
 from qin_lightning.models.switches import fast_path_state, set_fast_paths
-from qin_lightning.module import CTRModule
-from qin_lightning.onnx_runtime import feed as onnx_feed
-from qin_lightning.onnx_runtime import open_session
+from qin_lightning.training.module import CTRModule
+from qin_lightning.serving.runtime import feed as onnx_feed
+from qin_lightning.serving.runtime import open_session
 from qin_lightning.train import build_module
 
 MICROLENS_ITEMS, MICROLENS_TAGS = 91_718, 11_740  # incl. the padding id 0 (REFERENCE section 1)
@@ -417,7 +417,7 @@ def measure_onnx(net: nn.Module, requests: list[Batch], batches: list[Batch], ar
     except ImportError:
         record["onnx_skipped"] = "onnxruntime not installed (pip install -e '.[serve]')"
         return
-    from qin_lightning.export import DEFAULT_BLOCK_SIZE, export_onnx, int8_onnx_bytes
+    from qin_lightning.serving.export import DEFAULT_BLOCK_SIZE, export_onnx, int8_onnx_bytes
 
     cpu_net = net.to("cpu").eval()
     with tempfile.TemporaryDirectory() as tmp:

@@ -4,7 +4,7 @@ Composes ``conf/train.yaml``, builds the datamodule and the model, fits with Lig
 weights, writes ``results.json`` into the run folder and prints ``best val/auc=<value>`` as its last line.
 Returns the optimised metric so Hydra sweepers (Optuna) can use it.
 
-Resume: ``ckpt_path=last`` (see ``qin_lightning.resume`` for where it is looked up) or ``ckpt_path=<file>``.
+Resume: ``ckpt_path=last`` (see ``qin_lightning.training.resume`` for where it is looked up) or ``ckpt_path=<file>``.
 SIGINT/SIGTERM during training save ``checkpoints/last.ckpt`` after the current batch and exit with status
 128 + signal number, printing the command that resumes. User errors (bad data/config, non-finite loss) end
 with ``error: <one line>`` and exit status 2 (``debug=true`` shows the traceback).
@@ -31,17 +31,17 @@ from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from qin_lightning.callbacks import StopReason, with_display_flags
-from qin_lightning.checkpoint import read_checkpoint
-from qin_lightning.checkpoint_io import SafeCheckpointIO
+from qin_lightning.training.callbacks import StopReason, with_display_flags
+from qin_lightning.serving.load import read_checkpoint
+from qin_lightning.training.checkpoint_io import SafeCheckpointIO
 from qin_lightning.cli import CONFIG_DIR, exit_with_error, instantiate_reporting, set_threads
 from qin_lightning.data import schema as S
 from qin_lightning.errors import ConfigError, QinError
 from qin_lightning.files import FileWriteError, atomic_write_json
-from qin_lightning.memory import check_training_memory, estimate_training_memory, trains_on_gpu
-from qin_lightning.module import CTRModule, NonFiniteLossError
-from qin_lightning.resume import GracefulInterrupt, TrainingInterrupted, make_train_data_resumable, resolve_ckpt_path
-from qin_lightning.tracking import finish_wandb, start_wandb
+from qin_lightning.training.memory import check_training_memory, estimate_training_memory, trains_on_gpu
+from qin_lightning.training.module import CTRModule, NonFiniteLossError
+from qin_lightning.training.resume import GracefulInterrupt, TrainingInterrupted, make_train_data_resumable, resolve_ckpt_path
+from qin_lightning.training.tracking import finish_wandb, start_wandb
 
 log = logging.getLogger("qin_lightning.train")
 # Lightning 2.6 on torch 2.13: an internal deprecation notice printed on every run, nothing for the user to do
@@ -60,7 +60,7 @@ def build_module(cfg: DictConfig, dm: pl.LightningDataModule) -> CTRModule:
     """Instantiate ``cfg.model`` (a CTRModule around ``model.net``) with the data's item tables."""
     if "net" not in cfg.model:
         raise ConfigError("config key 'model.net' is missing: a model config must define the network under 'net'")
-    if cfg.get("memory_check", True):  # before anything is allocated (qin_lightning.memory)
+    if cfg.get("memory_check", True):  # before anything is allocated (qin_lightning.training.memory)
         memory = estimate_training_memory(cfg.model.net, dm.item_tags, dm.item_mm, dm.num_tags)
         check_training_memory(memory, trains_on_gpu(cfg.trainer.get("accelerator")))
     net = instantiate_reporting(cfg.model.net, item_tags=dm.item_tags, item_mm=dm.item_mm, num_tags=dm.num_tags)
@@ -121,7 +121,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     stop = StopReason()
     callbacks += [GracefulInterrupt(), stop]
     loggers: list[Logger] = instantiate_list(cfg.get("logger"))
-    trust = bool(cfg.get("trust_checkpoint", False))  # strict loading and atomic saving: qin_lightning.checkpoint_io
+    trust = bool(cfg.get("trust_checkpoint", False))  # strict loading and atomic saving: qin_lightning.training.checkpoint_io
     shown = with_display_flags(callbacks, enable_model_summary=cfg.trainer.get("enable_model_summary", True))
     trainer: pl.Trainer = instantiate(cfg.trainer, logger=loggers or False, plugins=[SafeCheckpointIO(trust=trust)],
                                       **shown)

@@ -1,9 +1,10 @@
-"""The LightningModule: the published training protocol around any CTR network (REFERENCE.md section 3).
+"""The LightningModule: the published training protocol around any CTR network (the authors' QIN run on
+FuxiCTR 2.3.7: Adam 2e-3, batch 8192, clipping 10, lr halved on a plateau, early stopping, best weights kept).
 
 loss = BCE(sigmoid(logits), label)
      + (embedding_l2 / 2) * sum of ||p||^2 over every embedding table (+ the multimodal projection), every step
      + (net_l2 / 2)       * sum of ||p||^2 over every other weight (the DIN protocol; 0 for QIN)
-With ``self_ensemble`` (QNN-alpha, REFERENCE section 7) the BCE term is replaced by the self-ensemble loss of
+With ``self_ensemble`` (QNN-alpha, the authors' KDD 2025 successor, arXiv 2505.17999) the BCE term is replaced by the self-ensemble loss of
 two stochastic forward passes (``CTRModule.self_ensemble_loss``); inference is always one pass.
 Adam (default betas, no weight decay); lr x ``lr_factor`` whenever validation AUC does not improve by
 ``min_delta`` (floor ``min_lr``). Gradient clipping, early stopping and best-checkpoint reloading are Trainer
@@ -21,9 +22,9 @@ from torch import nn
 from torchmetrics.classification import BinaryAUROC
 
 from qin_lightning.errors import QinError
-from qin_lightning.metrics import BinaryLogLoss
+from qin_lightning.training.metrics import BinaryLogLoss
 from qin_lightning.models.switches import clear_inference_caches
-from qin_lightning.resume import rng_state, set_rng_state
+from qin_lightning.training.resume import rng_state, set_rng_state
 
 if TYPE_CHECKING:
     from qin_lightning.data.datamodule import Batch
@@ -111,7 +112,8 @@ class CTRModule(LightningModule):
 
     @staticmethod
     def self_ensemble_loss(logits_1: torch.Tensor, logits_2: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
-        """QNN-alpha's self-ensemble loss of two stochastic passes (REFERENCE section 7), all means over B:
+        """QNN-alpha's self-ensemble loss of two stochastic passes (QNN-alpha, arXiv 2505.17999), all means
+        over B:
 
             p = (p1 + p2) / 2;   loss = BCE(p, y) + BCE(p1, p.detach()) + BCE(p2, p.detach())
 

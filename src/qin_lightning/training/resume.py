@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader
 
 from qin_lightning.errors import ConfigError
 
-log = logging.getLogger("qin_lightning.resume")
+log = logging.getLogger("qin_lightning.training.resume")
 LAST_NAME = "last.ckpt"
 HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
