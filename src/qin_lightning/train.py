@@ -40,7 +40,7 @@ from qin_lightning.errors import ConfigError, QinError
 from qin_lightning.files import FileWriteError, atomic_write_json
 from qin_lightning.training.memory import check_training_memory, estimate_training_memory, trains_on_gpu
 from qin_lightning.training.module import CTRModule, NonFiniteLossError
-from qin_lightning.training.resume import GracefulInterrupt, TrainingInterrupted, make_train_data_resumable, resolve_ckpt_path
+from qin_lightning.training.resume import ExactResume, GracefulInterrupt, TrainingInterrupted, resolve_ckpt_path
 from qin_lightning.training.tracking import finish_wandb, start_wandb
 
 log = logging.getLogger("qin_lightning.train")
@@ -119,7 +119,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             cfg.logger.wandb.group = sweep_name()
     callbacks: list[Callback] = instantiate_list(cfg.get("callbacks"))
     stop = StopReason()
-    callbacks += [GracefulInterrupt(), stop]
+    callbacks += [ExactResume(), GracefulInterrupt(), stop]
     loggers: list[Logger] = instantiate_list(cfg.get("logger"))
     trust = bool(cfg.get("trust_checkpoint", False))  # strict loading and atomic saving: qin_lightning.training.checkpoint_io
     shown = with_display_flags(callbacks, enable_model_summary=cfg.trainer.get("enable_model_summary", True))
@@ -134,7 +134,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     resume_from = resolve_ckpt_path(cfg.get("ckpt_path"), out_dir, ckpt_dir, multirun=sweep_name() is not None)
     if resume_from is not None:
         log.info("resuming from %s", resume_from)
-    make_train_data_resumable(dm, trainer)
     try:
         trainer.fit(module, datamodule=dm, ckpt_path=resume_from)
     except NonFiniteLossError as err:
