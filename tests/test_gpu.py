@@ -14,8 +14,8 @@ from qin_lightning.bench import BenchArgs, run
 from qin_lightning.data.datamodule import Batch, MMCTRDataModule
 from qin_lightning.data.synthetic import SyntheticConfig
 from qin_lightning.models.switches import set_fast_paths
+from qin_lightning.training.build import build_module
 from qin_lightning.training.module import CTRModule
-from qin_lightning.train import build_module
 
 from conftest import compose_train, tiny_model_overrides, tiny_overrides
 

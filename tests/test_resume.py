@@ -16,8 +16,8 @@ import torch
 from conftest import REPO_ROOT, compose_train, tiny_model_overrides, tiny_overrides
 
 from qin_lightning.errors import ConfigError
-from qin_lightning.training.resume import GracefulInterrupt, TrainingInterrupted, resolve_ckpt_path
 from qin_lightning.train import train
+from qin_lightning.training.resume import GracefulInterrupt, TrainingInterrupted, resolve_ckpt_path
 
 # 16 batches per epoch, lr high enough that the plateau schedule halves it at some epoch, dropout on (QNN)
 RESUME = ["data.batch_size=32", "trainer.max_epochs=4", "model.lr=3e-2", "callbacks.early_stopping.patience=8"]

@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from qin_lightning.files import atomic_write_json
 from qin_lightning.serving.export import export_checkpoint
+from qin_lightning.serving.runtime import open_session
 from qin_lightning.serving.scorer import load_for_inference, scored_batches
 from qin_lightning.training.metrics import split_metrics
-from qin_lightning.files import atomic_write_json
-from qin_lightning.serving.runtime import open_session
 
 
 def measure(ckpt: Path, tmp: Path, block_size: int) -> dict:

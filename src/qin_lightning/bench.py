@@ -51,7 +51,7 @@ from qin_lightning.models.switches import fast_path_state, set_fast_paths
 from qin_lightning.training.module import CTRModule
 from qin_lightning.serving.runtime import feed as onnx_feed
 from qin_lightning.serving.runtime import open_session
-from qin_lightning.train import build_module
+from qin_lightning.training.build import build_module
 
 MICROLENS_ITEMS, MICROLENS_TAGS = 91_718, 11_740  # incl. the padding id 0 (REFERENCE section 1)
 CONFIGS = ("plain", "fast")

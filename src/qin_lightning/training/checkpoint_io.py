@@ -18,8 +18,8 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.fabric.utilities.types import _PATH
 
-from qin_lightning.serving.load import read_checkpoint
 from qin_lightning.files import atomic_writer
+from qin_lightning.serving.load import read_checkpoint
 
 
 class SafeCheckpointIO(TorchCheckpointIO):

@@ -22,8 +22,8 @@ from torch import nn
 from torchmetrics.classification import BinaryAUROC
 
 from qin_lightning.errors import QinError
-from qin_lightning.training.metrics import BinaryLogLoss
 from qin_lightning.models.switches import clear_inference_caches
+from qin_lightning.training.metrics import BinaryLogLoss
 
 if TYPE_CHECKING:
     from qin_lightning.data.datamodule import Batch
