@@ -1,4 +1,4 @@
-"""Score a split with a trained model: the one scorer used by eval, predict, bench and experiments/.
+"""Score a split with a trained model: the one scorer of eval, predict and the experiments/ scripts.
 
 `load_for_inference` rebuilds the network and the data from a training checkpoint (strict, safe loading:
 qin_lightning.serving.load); only where the data lives (``data.root``) and the batch size (``data.batch_size``)
