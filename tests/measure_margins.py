@@ -54,7 +54,7 @@ def learns(tmp: Path) -> dict:
 @contextlib.contextmanager
 def four_bit_precision():
     """Exports made inside quantize to q in -7..7 (scales x 127/7) in the same int8 format: a coarser export."""
-    from qin_lightning import onnx_int8
+    from qin_lightning.serving import int8 as onnx_int8
 
     original = onnx_int8.quantize_blockwise
 
@@ -74,7 +74,7 @@ def int8(tmp: Path) -> dict:
     from omegaconf import OmegaConf
 
     from qin_lightning.eval import evaluate
-    from qin_lightning.export import export_checkpoint
+    from qin_lightning.serving.export import export_checkpoint
 
     results = train(compose_train(tiny_overrides(tmp) + LEARNABLE, tmp / "run"))
     ckpt = Path(results["best_checkpoint"])

@@ -229,3 +229,18 @@ def test_lightning_fit_and_predict(cache: Path) -> None:
     assert dm.state_dict()["epoch"] == 1  # Lightning calls set_epoch on the sampler
     preds = trainer.predict(_Tiny(), datamodule=dm)
     assert preds is not None and torch.cat(preds).shape == (TINY.test_rows,)  # type: ignore[arg-type]
+
+
+def test_train_loader_skips_the_batches_a_checkpoint_says_were_done(cache: Path) -> None:
+    dm = make(cache, batch_size=64)
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    assert loader.state_dict() == {"batches_done": 0, "epoch": 0}  # no trainer attached: nothing done
+    full = [b.user_id for b in loader]
+    loader.load_state_dict({"batches_done": 2, "epoch": 0})
+    rest = [b.user_id for b in loader]
+    assert len(full) > 2 and len(rest) == len(full) - 2
+    assert all(torch.equal(a, b) for a, b in zip(full[2:], rest))
+    assert len(list(loader)) == len(full)  # the skip applies to the resumed epoch only
+    loader.load_state_dict({"batches_done": len(full), "epoch": 0})  # a finished epoch: the next starts afresh
+    assert len(list(loader)) == len(full)

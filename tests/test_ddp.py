@@ -28,7 +28,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from torchmetrics.functional.classification import binary_auroc
 
 from qin_lightning.data.datamodule import Batch, ShardedBatchSampler, SplitDataset
-from qin_lightning.train import build_datamodule, build_module
+from qin_lightning.training.build import build_datamodule, build_module
 
 TRAIN_ROWS, VALID_ROWS, BATCH = 501, 251, 64  # 501 rows / (2 ranks x 64) -> 4 steps of 62-63 rows per rank
 

@@ -23,8 +23,8 @@ from conftest import REPO_ROOT, compose_train, tiny_model_overrides, tiny_overri
 from qin_lightning.data import schema as S
 from qin_lightning.data.synthetic import SyntheticConfig, generate
 from qin_lightning.errors import QinError
-from qin_lightning.module import NonFiniteLossError
 from qin_lightning.train import train
+from qin_lightning.training.module import NonFiniteLossError
 
 MMCTR = SyntheticConfig(num_items=60, num_tags=20, num_users=40, train_rows=256, valid_rows=128, test_rows=64,
                         max_len=8, emb_dim=S.EMB_DIM, name="errors")
@@ -231,7 +231,7 @@ def test_cli_non_finite_loss_stops_keeping_last_good_checkpoint(tmp_path: Path) 
 
 
 def test_non_finite_guard_in_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import qin_lightning.module as M
+    import qin_lightning.training.module as M
 
     real = M.F.binary_cross_entropy_with_logits
     calls = {"n": 0}

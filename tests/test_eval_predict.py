@@ -18,13 +18,12 @@ import pytest
 import torch
 from conftest import REPO_ROOT, compose_train, tiny_model_overrides, tiny_overrides
 from omegaconf import OmegaConf
-from torchmetrics.functional.classification import binary_auroc
 
-from qin_lightning.checkpoint import load_network
 from qin_lightning.data import schema as S
 from qin_lightning.errors import ConfigError, DataValidationError, QinError
-from qin_lightning.eval import evaluate, group_auc
+from qin_lightning.eval import evaluate
 from qin_lightning.predict import predict
+from qin_lightning.serving.load import load_network
 from qin_lightning.train import train
 
 
@@ -47,29 +46,6 @@ def _predict_cfg(ckpt: str, output: Path, **kw: object):
             "data": {"root": None, "batch_size": None}, "device": "cpu", "threads": 1, "debug": False}
     base.update(kw)
     return OmegaConf.create(base)
-
-
-def _loop_gauc(user: np.ndarray, label: np.ndarray, score: np.ndarray) -> float:
-    num = den = 0.0
-    for u in np.unique(user):
-        m = user == u
-        if 0 < label[m].sum() < m.sum():
-            auc = float(binary_auroc(torch.from_numpy(score[m]), torch.from_numpy(label[m]).long()))
-            num, den = num + auc * m.sum(), den + m.sum()
-    return num / den
-
-
-def test_group_auc_matches_per_user_loop() -> None:
-    rng = np.random.default_rng(0)
-    n = 3000
-    user = rng.integers(0, 200, n)
-    label = (rng.random(n) < 0.3).astype(np.float32)
-    score = np.round(rng.random(n), 2).astype(np.float32)  # many ties
-    label[user == 7] = 1.0  # a one-class user: skipped
-    gauc, users = group_auc(user, label, score)
-    assert gauc == pytest.approx(_loop_gauc(user, label, score), abs=1e-6)
-    assert users == sum(1 for u in np.unique(user) if 0 < label[user == u].sum() < (user == u).sum())
-    assert np.isnan(group_auc(np.zeros(4, int), np.ones(4), np.arange(4.0))[0])
 
 
 def test_eval_matches_training_validation(trained: tuple[Path, dict]) -> None:

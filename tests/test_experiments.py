@@ -8,7 +8,8 @@ import pytest
 import torch
 from conftest import CONFIG_DIR, compose_train, tiny_model_overrides, tiny_overrides
 
-from qin_lightning.train import build_datamodule, build_module, train
+from qin_lightning.train import train
+from qin_lightning.training.build import build_datamodule, build_module
 
 EXPERIMENTS = sorted(p.stem for p in Path(CONFIG_DIR, "experiment").glob("*.yaml"))
 

@@ -10,13 +10,14 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from qin_lightning.checkpoint import load_network
 from qin_lightning.data.datamodule import MMCTRDataModule
 from qin_lightning.data.synthetic import SyntheticConfig
 from qin_lightning.errors import QinError
-from qin_lightning.export import INPUT_NAMES, export_checkpoint, main
+from qin_lightning.export import main
 from qin_lightning.models.inference import set_fast_paths
-from qin_lightning.train import build_module
+from qin_lightning.serving.export import INPUT_NAMES, export_checkpoint
+from qin_lightning.serving.load import load_network
+from qin_lightning.training.build import build_module
 
 from conftest import compose_train, tiny_model_overrides, tiny_overrides
 

@@ -25,8 +25,8 @@ from qin_lightning.bench import BenchArgs, DeviceBatches, run
 from qin_lightning.data.datamodule import Batch, MMCTRDataModule
 from qin_lightning.data.synthetic import SyntheticConfig
 from qin_lightning.models.inference import inference_form, set_fast_paths
-from qin_lightning.module import CTRModule
-from qin_lightning.train import build_module
+from qin_lightning.training.build import build_module
+from qin_lightning.training.module import CTRModule
 
 from conftest import compose_train, tiny_model_overrides, tiny_overrides
 

@@ -10,11 +10,11 @@ import pytest
 import torch
 from probes import prepared
 
-from qin_lightning.checkpoint import load_network
+from qin_lightning.serving.load import load_network
 from qin_lightning.data.datamodule import MMCTRDataModule
 from qin_lightning.data.synthetic import SyntheticConfig
 from qin_lightning.models.inference import fast_path_state, rename_old_switches
-from qin_lightning.train import build_module
+from qin_lightning.training.build import build_module
 
 from conftest import compose_train, tiny_model_overrides, tiny_overrides
 

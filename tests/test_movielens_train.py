@@ -13,10 +13,10 @@ from conftest import REPO_ROOT, compose_train
 from hydra.utils import instantiate
 from test_movielens import make_source
 
-from qin_lightning.checkpoint import load_network
 from qin_lightning.data.datamodule import MMCTRDataModule
 from qin_lightning.data.movielens import MovieLensSource
 from qin_lightning.errors import ConfigError
+from qin_lightning.serving.load import load_network
 from qin_lightning.train import train
 
 ML_SMALL = (REPO_ROOT / ".." / "shared" / "data" / "ml-latest-small.zip").resolve()

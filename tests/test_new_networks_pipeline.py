@@ -10,8 +10,8 @@ from conftest import compose_train, tiny_model_overrides, tiny_overrides
 from omegaconf import OmegaConf
 
 from qin_lightning.eval import evaluate
-from qin_lightning.export import export_checkpoint
 from qin_lightning.predict import predict
+from qin_lightning.serving.export import export_checkpoint
 from qin_lightning.train import train
 
 EXPERIMENTS = ["transformer_dcn", "qnn_alpha"]

@@ -14,9 +14,10 @@ from test_train import LEARNABLE
 
 from qin_lightning.errors import QinError
 from qin_lightning.eval import evaluate
-from qin_lightning.export import export_checkpoint, main
-from qin_lightning.onnx_int8 import dequantize_blockwise, quantize_blockwise, quantize_weights_int8
-from qin_lightning.onnx_runtime import feed, open_session
+from qin_lightning.export import main
+from qin_lightning.serving.export import export_checkpoint
+from qin_lightning.serving.int8 import dequantize_blockwise, quantize_blockwise, quantize_weights_int8
+from qin_lightning.serving.runtime import feed, open_session
 from qin_lightning.train import train
 
 onnx = pytest.importorskip("onnx")
@@ -133,7 +134,7 @@ def test_int8_export_is_close_to_pytorch_and_eval_scores_it(trained: tuple[Path,
 
 
 def _other_model(tmp_path: Path) -> Path:
-    from qin_lightning.export import export_onnx
+    from qin_lightning.serving.export import export_onnx
     from qin_lightning.models.qin import QIN
 
     tags, vectors = torch.randint(1, 7, (10, 5)), torch.randn(10, 16)
@@ -148,7 +149,7 @@ def _not_onnx(tmp_path: Path) -> Path:
 
 def single_request_diff(ckpt: Path, int8_model: Path) -> float:
     """Largest |p_int8 - p_torch| over 32 batch-1 requests (left padded, incl. empty histories)."""
-    from qin_lightning.checkpoint import load_network
+    from qin_lightning.serving.load import load_network
 
     session = open_session(int8_model, threads=1)
     net, _ = load_network(ckpt)

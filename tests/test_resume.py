@@ -16,8 +16,8 @@ import torch
 from conftest import REPO_ROOT, compose_train, tiny_model_overrides, tiny_overrides
 
 from qin_lightning.errors import ConfigError
-from qin_lightning.resume import GracefulInterrupt, TrainingInterrupted, resolve_ckpt_path
 from qin_lightning.train import train
+from qin_lightning.training.resume import GracefulInterrupt, TrainingInterrupted, resolve_ckpt_path
 
 # 16 batches per epoch, lr high enough that the plateau schedule halves it at some epoch, dropout on (QNN)
 RESUME = ["data.batch_size=32", "trainer.max_epochs=4", "model.lr=3e-2", "callbacks.early_stopping.patience=8"]
@@ -163,3 +163,20 @@ def test_sigterm_mid_epoch_then_resume_matches(reference: tuple[Path, dict], tmp
     resumed = json.loads((run_dir / "results.json").read_text())
     assert resumed["status"] == "completed"
     assert resumed["val_history"] == _history(ref)
+
+
+def test_checkpoint_from_before_exact_resume_callback_resumes_exactly(reference: tuple[Path, dict]) -> None:
+    """A checkpoint written before `ExactResume` existed (no callback state; the plateau metric only in the
+    module's qin_val_history, the RNG states in qin_rng) still resumes exactly."""
+    tmp, ref = reference
+    run = "stopped_old_format"
+    cfg = _cfg(tmp, run, ["+callbacks.stop_at._target_=test_resume.StopAt", "+callbacks.stop_at.epoch=1",
+                          "+callbacks.stop_at.batch=5"])
+    with pytest.raises(TrainingInterrupted):
+        train(cfg)
+    last = tmp / run / "checkpoints" / "last.ckpt"
+    ckpt = torch.load(last, map_location="cpu", weights_only=True)
+    assert ckpt["callbacks"].pop("ExactResume")["monitored"][0]["value"] == ckpt["qin_val_history"][0]["auc"]
+    torch.save(ckpt, last)
+    resumed = train(_cfg(tmp, run, ["ckpt_path=last"]))
+    assert _history(resumed) == _history(ref)

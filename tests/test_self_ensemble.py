@@ -12,7 +12,7 @@ from test_models import tiny_batch, tiny_tables
 from qin_lightning.data.datamodule import Batch
 from qin_lightning.models.interaction import QuadraticAlphaNetwork
 from qin_lightning.models.qin import QIN
-from qin_lightning.module import CTRModule
+from qin_lightning.training.module import CTRModule
 
 
 def bce(p: float, y: float) -> float:

@@ -9,8 +9,8 @@ import lightning.pytorch as pl
 import pytest
 from conftest import compose_train, tiny_model_overrides, tiny_overrides
 
-import qin_lightning.timing as timing_module
-from qin_lightning.timing import PHASES
+import qin_lightning.training.timing as timing_module
+from qin_lightning.training.timing import PHASES
 from qin_lightning.train import train
 
 

@@ -119,7 +119,7 @@ def test_logged_val_auc_matches_fresh_evaluation_of_last_weights(tmp_path: Path)
     import torch
     from torchmetrics.functional.classification import binary_auroc
 
-    from qin_lightning.train import build_datamodule, build_module
+    from qin_lightning.training.build import build_datamodule, build_module
 
     cfg = compose_train(tiny_overrides(tmp_path) + tiny_model_overrides() + ["trainer.max_epochs=3"], tmp_path / "run")
     results = train(cfg)
@@ -186,8 +186,8 @@ def test_null_callbacks_are_really_removed(tmp_path: Path) -> None:
     from hydra.utils import instantiate
     from lightning.pytorch.callbacks import ModelSummary, ProgressBar
 
-    from qin_lightning.callbacks import ParameterSummary, with_display_flags
-    from qin_lightning.train import instantiate_list
+    from qin_lightning.training.callbacks import ParameterSummary, with_display_flags
+    from qin_lightning.training.build import instantiate_list
 
     def trainer_callbacks(overrides: list[str]) -> list[object]:
         cfg = compose_train(overrides, tmp_path / "run")
@@ -205,7 +205,7 @@ def test_null_callbacks_are_really_removed(tmp_path: Path) -> None:
 
 
 def test_model_summary_has_no_flops_column(capsys: pytest.CaptureFixture[str]) -> None:
-    from qin_lightning.callbacks import ParameterSummary
+    from qin_lightning.training.callbacks import ParameterSummary
 
     data = [(" ", ["0"]), ("Name", ["net"]), ("Type", ["QIN"]), ("Params", ["1.2 K"]), ("Mode", ["train"]),
             ("FLOPs", ["0"])]

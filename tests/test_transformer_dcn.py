@@ -100,7 +100,7 @@ def test_eval_is_deterministic_with_and_without_autograd() -> None:
 
 def test_onnx_export_is_exact() -> None:
     ort = pytest.importorskip("onnxruntime")
-    from qin_lightning.export import onnx_bytes
+    from qin_lightning.serving.export import onnx_bytes
 
     model = tiny_winner()
     item_seq, item_id, likes, views = tiny_batch()
@@ -116,7 +116,7 @@ def test_onnx_export_is_exact() -> None:
 def test_onnx_history_axis_is_fixed_and_int8_export_runs() -> None:
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
-    from qin_lightning.export import int8_onnx_bytes, onnx_bytes
+    from qin_lightning.serving.export import int8_onnx_bytes, onnx_bytes
 
     model = tiny_winner(embedding_dim=16, mm_projection_dim=16, dnn_units=[64], head_units=[32])
     item_seq, item_id, likes, views = tiny_batch()

@@ -21,16 +21,17 @@ import torch
 from conftest import CONFIG_DIR, REPO_ROOT, compose_train, tiny_model_overrides, tiny_overrides
 from hydra import compose, initialize_config_dir
 
-from qin_lightning import checkpoint_io, memory
-from qin_lightning.checkpoint import UnsafeCheckpointError, load_network, read_checkpoint
 from qin_lightning.data import schema as S
 from qin_lightning.errors import ConfigError, DataValidationError, QinError
 from qin_lightning.eval import evaluate
-from qin_lightning.export import export_checkpoint
 from qin_lightning.export import main as export_main
 from qin_lightning.files import FileWriteError
 from qin_lightning.predict import predict
-from qin_lightning.train import build_datamodule, build_module, train
+from qin_lightning.serving.export import export_checkpoint
+from qin_lightning.serving.load import UnsafeCheckpointError, load_network, read_checkpoint
+from qin_lightning.train import train
+from qin_lightning.training import checkpoint_io, memory
+from qin_lightning.training.build import build_datamodule, build_module
 
 EXPERIMENTS = sorted(p.stem for p in Path(CONFIG_DIR, "experiment").glob("*.yaml"))
 TESTS = Path(__file__).resolve().parent

@@ -18,7 +18,7 @@ from qin_lightning.bench import compose_config
 from qin_lightning.bench import BenchArgs
 from qin_lightning.data.datamodule import MMCTRDataModule
 from qin_lightning.data.synthetic import SyntheticConfig
-from qin_lightning.train import build_module
+from qin_lightning.training.build import build_module
 
 
 class OpDtypes(TorchDispatchMode):

@@ -50,10 +50,10 @@ from qin_lightning.data.synthetic import SyntheticConfig
 from qin_lightning.errors import ConfigError
 from qin_lightning.files import atomic_write_json
 from qin_lightning.models.inference import fast_path_state, inference_form, set_fast_paths
-from qin_lightning.module import CTRModule
-from qin_lightning.onnx_runtime import feed as onnx_feed
-from qin_lightning.onnx_runtime import open_session
-from qin_lightning.train import build_module
+from qin_lightning.serving.runtime import feed as onnx_feed
+from qin_lightning.serving.runtime import open_session
+from qin_lightning.training.build import build_module
+from qin_lightning.training.module import CTRModule
 
 MICROLENS_ITEMS, MICROLENS_TAGS = 91_718, 11_740  # incl. the padding id 0 (REFERENCE section 1)
 PRECISIONS = ("32", "bf16")
@@ -472,7 +472,7 @@ def measure_onnx(net: nn.Module, requests: list[Batch], batches: list[Batch], ar
     except ImportError:
         record["onnx_skipped"] = "onnxruntime not installed (pip install -e '.[serve]')"
         return
-    from qin_lightning.export import DEFAULT_BLOCK_SIZE, export_onnx, int8_onnx_bytes
+    from qin_lightning.serving.export import DEFAULT_BLOCK_SIZE, export_onnx, int8_onnx_bytes
 
     cpu_net = net.to("cpu").eval()
     with tempfile.TemporaryDirectory() as tmp:

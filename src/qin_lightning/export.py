@@ -9,7 +9,7 @@ the traced nn.MultiheadAttention fixes the sequence length), whose history axis 
 Written atomically; an existing file is replaced only with `--overwrite`.
 
 `--weights fp32` (default) is exact (same function up to rounding) and runs on any ONNX runtime.
-`--weights int8` stores the weight matrices as blockwise int8 (qin_lightning.onnx_int8): about 4x fewer bytes
+`--weights int8` stores the weight matrices as blockwise int8 (qin_lightning.serving.int8): about 4x fewer bytes
 read per single request, an approximation of the model, onnxruntime only. Check its accuracy with
 `python -m qin_lightning.eval ckpt_path=CKPT onnx=model.int8.onnx`.
 """
@@ -17,128 +17,13 @@ read per single request, an approximation of the model, onnxruntime only. Check 
 from __future__ import annotations
 
 import argparse
-import io
 import sys
-import warnings
 from pathlib import Path
 
-import torch
-from torch import Tensor, nn
-
-from qin_lightning.checkpoint import load_network
 from qin_lightning.cli import run_reporting_errors
-from qin_lightning.errors import QinError
-from qin_lightning.files import atomic_write_bytes
-from qin_lightning.models.inference import inference_form, set_fast_paths
-from qin_lightning.onnx_runtime import INPUT_NAMES as ONNX_INPUTS
-
-INPUT_NAMES = list(ONNX_INPUTS)
-OUTPUT_NAME = "probability"
-FORMATS = ("onnx",)
-WEIGHTS = ("fp32", "int8")
-OPSET = 17
-DEFAULT_BLOCK_SIZE = 128  # int8 weights: one scale per 128 inputs of each output column
-
-
-class ProbabilityModel(nn.Module):
-    """Wraps a CTR network (logits) into the serving signature returning probabilities."""
-
-    def __init__(self, net: nn.Module) -> None:
-        super().__init__()
-        self.net = net
-
-    def forward(self, item_seq: Tensor, item_id: Tensor, likes_level: Tensor, views_level: Tensor) -> Tensor:
-        return torch.sigmoid(self.net(item_seq, item_id, likes_level, views_level).float())  # (B,)
-
-
-def example_inputs(seq_len: int, batch: int = 2) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """A small valid request (some padding) used to trace."""
-    item_seq = torch.zeros(batch, seq_len, dtype=torch.long)
-    item_seq[:, -1] = 1
-    ones = torch.ones(batch, dtype=torch.long)
-    return item_seq, ones, ones, ones
-
-
-def onnx_bytes(net: nn.Module, seq_len: int = 64, opset: int = OPSET) -> bytes:
-    """The ONNX model (bytes) of `net` in its fast eval form; `net` is left in eval mode with fast paths on."""
-    net.eval()
-    set_fast_paths(net, True)
-    model = ProbabilityModel(net).eval()
-    inputs = example_inputs(seq_len)
-    history_axis = {1: "history"} if getattr(net, "dynamic_history", True) else {}
-    buffer = io.BytesIO()
-    with torch.no_grad(), inference_form(net):  # the trace records the prepared tensors as constants
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # tracer warnings about constants are what we want here
-            torch.onnx.export(
-                model,
-                inputs,
-                buffer,
-                input_names=INPUT_NAMES,
-                output_names=[OUTPUT_NAME],
-                dynamic_axes={
-                    "item_seq": {0: "batch", **history_axis},
-                    "item_id": {0: "batch"},
-                    "likes_level": {0: "batch"},
-                    "views_level": {0: "batch"},
-                    OUTPUT_NAME: {0: "batch"},
-                },
-                opset_version=opset,
-                do_constant_folding=True,
-                dynamo=False,  # TorchScript-based exporter: no onnxscript dependency
-            )
-    return buffer.getvalue()
-
-
-def check_weights(weights: str, block_size: int) -> None:
-    """QinError for an unknown `--weights`, a bad `--block-size` or (int8) a missing onnx package."""
-    if weights not in WEIGHTS:
-        raise QinError(f"--weights: unknown value {weights!r}, expected one of {list(WEIGHTS)}")
-    if weights == "int8":
-        try:
-            import onnx  # noqa: F401
-        except ImportError:
-            raise QinError("--weights int8: needs the onnx package (pip install -e '.[serve]')") from None
-        from qin_lightning.onnx_int8 import check_block_size
-
-        check_block_size(block_size)
-
-
-def int8_onnx_bytes(fp32_model: bytes, block_size: int = DEFAULT_BLOCK_SIZE) -> bytes:
-    """The `--weights int8` form of an fp32 export (qin_lightning.onnx_int8)."""
-    import onnx
-
-    from qin_lightning.onnx_int8 import quantize_weights_int8
-
-    return quantize_weights_int8(onnx.load_from_string(fp32_model), block_size).SerializeToString()
-
-
-def export_onnx(net: nn.Module, out: str | Path, seq_len: int = 64, overwrite: bool = False,
-                weights: str = "fp32", block_size: int = DEFAULT_BLOCK_SIZE) -> Path:
-    """Write `net` as ONNX to `out` atomically; QinError if `out` exists and `overwrite` is False."""
-    check_weights(weights, block_size)
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise QinError(f"{out}: file exists; pass --overwrite to replace it")
-    model = onnx_bytes(net, seq_len)
-    if weights == "int8":
-        model = int8_onnx_bytes(model, block_size)
-    return atomic_write_bytes(out, model)
-
-
-def export_checkpoint(checkpoint: str | Path, out: str | Path | None = None, fmt: str = "onnx",
-                      overwrite: bool = False, weights: str = "fp32",
-                      block_size: int = DEFAULT_BLOCK_SIZE, trust_checkpoint: bool = False) -> Path:
-    """Load a training checkpoint (qin_lightning.checkpoint; strict unless `trust_checkpoint`) and export it;
-    returns the written path."""
-    if fmt not in FORMATS:
-        raise QinError(f"--format: unknown value {fmt!r}, expected one of {list(FORMATS)}")
-    check_weights(weights, block_size)
-    net, cfg = load_network(checkpoint, trust=trust_checkpoint, trust_hint="--trust-checkpoint")
-    seq_len = int((cfg.get("data") or {}).get("max_len") or 64)
-    suffix = ".onnx" if weights == "fp32" else f".{weights}.onnx"
-    target = Path(out) if out is not None else Path(checkpoint).with_suffix(suffix)
-    return export_onnx(net, target, seq_len=seq_len, overwrite=overwrite, weights=weights, block_size=block_size)
+from qin_lightning.serving.export import (
+    DEFAULT_BLOCK_SIZE, FORMATS, INPUT_NAMES, OUTPUT_NAME, WEIGHTS, export_checkpoint,
+)
 
 
 def main(argv: list[str] | None = None) -> int:

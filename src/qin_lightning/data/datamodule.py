@@ -36,6 +36,7 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
 from qin_lightning.data import schema as S
+from qin_lightning.data.resumable_loader import ResumableLoader
 from qin_lightning.data.synthetic import SyntheticConfig, generate
 from qin_lightning.errors import ConfigError
 
@@ -254,9 +255,16 @@ class MMCTRDataModule(L.LightningDataModule):
     def _current_epoch(self) -> int:
         return self._train_sampler.epoch if self._train_sampler is not None else self._epoch
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> ResumableLoader:
+        """The training batches; resumable mid-epoch (its state: the batches the trainer has done)."""
         self._train_sampler = self.train_sampler()
-        return self._loader(self._load(S.TRAIN), self._train_sampler)
+        return ResumableLoader(self._loader(self._load(S.TRAIN), self._train_sampler), self._batches_done)
+
+    def _batches_done(self) -> int:
+        """Training batches of the current epoch done so far (the fitting trainer's progress; 0 without one)."""
+        if self.trainer is None:
+            return 0
+        return self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
 
     def eval_sampler(self, split: str, rank: int | None = None, world_size: int | None = None) -> ShardedBatchSampler:
         """Sequential batches of `split`, sharded over the DDP ranks (defaults: torch.distributed; module doc)."""

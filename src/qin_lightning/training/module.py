@@ -1,10 +1,11 @@
-"""The LightningModule: the published training protocol around any CTR network (REFERENCE.md section 3).
+"""The LightningModule: the published training protocol around any CTR network (the authors' QIN run on
+FuxiCTR 2.3.7: Adam 2e-3, batch 8192, clipping 10, lr halved on a plateau, early stopping, best weights kept).
 
 loss = BCE(sigmoid(logits), label)
      + (embedding_l2 / 2) * sum of ||p||^2 over every embedding table (+ the multimodal projection), every step
      + (net_l2 / 2)       * sum of ||p||^2 over every other weight (the DIN protocol; 0 for QIN)
-With ``self_ensemble`` (QNN-alpha, REFERENCE section 7) the BCE term is replaced by the self-ensemble loss of
-two stochastic forward passes (``CTRModule.self_ensemble_loss``); inference is always one pass.
+With ``self_ensemble`` (QNN-alpha, the authors' KDD 2025 successor, arXiv 2505.17999) the BCE term is replaced
+by the self-ensemble loss of two stochastic forward passes (``CTRModule.self_ensemble_loss``); inference is always one pass.
 Adam (default betas, no weight decay); lr x ``lr_factor`` whenever validation AUC does not improve by
 ``min_delta`` (floor ``min_lr``). Gradient clipping, early stopping and best-checkpoint reloading are Trainer
 and callback settings (``conf/trainer``, ``conf/callbacks``).
@@ -21,10 +22,9 @@ from torch import nn
 from torchmetrics.classification import BinaryAUROC
 
 from qin_lightning.errors import QinError
-from qin_lightning.metrics import BinaryLogLoss
 from qin_lightning.models.inference import prepare_inference, release_inference
 from qin_lightning.models.items import dense_parameters, embedding_parameters
-from qin_lightning.resume import rng_state, set_rng_state
+from qin_lightning.training.metrics import BinaryLogLoss
 
 if TYPE_CHECKING:
     from qin_lightning.data.datamodule import Batch
@@ -85,12 +85,10 @@ class CTRModule(LightningModule):
         self.val_logloss = BinaryLogLoss()
         self.test_auc = BinaryAUROC()
         self.test_logloss = BinaryLogLoss()
-        # one entry per validation epoch: {"epoch", "auc", "logloss", "lr"}; saved in checkpoints (resume).
+        # one entry per validation epoch: {"epoch", "auc", "logloss", "lr"}; saved in checkpoints.
         self.val_history: list[dict[str, float]] = []
         # the resolved run configuration, stored in checkpoints so eval/predict can rebuild the run.
         self.run_config: dict[str, Any] | None = None
-        # RNG states from a checkpoint, restored right before the first resumed training batch (exact resume)
-        self._pending_rng: dict[str, Any] | None = None
 
     # ---- forward -------------------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
@@ -112,7 +110,8 @@ class CTRModule(LightningModule):
 
     @staticmethod
     def self_ensemble_loss(logits_1: torch.Tensor, logits_2: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
-        """QNN-alpha's self-ensemble loss of two stochastic passes (REFERENCE section 7), all means over B:
+        """QNN-alpha's self-ensemble loss of two stochastic passes (QNN-alpha, arXiv 2505.17999), all means
+        over B:
 
             p = (p1 + p2) / 2;   loss = BCE(p, y) + BCE(p1, p.detach()) + BCE(p2, p.detach())
 
@@ -217,34 +216,6 @@ class CTRModule(LightningModule):
     def predict_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         return torch.sigmoid(self(batch).float())
 
-    # ---- resume ------------------------------------------------------------------------------------------
-    def on_train_batch_start(self, batch: Batch, batch_idx: int) -> None:
-        if self._pending_rng is not None:  # first batch after a resume: continue the saved RNG streams
-            set_rng_state(self._pending_rng)
-            self._pending_rng = None
-
-    def on_train_start(self) -> None:
-        # A checkpoint written at an epoch's validation end (every last.ckpt) precedes Lightning's plateau step for
-        # that epoch, and a run resumed from it starts the next epoch without taking that step. The scheduler
-        # counts its steps (last_epoch), `val_history` holds every validated epoch: take the missing steps now.
-        for config in self.trainer.lr_scheduler_configs:
-            if isinstance(config.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                for entry in self.val_history[config.scheduler.last_epoch :]:
-                    config.scheduler.step(entry["auc"])
-
-    def on_train_epoch_end(self) -> None:
-        # Lightning does not step epoch-interval plateau schedulers at the end of an epoch it resumed (mid-epoch
-        # or from an end-of-epoch checkpoint), since the monitored metric is not in the checkpoint. We have it in
-        # `val_history`, so step the scheduler here exactly as an uninterrupted run would have.
-        fit_loop = self.trainer.fit_loop
-        if not (fit_loop.restarting and fit_loop.epoch_loop._num_ready_batches_reached()):
-            return
-        if not self.val_history or self.val_history[-1]["epoch"] != self.current_epoch:
-            return
-        for config in self.trainer.lr_scheduler_configs:
-            if config.interval == "epoch" and isinstance(config.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                config.scheduler.step(self.val_history[-1]["auc"])
-
     # ---- optimisation --------------------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:
         # fused_adam: one kernel for all parameters (the same update, faster; off by default, see the config)
@@ -267,11 +238,9 @@ class CTRModule(LightningModule):
     # ---- checkpoint ----------------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["qin_val_history"] = list(self.val_history)
-        checkpoint["qin_rng"] = rng_state()
         if self.run_config is not None:
             checkpoint["qin_config"] = self.run_config
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.val_history = list(checkpoint.get("qin_val_history", []))
         self.run_config = checkpoint.get("qin_config", self.run_config)
-        self._pending_rng = checkpoint.get("qin_rng")

@@ -2,11 +2,13 @@
 
 What a checkpoint written by our training holds (so a resumed run continues exactly where it stopped):
 - weights, Adam state, the plateau scheduler, EarlyStopping / ModelCheckpoint state and loop progress (Lightning);
-- the datamodule's sampler epoch (``MMCTRDataModule.state_dict``) and, via ``ResumableLoader``, how many
-  batches of the current epoch were already trained: the resumed epoch skips exactly those (the permutation
-  depends only on ``seed + epoch``, so the remaining batches are the same ones in the same order);
-- the global RNG states (torch CPU/CUDA, numpy, python; ``CTRModule.on_save_checkpoint``), put back right
-  before the first resumed training batch, so dropout draws continue the same stream.
+- the datamodule's sampler epoch (``MMCTRDataModule.state_dict``) and, via its train loader
+  (``data.resumable_loader.ResumableLoader``), how many batches of the current epoch were already trained: the
+  resumed epoch skips exactly those (the permutation depends only on ``seed + epoch``, so the remaining batches
+  are the same ones in the same order);
+- what ``ExactResume`` adds: the global RNG states (torch CPU/CUDA, numpy, python), put back right before the
+  first resumed training batch, so dropout draws continue the same stream; the plateau metric of every
+  validated epoch, so the lr schedule steps Lightning leaves out on resume are taken.
 
 `ckpt_path=last` is looked up (``resolve_ckpt_path``):
 1. ``<run folder>/checkpoints/last.ckpt`` of the current run folder (resume in place with
@@ -25,17 +27,16 @@ import signal
 import sys
 from pathlib import Path
 from types import FrameType
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import lightning.pytorch as pl
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from torch.utils.data import DataLoader
 
 from qin_lightning.errors import ConfigError
 
-log = logging.getLogger("qin_lightning.resume")
+log = logging.getLogger("qin_lightning.training.resume")
 LAST_NAME = "last.ckpt"
 HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -96,60 +97,76 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-# ---- exact mid-epoch resume of the training data ------------------------------------------------------------
-class ResumableLoader:
-    """The training DataLoader plus `state_dict`/`load_state_dict` (Lightning saves it in checkpoints).
+# ---- exact resume: one callback ----------------------------------------------------------------------------
+class ExactResume(Callback):
+    """What Lightning does not restore by itself, so that a resumed run continues exactly where it stopped.
 
-    The state is the number of batches of the current epoch already trained (read from the trainer's progress
-    through `batches_done`); after loading a mid-epoch state, the next iteration skips that many batches.
-    Iterating does not draw from the global torch RNG (the DataLoader gets its own generator), so creating an
-    epoch's iterator does not shift the dropout stream between an interrupted and an uninterrupted run.
+    - RNG: the global RNG states are saved in every checkpoint (``qin_rng``) and put back right before the first
+      resumed training batch, so dropout draws continue the same stream.
+    - Plateau schedule: the monitored value of every validated epoch is kept (the callback's state). Lightning
+      neither steps an epoch-interval ReduceLROnPlateau at the end of an epoch it resumed (mid-epoch, or from a
+      checkpoint written at an epoch's validation end, before that epoch's step) nor stores the metric; with
+      these values the missing steps are taken exactly as an uninterrupted run takes them.
+    The training data's position is the datamodule's (its train loader is a ``ResumableLoader``).
     """
 
-    def __init__(self, loader: DataLoader, batches_done: Callable[[], int]) -> None:
-        self.loader = loader
-        if loader.generator is None:
-            loader.generator = torch.Generator().manual_seed(0)  # only feeds worker base seeds
-        self._batches_done = batches_done
-        self._skip = 0
+    def __init__(self) -> None:
+        self.monitored: list[dict[str, float]] = []  # {"epoch", "value"} per validated epoch
+        self._pending_rng: dict[str, Any] | None = None
 
-    @property
-    def sampler(self) -> Any:  # Lightning calls sampler.set_epoch(epoch) through this
-        return self.loader.sampler
+    # ---- what a checkpoint holds ----------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"monitored": [dict(entry) for entry in self.monitored]}
 
-    @property
-    def dataset(self) -> Any:
-        return self.loader.dataset
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.monitored = [dict(entry) for entry in state_dict.get("monitored", [])]
 
-    def __len__(self) -> int:
-        return len(self.loader)
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+        checkpoint["qin_rng"] = rng_state()
 
-    def __iter__(self) -> Iterator[Any]:
-        skip, self._skip = self._skip, 0
-        iterator = iter(self.loader)
-        for _ in range(skip):  # index gathers only: cheap next to a training step
-            next(iterator)
-        yield from iterator
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+        self._pending_rng = checkpoint.get("qin_rng")
+        # checkpoints written before this callback existed: the plateau metric (val/auc) is in qin_val_history
+        # (load_state_dict, called after this hook, replaces it when the callback's own state is there)
+        self.monitored = [{"epoch": h["epoch"], "value": h["auc"]} for h in checkpoint.get("qin_val_history", [])]
 
-    def state_dict(self) -> dict[str, int]:
-        return {"batches_done": int(self._batches_done()), "epoch": int(getattr(self.sampler, "epoch", 0))}
+    # ---- hooks ----------------------------------------------------------------------------------------------
+    @staticmethod
+    def _plateau_schedulers(trainer: pl.Trainer) -> list[Any]:
+        return [c for c in trainer.lr_scheduler_configs
+                if c.interval == "epoch" and isinstance(c.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)]
 
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        done = int(state.get("batches_done", 0))
-        self._skip = done if 0 < done < len(self) else 0  # a finished epoch restarts at the next one
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # the scheduler counts its steps (last_epoch): take those of validated epochs it has not seen
+        for config in self._plateau_schedulers(trainer):
+            for entry in self.monitored[config.scheduler.last_epoch :]:
+                config.scheduler.step(entry["value"])
 
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        if self._pending_rng is not None:  # first batch after a resume: continue the saved RNG streams
+            set_rng_state(self._pending_rng)
+            self._pending_rng = None
 
-def make_train_data_resumable(dm: pl.LightningDataModule, trainer: pl.Trainer) -> None:
-    """Make `dm.train_dataloader()` return a ResumableLoader reading `trainer`'s batch progress."""
-    original = dm.train_dataloader
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # before ModelCheckpoint saves (Lightning runs checkpoint callbacks last), so the checkpoint holds it
+        if trainer.sanity_checking:
+            return
+        for config in self._plateau_schedulers(trainer)[:1]:
+            value = trainer.callback_metrics.get(config.monitor)
+            if value is not None:
+                self.monitored.append({"epoch": trainer.current_epoch, "value": float(value)})
 
-    def batches_done() -> int:
-        return trainer.fit_loop.epoch_loop.batch_progress.current.processed
-
-    def train_dataloader() -> ResumableLoader:
-        return ResumableLoader(original(), batches_done)
-
-    dm.train_dataloader = train_dataloader  # type: ignore[method-assign]
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # the epoch's plateau step that Lightning leaves out when it resumed this epoch (see the class doc)
+        progress = trainer.fit_loop.epoch_loop.batch_progress
+        epoch_done = progress.current.ready == trainer.num_training_batches or progress.is_last_batch
+        if not (trainer.fit_loop.restarting and epoch_done):
+            return
+        if not self.monitored or self.monitored[-1]["epoch"] != trainer.current_epoch:
+            return
+        for config in self._plateau_schedulers(trainer):
+            config.scheduler.step(self.monitored[-1]["value"])
 
 
 # ---- signals ------------------------------------------------------------------------------------------------

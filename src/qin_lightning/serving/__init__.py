@@ -1,0 +1,1 @@
+"""Serving: safe checkpoint loading, the scorer (torch or ONNX), ONNX export, int8 weights, onnxruntime sessions."""

@@ -1,0 +1,144 @@
+"""Score a split with a trained model: the one scorer of eval, predict and the experiments/ scripts.
+
+`load_for_inference` rebuilds the network and the data from a training checkpoint (strict, safe loading:
+qin_lightning.serving.load); only where the data lives (``data.root``) and the batch size (``data.batch_size``)
+may be overridden. The data's item tables must be the ones the model was trained with (same rows, same values),
+else the ids would silently mean other items (`check_item_tables`). `scored_batches` yields the probabilities of
+the checkpoint's network in torch, or of an exported model (qin_lightning.export) in onnxruntime.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from qin_lightning.cli import instantiate_reporting
+from qin_lightning.data import schema as S
+from qin_lightning.data.datamodule import Batch, MMCTRDataModule, SplitDataset
+from qin_lightning.errors import ConfigError, QinError
+from qin_lightning.models.inference import inference_form
+from qin_lightning.serving.load import load_network
+from qin_lightning.serving.runtime import feed, open_session
+
+DATA_OVERRIDES = ("root", "batch_size")  # the only data settings eval/predict may change
+
+
+# ---- loading ------------------------------------------------------------------------------------------------
+def data_config(run_cfg: dict[str, Any], overrides: DictConfig | dict | None, path: str | Path) -> dict[str, Any]:
+    """The checkpoint's data config with only `root` / `batch_size` replaced (ConfigError for anything else)."""
+    if not isinstance(run_cfg.get("data"), dict) or "_target_" not in run_cfg["data"]:
+        raise ConfigError(f"{path}: checkpoint's qin_config has no data config (it was not written by our training)")
+    data = dict(run_cfg["data"])
+    given = {k: v for k, v in (OmegaConf.to_container(overrides) if isinstance(overrides, DictConfig)
+                                else dict(overrides or {})).items() if v is not None}
+    unknown = sorted(set(given) - set(DATA_OVERRIDES))
+    if unknown:
+        raise ConfigError(
+            f"data.{unknown[0]}: cannot be overridden here; the model and data settings come from the checkpoint, "
+            f"only {', '.join('data.' + k for k in DATA_OVERRIDES)} may be given"
+        )
+    if "root" in given:
+        data["root"] = str(given["root"])
+    if "batch_size" in given:
+        if int(given["batch_size"]) < 1:
+            raise ConfigError(f"data.batch_size={given['batch_size']}, expected >= 1")
+        data["batch_size"] = data["eval_batch_size"] = int(given["batch_size"])
+    return data
+
+
+def check_item_tables(net: nn.Module, dm: MMCTRDataModule, path: str | Path) -> None:
+    """The data's item_info must be the table the checkpoint was trained with (shape and values)."""
+    items = getattr(net, "items", None)
+    if items is None:
+        return
+    where = f"{dm.data_dir / S.ITEM_INFO_FILE}"
+    ck_mm, ck_tags = items.item_mm, items.item_tags
+    assert dm.item_mm is not None and dm.item_tags is not None
+    if dm.item_mm.shape[1] != ck_mm.shape[1]:
+        raise ConfigError(
+            f"{where}: column '{S.ITEM_EMB}' vectors are {dm.item_mm.shape[1]} wide, but {path} was trained with "
+            f"{ck_mm.shape[1]}-wide vectors (embedding width of the data and the model config differ)"
+        )
+    if dm.item_mm.shape[0] != ck_mm.shape[0]:
+        raise ConfigError(
+            f"{where}: has {dm.item_mm.shape[0]} items, but {path} was trained with {ck_mm.shape[0]} "
+            "(not the dataset of this checkpoint)"
+        )
+    if dm.item_tags.shape != ck_tags.shape or not torch.equal(dm.item_tags, ck_tags):
+        raise ConfigError(f"{where}: column '{S.ITEM_TAGS}' differs from the tags {path} was trained with")
+    if not torch.equal(dm.item_mm, ck_mm):
+        raise ConfigError(f"{where}: column '{S.ITEM_EMB}' differs from the vectors {path} was trained with")
+
+
+def load_for_inference(
+    ckpt_path: str | Path, data_overrides: DictConfig | dict | None, stage: str, trust_checkpoint: bool = False
+) -> tuple[nn.Module, dict[str, Any], MMCTRDataModule]:
+    """(network in eval mode, run config, datamodule set up for `stage`) from a training checkpoint, read
+    strictly unless `trust_checkpoint` (qin_lightning.serving.load)."""
+    if ckpt_path is None or str(ckpt_path) in ("", "???"):
+        raise ConfigError("ckpt_path is required, e.g. ckpt_path=logs/train/runs/qin/<run>/checkpoints/last.ckpt")
+    net, run_cfg = load_network(ckpt_path, trust=trust_checkpoint)
+    data = data_config(run_cfg, data_overrides, ckpt_path)
+    dm = instantiate_reporting(OmegaConf.create(data), _convert_="object")
+    dm.prepare_data()
+    dm.setup(stage)
+    check_item_tables(net, dm, ckpt_path)
+    return net, run_cfg, dm
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={name}: CUDA is not available, use device=cpu or device=auto")
+    return torch.device(name)
+
+
+def predict_batches(
+    net: nn.Module, data: SplitDataset, batch_size: int, device: torch.device
+) -> Iterator[tuple[Batch, np.ndarray]]:
+    """(batch on the CPU, probabilities (B,) float32) over a split in row order, without gradients."""
+    net = net.to(device)
+    with torch.inference_mode(), inference_form(net):
+        for index in torch.arange(len(data)).split(batch_size):
+            batch = data[index]
+            logits = net(*(t.to(device) for t in (batch.item_seq, batch.item_id, batch.likes_level, batch.views_level)))
+            yield batch, torch.sigmoid(logits.float()).cpu().numpy()
+
+
+def onnx_predict_batches(session: Any, data: SplitDataset, batch_size: int,
+                         name: str = "onnx") -> Iterator[tuple[Batch, np.ndarray]]:
+    """Like `predict_batches`, with an onnxruntime session of an exported model (qin_lightning.serving.runtime);
+    a failing run (e.g. item ids beyond the model's table) is a QinError naming `name` and the rows."""
+    for index in torch.arange(len(data)).split(batch_size):
+        batch = data[index]
+        try:
+            probs = session.run(None, feed(batch.item_seq, batch.item_id, batch.likes_level, batch.views_level))[0]
+        except Exception as err:  # onnxruntime's errors are untyped
+            raise QinError(
+                f"{name}: onnxruntime failed on rows {int(index[0])}-{int(index[-1])} "
+                f"({str(err).splitlines()[0][:200]}); was the model exported from this checkpoint's data?"
+            ) from None
+        yield batch, probs
+
+
+def exported_session(cfg: DictConfig) -> tuple[Path | None, Any]:
+    """(path, onnxruntime session) of the exported model `cfg.onnx`, or (None, None) when it is not set."""
+    if not cfg.get("onnx"):
+        return None, None
+    path = Path(str(cfg.onnx)).expanduser()
+    return path, open_session(path, threads=torch.get_num_threads(), name="onnx")
+
+
+def scored_batches(net: nn.Module, exported: tuple[Path | None, Any], data: SplitDataset, batch_size: int,
+                   device: str) -> Iterator[tuple[Batch, np.ndarray]]:
+    """The probabilities of the exported model when there is one (`exported_session`), else of `net`."""
+    path, session = exported
+    if session is not None:
+        return onnx_predict_batches(session, data, batch_size, name=f"onnx={path}")
+    return predict_batches(net, data, batch_size, pick_device(device))

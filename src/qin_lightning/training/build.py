@@ -1,0 +1,53 @@
+"""The parts of a training run built from its config: datamodule, CTRModule (checked against memory), trainer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning.pytorch as pl
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import Logger
+from omegaconf import DictConfig, OmegaConf
+
+from qin_lightning.cli import instantiate_reporting
+from qin_lightning.errors import ConfigError
+from qin_lightning.training.callbacks import with_display_flags
+from qin_lightning.training.checkpoint_io import SafeCheckpointIO
+from qin_lightning.training.memory import check_training_memory, estimate_training_memory, trains_on_gpu
+from qin_lightning.training.module import CTRModule
+
+
+def build_datamodule(cfg: DictConfig) -> pl.LightningDataModule:
+    """Instantiate ``cfg.data``, generate/prepare it if needed and load it (stage ``fit``)."""
+    dm = instantiate_reporting(cfg.data, _convert_="object")
+    dm.prepare_data()
+    dm.setup("fit")
+    return dm
+
+
+def build_module(cfg: DictConfig, dm: pl.LightningDataModule) -> CTRModule:
+    """Instantiate ``cfg.model`` (a CTRModule around ``model.net``) with the data's item tables."""
+    if "net" not in cfg.model:
+        raise ConfigError("config key 'model.net' is missing: a model config must define the network under 'net'")
+    if cfg.get("memory_check", True):  # before anything is allocated (training.memory)
+        memory = estimate_training_memory(cfg.model.net, dm.item_tags, dm.item_mm, dm.num_tags)
+        check_training_memory(memory, trains_on_gpu(cfg.trainer.get("accelerator")))
+    net = instantiate_reporting(cfg.model.net, item_tags=dm.item_tags, item_mm=dm.item_mm, num_tags=dm.num_tags)
+    model_kwargs = {k: v for k, v in cfg.model.items() if k != "net"}
+    return instantiate_reporting(OmegaConf.create(model_kwargs), net=net)
+
+
+def instantiate_list(group: DictConfig | None) -> list[Any]:
+    """Instantiate every entry of a callbacks/logger group (entries set to null are skipped)."""
+    if not group:
+        return []
+    return [instantiate(entry) for entry in group.values() if entry is not None and "_target_" in entry]
+
+
+def build_trainer(cfg: DictConfig, callbacks: list[Callback], loggers: list[Logger]) -> pl.Trainer:
+    """``cfg.trainer`` with `callbacks`, `loggers` and strict, atomic checkpoint files (``SafeCheckpointIO``;
+    ``trust_checkpoint=true`` lifts the strict reading for a checkpoint the user trusts)."""
+    shown = with_display_flags(callbacks, enable_model_summary=cfg.trainer.get("enable_model_summary", True))
+    trust = bool(cfg.get("trust_checkpoint", False))
+    return instantiate(cfg.trainer, logger=loggers or False, plugins=[SafeCheckpointIO(trust=trust)], **shown)

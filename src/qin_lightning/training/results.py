@@ -1,0 +1,109 @@
+"""What a training run records: its ``results.json`` (completed, failed or interrupted) and how to resume it.
+
+Also the facts of the Hydra job the record names (overrides, the sweep it belongs to, the data config chosen).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig
+
+from qin_lightning.files import FileWriteError, atomic_write_json
+from qin_lightning.training.module import CTRModule
+from qin_lightning.training.resume import TrainingInterrupted
+from qin_lightning.training.timing import epoch_timing
+
+log = logging.getLogger("qin_lightning.train")
+
+
+def sweep_name() -> str | None:
+    """The multirun folder's name (groups a sweep's runs in wandb), None for single runs."""
+    try:
+        hc = HydraConfig.get()
+    except ValueError:
+        return None
+    return Path(hc.sweep.dir).name if hc.mode == RunMode.MULTIRUN else None
+
+
+def output_dir(cfg: DictConfig) -> Path:
+    """The run folder (``paths.output_dir``: Hydra's run/sweep job folder unless overridden)."""
+    return Path(cfg.paths.output_dir)
+
+
+def data_choice() -> str | None:
+    """The name of the data config Hydra composed (``data=...``), None outside a Hydra job."""
+    try:
+        return HydraConfig.get().runtime.choices.get("data")
+    except ValueError:
+        return None
+
+
+def overrides() -> list[str]:
+    """The command-line overrides of this Hydra job ([] outside one)."""
+    try:
+        return list(HydraConfig.get().overrides.task)
+    except ValueError:
+        return []
+
+
+def completed_record(cfg: DictConfig, dm: pl.LightningDataModule, module: CTRModule, trainer: pl.Trainer,
+                     stop_outcome: dict[str, Any], best_checkpoint: str, test_metrics: dict[str, float],
+                     seconds: float) -> dict[str, Any]:
+    """The ``results.json`` of a finished run: the best validated epoch, its history and how training ended."""
+    history = module.val_history
+    best = max(history, key=lambda h: h["auc"]) if history else None
+    return {
+        "status": "completed",
+        "experiment": cfg.experiment_name,
+        "model": type(module.net).__name__.lower(),
+        "seed": int(cfg.seed),
+        "data": data_choice(),
+        "data_dir": str(getattr(dm, "data_dir", "")),
+        "best_val_auc": best["auc"] if best else float("nan"),
+        "best_val_logloss": best["logloss"] if best else float("nan"),
+        "best_epoch": best["epoch"] if best else None,
+        "epochs_trained": len(history),
+        **stop_outcome,
+        "n_params": sum(p.numel() for p in module.net.parameters()),
+        "best_checkpoint": best_checkpoint or None,
+        "val_history": history,
+        **test_metrics,
+        "train_seconds": round(seconds, 2),
+        "timing": epoch_timing(trainer),  # per-epoch train / val / checkpoint seconds (training.timing)
+        "fast_dev_run": bool(trainer.fast_dev_run),
+        "overrides": overrides(),
+    }
+
+
+def record_failure(cfg: DictConfig, err: BaseException, status: str = "failed") -> None:
+    """A failed run leaves a results.json saying so (the report lists it instead of silently dropping it)."""
+    record: dict[str, Any] = {
+        "status": status,
+        "experiment": cfg.get("experiment_name"),
+        "seed": cfg.get("seed"),
+        "error": f"{type(err).__name__}: {err}",
+        "stop_reason": status,
+        "stopped_epoch": getattr(err, "epoch", None),
+        "overrides": overrides(),
+    }
+    if isinstance(err, TrainingInterrupted):
+        record["checkpoint"] = err.checkpoint
+    if rank_zero_only.rank == 0:  # under DDP every rank gets here; one writes
+        try:
+            atomic_write_json(output_dir(cfg) / "results.json", record)
+        except FileWriteError as write_err:  # e.g. the disk is full: report the original error, not this one
+            log.error("%s", write_err)
+
+
+def resume_command(cfg: DictConfig) -> str:
+    """The command line that continues this run in its own folder."""
+    kept = [o for o in overrides() if not o.startswith(("ckpt_path=", "hydra.run.dir="))]
+    args = " ".join([*kept, f"hydra.run.dir={output_dir(cfg)}", "ckpt_path=last"])
+    return f"python -m qin_lightning.train {args}"
