@@ -16,7 +16,7 @@ import pytest
 
 from qin_lightning.data import movielens as ml
 from qin_lightning.data.movielens import MovieLensSource, convert_movielens, decile_levels, load_movielens
-from qin_lightning.data.schema import validate_dataset
+from qin_lightning.data.reader import validate_dataset
 from qin_lightning.data.text_embed import HashingEncoder, embed_texts, pca_reduce
 from qin_lightning.errors import ConfigError, DataValidationError
 from qin_lightning.prepare import main as prepare_main

@@ -27,7 +27,7 @@ from torchmetrics.functional.classification import binary_auroc
 
 from qin_lightning.checkpoint import load_network
 from qin_lightning.cli import CONFIG_DIR, instantiate_reporting, run_reporting_errors, set_threads
-from qin_lightning.data import schema as S
+from qin_lightning.data import layout
 from qin_lightning.data.datamodule import Batch, MMCTRDataModule, SplitDataset
 from qin_lightning.errors import ConfigError, QinError
 from qin_lightning.files import atomic_write_json
@@ -100,12 +100,12 @@ def check_item_tables(net: nn.Module, dm: MMCTRDataModule, path: str | Path) -> 
     items = getattr(net, "items", None)
     if items is None:
         return
-    where = f"{dm.data_dir / S.ITEM_INFO_FILE}"
+    where = f"{dm.data_dir / layout.ITEM_INFO_FILE}"
     ck_mm, ck_tags = items.item_mm, items.item_tags
     assert dm.item_mm is not None and dm.item_tags is not None
     if dm.item_mm.shape[1] != ck_mm.shape[1]:
         raise ConfigError(
-            f"{where}: column '{S.ITEM_EMB}' vectors are {dm.item_mm.shape[1]} wide, but {path} was trained with "
+            f"{where}: column '{layout.ITEM_EMB}' vectors are {dm.item_mm.shape[1]} wide, but {path} was trained with "
             f"{ck_mm.shape[1]}-wide vectors (embedding width of the data and the model config differ)"
         )
     if dm.item_mm.shape[0] != ck_mm.shape[0]:
@@ -114,9 +114,9 @@ def check_item_tables(net: nn.Module, dm: MMCTRDataModule, path: str | Path) -> 
             "(not the dataset of this checkpoint)"
         )
     if dm.item_tags.shape != ck_tags.shape or not torch.equal(dm.item_tags, ck_tags):
-        raise ConfigError(f"{where}: column '{S.ITEM_TAGS}' differs from the tags {path} was trained with")
+        raise ConfigError(f"{where}: column '{layout.ITEM_TAGS}' differs from the tags {path} was trained with")
     if not torch.equal(dm.item_mm, ck_mm):
-        raise ConfigError(f"{where}: column '{S.ITEM_EMB}' differs from the vectors {path} was trained with")
+        raise ConfigError(f"{where}: column '{layout.ITEM_EMB}' differs from the vectors {path} was trained with")
 
 
 def load_for_inference(
@@ -204,17 +204,17 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     started = time.time()
     set_threads(cfg.get("threads"))
     split = str(cfg.split)
-    if split not in (S.VALID, S.TEST):
+    if split not in (layout.VALID, layout.TEST):
         raise ConfigError(f"split={split}: expected valid or test")
     ckpt = Path(str(cfg.ckpt_path))
     exported = exported_session(cfg)  # checked before the data loads
     onnx_model = exported[0]
-    stage = "validate" if split == S.VALID else "test"
+    stage = "validate" if split == layout.VALID else "test"
     net, run_cfg, dm = load_for_inference(ckpt, cfg.get("data"), stage, bool(cfg.get("trust_checkpoint")))
     data = dm.dataset(split)
     if not data.has_label:
         raise ConfigError(
-            f"{dm.data_dir / S.FILE_NAMES[split]}: has no '{S.LABEL}' column, so it cannot be evaluated "
+            f"{dm.data_dir / layout.FILE_NAMES[split]}: has no '{layout.LABEL}' column, so it cannot be evaluated "
             "(use python -m qin_lightning.predict for the submission file)"
         )
     probs = np.empty(len(data), dtype=np.float32)

@@ -35,7 +35,7 @@ from qin_lightning.callbacks import StopReason, with_display_flags
 from qin_lightning.checkpoint import read_checkpoint
 from qin_lightning.checkpoint_io import SafeCheckpointIO
 from qin_lightning.cli import CONFIG_DIR, exit_with_error, instantiate_reporting, set_threads
-from qin_lightning.data import schema as S
+from qin_lightning.data import layout
 from qin_lightning.errors import ConfigError, QinError
 from qin_lightning.files import FileWriteError, atomic_write_json
 from qin_lightning.memory import check_training_memory, estimate_training_memory, trains_on_gpu
@@ -107,7 +107,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     dm = build_datamodule(cfg)
     if cfg.get("test_after_fit") and not dm.has_test_labels:  # checked before training, not after it
         raise ConfigError(
-            f"test_after_fit=true: {dm.data_dir / S.TEST_FILE} has no '{S.LABEL}' column, so the test split cannot"
+            f"test_after_fit=true: {dm.data_dir / layout.TEST_FILE} has no '{layout.LABEL}' column, so the test split cannot"
             " be evaluated (set test_after_fit=false; python -m qin_lightning.predict writes its predictions)"
         )
     module = build_module(cfg, dm)

@@ -63,7 +63,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from qin_lightning.data import schema as S
+from qin_lightning.data import layout
 from qin_lightning.data.text_embed import (
     default_cache_dir,
     embed_texts,
@@ -321,13 +321,13 @@ def _split_table(user: np.ndarray, hist: np.ndarray, likes: np.ndarray, views: n
     return pa.Table.from_arrays(
         [pa.array(user.astype(np.int64)), seq, pa.array(likes.astype(np.int8)), pa.array(views.astype(np.int8)),
          pa.array(item.astype(np.int64)), pa.array(label.astype(np.int8))],
-        names=list(S.SPLIT_COLUMNS),
+        names=list(layout.SPLIT_COLUMNS),
     )  # fmt: skip
 
 
 SPLIT_SCHEMA = pa.schema(
-    [(S.USER_ID, pa.int64()), (S.ITEM_SEQ, pa.list_(pa.int64())), (S.LIKES_LEVEL, pa.int8()),
-     (S.VIEWS_LEVEL, pa.int8()), (S.ITEM_ID, pa.int64()), (S.LABEL, pa.int8())]
+    [(layout.USER_ID, pa.int64()), (layout.ITEM_SEQ, pa.list_(pa.int64())), (layout.LIKES_LEVEL, pa.int8()),
+     (layout.VIEWS_LEVEL, pa.int8()), (layout.ITEM_ID, pa.int64()), (layout.LABEL, pa.int8())]
 )  # fmt: skip
 
 
@@ -433,9 +433,9 @@ def convert(raw: RawMovieLens, out: Path | str, protocol: str = "sampled", split
     train_end_global = int(ts[train].max()) if train.any() else None
     tags, vocab = _item_tags(raw, item_movies, genres, user_raw, train_end_user, train_end_global, seen, split)
     texts = [f"{titles[i]}. Genres: {', '.join(genres[i]) if genres[i] else 'none'}" for i in range(1, n_items + 1)]
-    emb = np.zeros((n_items + 1, S.EMB_DIM), dtype=np.float32)
+    emb = np.zeros((n_items + 1, layout.EMB_DIM), dtype=np.float32)
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    emb[1:] = pca_reduce(embed_texts(texts, enc, cache), S.EMB_DIM)
+    emb[1:] = pca_reduce(embed_texts(texts, enc, cache), layout.EMB_DIM)
 
     # 5. labels / negatives -------------------------------------------------------------------------------
     k = negatives if protocol == "sampled" else 0
@@ -451,10 +451,10 @@ def convert(raw: RawMovieLens, out: Path | str, protocol: str = "sampled", split
     # 6. write atomically -------------------------------------------------------------------------------
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    rows = {s: 0 for s in S.SPLITS}
-    positives = {s: 0 for s in S.SPLITS}
+    rows = {s: 0 for s in layout.SPLITS}
+    positives = {s: 0 for s in layout.SPLITS}
     try:
-        writers = {s: pq.ParquetWriter(tmp / S.FILE_NAMES[s], SPLIT_SCHEMA) for s in S.SPLITS}
+        writers = {s: pq.ParquetWriter(tmp / layout.FILE_NAMES[s], SPLIT_SCHEMA) for s in layout.SPLITS}
         try:
             for lo in range(0, n_events, CHUNK_EVENTS):
                 hi = min(lo + CHUNK_EVENTS, n_events)
@@ -470,7 +470,7 @@ def convert(raw: RawMovieLens, out: Path | str, protocol: str = "sampled", split
                     rep = 1
                 users, sid = np.repeat(us[lo:hi], rep), np.repeat(split_id[lo:hi], rep)
                 hist = np.repeat(hist, rep, axis=0)
-                for s_i, s in enumerate(S.SPLITS):
+                for s_i, s in enumerate(layout.SPLITS):
                     m = sid == s_i
                     if m.any():
                         writers[s].write_table(_split_table(users[m], hist[m], likes_level[items[m]], views_level[items[m]], items[m], label[m]))
@@ -480,16 +480,16 @@ def convert(raw: RawMovieLens, out: Path | str, protocol: str = "sampled", split
             for w in writers.values():
                 w.close()
         seq_tags = pa.ListArray.from_arrays(pa.array(np.arange(0, (n_items + 2) * TAGS_PER_ITEM, TAGS_PER_ITEM, dtype=np.int32)), pa.array(tags.reshape(-1)))
-        seq_emb = pa.ListArray.from_arrays(pa.array(np.arange(0, (n_items + 2) * S.EMB_DIM, S.EMB_DIM, dtype=np.int32)), pa.array(emb.reshape(-1)))
-        pq.write_table(pa.Table.from_arrays([pa.array(np.arange(n_items + 1, dtype=np.int64)), seq_tags, seq_emb], names=list(S.ITEM_INFO_COLUMNS)),
-                       tmp / S.ITEM_INFO_FILE)  # fmt: skip
+        seq_emb = pa.ListArray.from_arrays(pa.array(np.arange(0, (n_items + 2) * layout.EMB_DIM, layout.EMB_DIM, dtype=np.int32)), pa.array(emb.reshape(-1)))
+        pq.write_table(pa.Table.from_arrays([pa.array(np.arange(n_items + 1, dtype=np.int64)), seq_tags, seq_emb], names=list(layout.ITEM_INFO_COLUMNS)),
+                       tmp / layout.ITEM_INFO_FILE)  # fmt: skip
         meta = {
             "format": "MicroLens_1M_MMCTR", "version": FORMAT_VERSION, "source": source, "layout": raw.layout,
             "protocol": protocol, "split": split, "encoder_requested": encoder, "encoder": enc.name, "seed": seed,
             "max_len": max_len, "negatives": k,
             "counts": {
                 "users": int(n_users), "items": int(n_items), "ratings": int(n_events), "tag_vocab": len(vocab),
-                "rows": rows, "positive_rate": {s: (positives[s] / rows[s] if rows[s] else 0.0) for s in S.SPLITS},
+                "rows": rows, "positive_rate": {s: (positives[s] / rows[s] if rows[s] else 0.0) for s in layout.SPLITS},
                 "items_in_train": int(seen.sum()),
             },
             "seconds": round(time.perf_counter() - t0, 2),
@@ -572,7 +572,7 @@ class MovieLensSource:
         """Convert into `out_dir` unless it already holds this conversion; returns `out_dir`."""
         out_dir = Path(out_dir)
         meta = out_dir / "meta.json"
-        if meta.is_file() and all((out_dir / f).is_file() for f in S.FILE_NAMES.values()):
+        if meta.is_file() and all((out_dir / f).is_file() for f in layout.FILE_NAMES.values()):
             return out_dir
         src = self.resolved_src()
         if not src.exists():
