@@ -15,7 +15,7 @@ from test_movielens import make_source
 
 from qin_lightning.checkpoint import load_network
 from qin_lightning.data.datamodule import MMCTRDataModule
-from qin_lightning.data.movielens import MovieLensSource
+from qin_lightning.data.movielens.source import MovieLensSource
 from qin_lightning.errors import ConfigError
 from qin_lightning.train import train
 
@@ -48,7 +48,7 @@ def movielens_overrides(tmp: Path) -> list[str]:
 def test_config_default_source_and_switches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("QIN_MOVIELENS_SRC", raising=False)
     cfg = compose_train(["data=movielens"], tmp_path / "run")
-    assert cfg.data.source._target_ == "qin_lightning.data.movielens.MovieLensSource"
+    assert cfg.data.source._target_ == "qin_lightning.data.movielens.source.MovieLensSource"
     assert cfg.data.source.src == "../shared/data/ml-latest-small.zip" and cfg.data.source.protocol == "sampled"
     cfg = compose_train(["data=movielens", "data.source.src=/x/ml-25m.zip", "data.source.protocol=rating"], tmp_path)
     assert cfg.data.source.src == "/x/ml-25m.zip" and cfg.data.source.protocol == "rating"

@@ -192,13 +192,23 @@ def test_a_config_target_outside_our_classes_is_refused(last: Path, tmp_path: Pa
     torch.save(ckpt, path)
     with pytest.raises(UnsafeCheckpointError, match=rf"qin_config {where}\.extra\._target_='builtins.exec'"):
         load_network(path)
-    imported = "qin_lightning.models.items.Tensor" if where == "model.net" else "qin_lightning.data.movielens.Path"
+    imported = "qin_lightning.models.items.Tensor" if where == "model.net" else "qin_lightning.data.movielens.source.Path"
     node["extra"] = {"_target_": imported}  # a class imported into one of our modules, not one of ours
     torch.save(ckpt, path)
     with pytest.raises(UnsafeCheckpointError, match="not a class defined in"):
         load_network(path)
     assert not marker.exists()
 
+
+
+def test_a_moved_data_class_still_loads(last: Path, tmp_path: Path) -> None:
+    """A MovieLens checkpoint written before data/movielens.py became a package names the old source class."""
+    ckpt = torch.load(last, map_location="cpu", weights_only=True)
+    ckpt["qin_config"]["data"]["source"] = {"_target_": "qin_lightning.data.movielens.MovieLensSource", "src": "x"}
+    path = tmp_path / "old_movielens.ckpt"
+    torch.save(ckpt, path)
+    _, cfg = load_network(path)
+    assert cfg["data"]["source"]["_target_"] == "qin_lightning.data.movielens.source.MovieLensSource"
 
 # ---- broken and foreign checkpoints: one clear line ------------------------------------------------------
 @pytest.mark.parametrize("kind", ["truncated", "garbage", "empty", "foreign", "not_lightning", "no_qin_config"])
@@ -444,7 +454,7 @@ def test_export_disk_full_keeps_the_previous_model(last: Path, tmp_path: Path,
 def test_disk_full_while_converting_keeps_the_previous_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from test_movielens import make_source
 
-    from qin_lightning.data import movielens as ml
+    from qin_lightning.data.movielens import convert as ml
 
     src = make_source(tmp_path, "csv")
     out = tmp_path / "data" / "out"
