@@ -166,7 +166,8 @@ def _sample_negatives(user: np.ndarray, n_items: int, rated_keys: np.ndarray, n_
     raise DataValidationError("could not sample negatives (users rated almost every item)")
 
 
-def labelled_rows(events: Events, neg: np.ndarray | None, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def labelled_rows(events: Events, neg: np.ndarray | None, lo: int,
+                  hi: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
     """(event of each row, target item, label) for events lo..hi-1: a positive + its negatives, or the rating."""
     if neg is not None:
         k = neg.shape[1]
@@ -288,13 +289,6 @@ def _replace_dir(tmp: Path, out: Path) -> None:
         os.rename(tmp, out)
 
 
-def _item_info_table(tags: np.ndarray, emb: np.ndarray) -> pa.Table:
-    n_rows = tags.shape[0]
-    seq_tags = pa.ListArray.from_arrays(pa.array(np.arange(0, (n_rows + 1) * TAGS_PER_ITEM, TAGS_PER_ITEM, dtype=np.int32)), pa.array(tags.reshape(-1)))
-    seq_emb = pa.ListArray.from_arrays(pa.array(np.arange(0, (n_rows + 1) * layout.EMB_DIM, layout.EMB_DIM, dtype=np.int32)), pa.array(emb.reshape(-1)))
-    return pa.Table.from_arrays([pa.array(np.arange(n_rows, dtype=np.int64)), seq_tags, seq_emb], names=list(layout.ITEM_INFO_COLUMNS))
-
-
 def write_dataset(out: Path, events: Events, split_id: np.ndarray, neg: np.ndarray | None, likes_level: np.ndarray,
                   views_level: np.ndarray, tags: np.ndarray, emb: np.ndarray, max_len: int,
                   meta: dict, started: float) -> None:  # fmt: skip
@@ -323,7 +317,7 @@ def write_dataset(out: Path, events: Events, split_id: np.ndarray, neg: np.ndarr
         finally:
             for w in writers.values():
                 w.close()
-        pq.write_table(_item_info_table(tags, emb), tmp / layout.ITEM_INFO_FILE)
+        pq.write_table(layout.item_info_table(tags, emb), tmp / layout.ITEM_INFO_FILE)
         meta["counts"]["rows"] = rows
         meta["counts"]["positive_rate"] = {s: (positives[s] / rows[s] if rows[s] else 0.0) for s in layout.SPLITS}
         meta["seconds"] = round(time.perf_counter() - started, 2)
