@@ -18,7 +18,7 @@ from qin_lightning.data.movielens import convert as rules
 from qin_lightning.data.movielens.convert import convert_movielens, decile_levels
 from qin_lightning.data.movielens.release import ML100K_GENRES, load_movielens
 from qin_lightning.data.movielens.source import MovieLensSource
-from qin_lightning.data.reader import validate_dataset
+from qin_lightning.data.reader import read_split, validate_dataset
 from qin_lightning.data.text_embed import HashingEncoder, embed_texts, pca_reduce
 from qin_lightning.errors import ConfigError, DataValidationError
 from qin_lightning.prepare import main as prepare_main
@@ -423,3 +423,16 @@ def test_ml_latest_small(tmp_path: Path) -> None:
     assert summary.num_items == 9725 and summary.rows["valid"] == summary.rows["test"] == 4 * 610
     assert sum(summary.rows.values()) == 4 * 100_836
     assert 500 < c["tag_vocab"] == summary.num_tags - 1
+
+
+def test_converting_at_a_shorter_max_len_loads_the_same_histories(tmp_path: Path) -> None:
+    """data.source.max_len follows data.max_len: converting at 3 reads exactly as converting at 64, truncated to 3."""
+    src = make_source(tmp_path, "csv")
+    convert_movielens(src, tmp_path / "wide", encoder="hashing", cache_dir=None)
+    convert_movielens(src, tmp_path / "short", encoder="hashing", cache_dir=None, max_len=3)
+    for split in ("train", "valid", "test"):
+        wide = read_split(tmp_path / "wide", split, num_items=11, max_len=3)
+        short = read_split(tmp_path / "short", split, num_items=11, max_len=3)
+        assert wide.history_len == 64 and short.history_len == 3
+        for name in ("user_id", "item_seq", "item_id", "likes_level", "views_level", "label"):
+            assert np.array_equal(getattr(wide, name), getattr(short, name)), (split, name)
