@@ -41,7 +41,7 @@ from qin_lightning.errors import ConfigError
 
 
 class DataSource(Protocol):
-    """Anything that writes the layout on first use (e.g. `movielens.MovieLensSource`)."""
+    """Anything that writes the layout on first use (e.g. `movielens.source.MovieLensSource`)."""
 
     def fingerprint(self) -> str: ...
 
