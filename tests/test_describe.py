@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from qin_lightning.data import schema as S
+from qin_lightning.data import reader
 from qin_lightning.data.describe import describe
 from qin_lightning.data.synthetic import SyntheticConfig, generate
 from qin_lightning.prepare import main
@@ -23,9 +23,9 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_describe_counts_match_the_files(folder: Path) -> None:
     desc = describe(folder)
-    items = S.read_item_info(folder, emb_dim=None)
+    items = reader.read_item_info(folder, emb_dim=None)
     assert desc["items"] == items.num_items - 1 and desc["embedding_width"] == 128 and desc["tags_per_item"] == 5
-    train = S.read_split(folder, "train", items.num_items)
+    train = reader.read_split(folder, "train", items.num_items)
     lengths = (train.item_seq != 0).sum(axis=1)
     got = desc["splits"]["train"]
     assert got["rows"] == 300 and got["positive_rate"] == pytest.approx(float(train.label.mean()))

@@ -1,6 +1,6 @@
 """Bad input ends in one clear line (file, column, value/row, expectation), never a traceback, at the CLI level.
 
-tests/test_schema.py covers the validator function by function; here each mistake goes through training
+tests/test_reader.py covers the validator function by function; here each mistake goes through training
 (`train(cfg)` in-process, or the real `python -m qin_lightning.train` for a representative few), including
 config mistakes and the non-finite guard.
 """
@@ -20,14 +20,14 @@ import pytest
 import torch
 from conftest import REPO_ROOT, compose_train, tiny_model_overrides, tiny_overrides
 
-from qin_lightning.data import schema as S
+from qin_lightning.data import layout
 from qin_lightning.data.synthetic import SyntheticConfig, generate
 from qin_lightning.errors import QinError
 from qin_lightning.train import train
 from qin_lightning.training.module import NonFiniteLossError
 
 MMCTR = SyntheticConfig(num_items=60, num_tags=20, num_users=40, train_rows=256, valid_rows=128, test_rows=64,
-                        max_len=8, emb_dim=S.EMB_DIM, name="errors")
+                        max_len=8, emb_dim=layout.EMB_DIM, name="errors")
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,7 @@ def mmctr_args(tmp_path: Path, root: Path) -> list[str]:
 
 def rewrite(root: Path, split: str, fn: Callable[[dict[str, list]], dict[str, list]],
             types: dict[str, pa.DataType] | None = None) -> None:
-    path = S.split_path(root, split)
+    path = layout.split_path(root, split)
     table = pq.read_table(path)
     cols = fn(table.to_pydict())
     types = types or {}
@@ -81,38 +81,38 @@ def swap_item_rows(root: Path) -> None:
             c[k][3], c[k][4] = c[k][4], c[k][3]
         return c
 
-    rewrite(root, S.ITEM_INFO, fn)
+    rewrite(root, layout.ITEM_INFO, fn)
 
 
 def drop_padding_row(root: Path) -> None:
-    rewrite(root, S.ITEM_INFO, lambda c: {k: v[1:] for k, v in c.items()})
+    rewrite(root, layout.ITEM_INFO, lambda c: {k: v[1:] for k, v in c.items()})
 
 
 def narrow_vectors(root: Path) -> None:
-    rewrite(root, S.ITEM_INFO, lambda c: {**c, S.ITEM_EMB: [v[:64] for v in c[S.ITEM_EMB]]})
+    rewrite(root, layout.ITEM_INFO, lambda c: {**c, layout.ITEM_EMB: [v[:64] for v in c[layout.ITEM_EMB]]})
 
 
 def empty_valid(root: Path) -> None:
-    rewrite(root, S.VALID, lambda c: {k: v[:0] for k, v in c.items()})
+    rewrite(root, layout.VALID, lambda c: {k: v[:0] for k, v in c.items()})
 
 
 # (corruption, extra overrides, substrings the message must contain)
 CASES = {
-    "missing_column": (drop_column(S.VALID, S.LIKES_LEVEL), [], ["valid.parquet: missing column 'likes_level'"]),
-    "string_ids": ((lambda r: rewrite(r, S.TRAIN, lambda c: {**c, S.USER_ID: [str(x) for x in c[S.USER_ID]]},
-                                      {S.USER_ID: pa.string()})),
+    "missing_column": (drop_column(layout.VALID, layout.LIKES_LEVEL), [], ["valid.parquet: missing column 'likes_level'"]),
+    "string_ids": ((lambda r: rewrite(r, layout.TRAIN, lambda c: {**c, layout.USER_ID: [str(x) for x in c[layout.USER_ID]]},
+                                      {layout.USER_ID: pa.string()})),
                    [], ["train.parquet: column 'user_id' has type string, expected an integer type"]),
-    "float_item_ids": ((lambda r: rewrite(r, S.VALID, lambda c: {**c, S.ITEM_ID: [float(x) for x in c[S.ITEM_ID]]},
-                                          {S.ITEM_ID: pa.float64()})),
+    "float_item_ids": ((lambda r: rewrite(r, layout.VALID, lambda c: {**c, layout.ITEM_ID: [float(x) for x in c[layout.ITEM_ID]]},
+                                          {layout.ITEM_ID: pa.float64()})),
                        [], ["valid.parquet: column 'item_id' has type double, expected an integer type"]),
-    "ragged_history": (cell(S.TRAIN, S.ITEM_SEQ, 5, [1, 2, 3]), [],
+    "ragged_history": (cell(layout.TRAIN, layout.ITEM_SEQ, 5, [1, 2, 3]), [],
                        ["train.parquet: column 'item_seq' row 5 has length 3, expected 8"]),
-    "negative_history_id": (cell(S.TRAIN, S.ITEM_SEQ, 2, [0] * 7 + [-4]), [],
+    "negative_history_id": (cell(layout.TRAIN, layout.ITEM_SEQ, 2, [0] * 7 + [-4]), [],
                             ["train.parquet: column 'item_seq' row 2 contains negative item id -4"]),
-    "negative_user_id": (cell(S.VALID, S.USER_ID, 9, -1), [], ["valid.parquet: column 'user_id' row 9 has value -1"]),
-    "history_id_beyond_items": (cell(S.TRAIN, S.ITEM_SEQ, 3, [0] * 7 + [60]), [],
+    "negative_user_id": (cell(layout.VALID, layout.USER_ID, 9, -1), [], ["valid.parquet: column 'user_id' row 9 has value -1"]),
+    "history_id_beyond_items": (cell(layout.TRAIN, layout.ITEM_SEQ, 3, [0] * 7 + [60]), [],
                                 ["train.parquet: column 'item_seq' row 3 contains item id 60, expected 0..59"]),
-    "target_beyond_items": (cell(S.VALID, S.ITEM_ID, 4, 999), [],
+    "target_beyond_items": (cell(layout.VALID, layout.ITEM_ID, 4, 999), [],
                             ["valid.parquet: column 'item_id' row 4 has value 999", "item_info.parquet has 60 rows"]),
     "tag_beyond_vocabulary": (lambda r: None, ["data.num_tags=5"],
                               ["item_info.parquet: column 'item_tags' row", "expected 0..4 (num_tags=5)"]),
@@ -121,14 +121,14 @@ CASES = {
     "item_info_without_padding_row": (drop_padding_row, [],
                                       ["item_info.parquet: column 'item_id' row 0 has value 1, expected 0",
                                        "row 0 is the padding item"]),
-    "vector_nan": (cell(S.ITEM_INFO, S.ITEM_EMB, 7, [float("nan")] * S.EMB_DIM), [],
+    "vector_nan": (cell(layout.ITEM_INFO, layout.ITEM_EMB, 7, [float("nan")] * layout.EMB_DIM), [],
                    ["item_info.parquet: column 'item_emb_d128' row 7 has value nan", "expected finite floats"]),
-    "vector_inf": (cell(S.ITEM_INFO, S.ITEM_EMB, 8, [0.0] * 5 + [float("inf")] * (S.EMB_DIM - 5)), [],
+    "vector_inf": (cell(layout.ITEM_INFO, layout.ITEM_EMB, 8, [0.0] * 5 + [float("inf")] * (layout.EMB_DIM - 5)), [],
                    ["item_info.parquet: column 'item_emb_d128' row 8 has value inf at position 5"]),
     "vector_width_differs_from_config": (narrow_vectors, [],
                                          ["item_info.parquet: column 'item_emb_d128' row 0 has length 64, "
                                           "expected 128"]),
-    "label_outside_0_1": (cell(S.TRAIN, S.LABEL, 11, 2), [], ["train.parquet: column 'label' row 11 has value 2.0",
+    "label_outside_0_1": (cell(layout.TRAIN, layout.LABEL, 11, 2), [], ["train.parquet: column 'label' row 11 has value 2.0",
                                                               "expected 0 or 1"]),
     "empty_split": (empty_valid, [], ["valid.parquet: split is empty (0 rows)"]),
 }
@@ -171,9 +171,9 @@ def assert_one_line_error(proc: subprocess.CompletedProcess[str], *needles: str)
 
 
 def test_cli_missing_file_and_debug_traceback(data: Path, tmp_path: Path) -> None:
-    (data / S.TRAIN_FILE).unlink()
+    (data / layout.TRAIN_FILE).unlink()
     proc = run_cli(tmp_path, mmctr_args(tmp_path, data))
-    assert_one_line_error(proc, f"{data / S.TRAIN_FILE}: file not found")
+    assert_one_line_error(proc, f"{data / layout.TRAIN_FILE}: file not found")
     results = list((tmp_path / "logs").rglob("results.json"))
     assert len(results) == 1 and json.loads(results[0].read_text())["status"] == "failed"
     proc = run_cli(tmp_path, [*mmctr_args(tmp_path, data), "debug=true"])
@@ -181,9 +181,9 @@ def test_cli_missing_file_and_debug_traceback(data: Path, tmp_path: Path) -> Non
 
 
 def test_cli_corrupt_parquet(data: Path, tmp_path: Path) -> None:
-    (data / S.VALID_FILE).write_bytes(b"PAR1 this is not a parquet file")
+    (data / layout.VALID_FILE).write_bytes(b"PAR1 this is not a parquet file")
     assert_one_line_error(run_cli(tmp_path, mmctr_args(tmp_path, data)),
-                          f"{data / S.VALID_FILE}: unreadable or corrupt parquet")
+                          f"{data / layout.VALID_FILE}: unreadable or corrupt parquet")
 
 
 def test_cli_unknown_experiment_has_no_traceback(tmp_path: Path) -> None:

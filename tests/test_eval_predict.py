@@ -19,7 +19,7 @@ import torch
 from conftest import REPO_ROOT, compose_train, tiny_model_overrides, tiny_overrides
 from omegaconf import OmegaConf
 
-from qin_lightning.data import schema as S
+from qin_lightning.data import layout
 from qin_lightning.errors import ConfigError, DataValidationError, QinError
 from qin_lightning.eval import evaluate
 from qin_lightning.predict import predict
@@ -88,14 +88,14 @@ def test_eval_with_moved_data_and_item_table_mismatch(trained: tuple[Path, dict]
     moved = evaluate(_eval_cfg(ckpt, data={"root": str(root), "batch_size": None}))
     assert moved["data_dir"] == str(folder) and moved["auc"] == pytest.approx(trained[1]["best_val_auc"], abs=1e-6)
 
-    table = pq.read_table(folder / S.ITEM_INFO_FILE).to_pydict()
-    table[S.ITEM_EMB][3] = [v + 1.0 for v in table[S.ITEM_EMB][3]]
-    pq.write_table(pa.table(table), folder / S.ITEM_INFO_FILE)
+    table = pq.read_table(folder / layout.ITEM_INFO_FILE).to_pydict()
+    table[layout.ITEM_EMB][3] = [v + 1.0 for v in table[layout.ITEM_EMB][3]]
+    pq.write_table(pa.table(table), folder / layout.ITEM_INFO_FILE)
     with pytest.raises(ConfigError, match=r"item_info.parquet: column 'item_emb_d128' differs from the vectors"):
         evaluate(_eval_cfg(ckpt, data={"root": str(root), "batch_size": None}))
 
-    table[S.ITEM_EMB] = [v[:4] for v in table[S.ITEM_EMB]]  # narrower vectors than the run's config
-    pq.write_table(pa.table(table), folder / S.ITEM_INFO_FILE)
+    table[layout.ITEM_EMB] = [v[:4] for v in table[layout.ITEM_EMB]]  # narrower vectors than the run's config
+    pq.write_table(pa.table(table), folder / layout.ITEM_INFO_FILE)
     with pytest.raises(DataValidationError, match=r"item_info.parquet: column 'item_emb_d128' row 0 has length 4, "
                                                   r"expected \d+"):
         evaluate(_eval_cfg(ckpt, data={"root": str(root), "batch_size": None}))
@@ -111,11 +111,11 @@ def test_predict_streams_submission_and_refuses_overwrite(trained: tuple[Path, d
     probs = np.array([float(x[1]) for x in rows[1:]], dtype=np.float32)
 
     net, _ = load_network(ckpt)  # the same network, whole test split in one batch
-    test = pq.read_table(Path(trained[1]["data_dir"]) / S.TEST_FILE)
-    seq = torch.tensor(np.array(test[S.ITEM_SEQ].to_pylist()))[:, -8:]
+    test = pq.read_table(Path(trained[1]["data_dir"]) / layout.TEST_FILE)
+    seq = torch.tensor(np.array(test[layout.ITEM_SEQ].to_pylist()))[:, -8:]
     with torch.no_grad():
         expected = torch.sigmoid(net(seq, *(torch.tensor(test[c].to_numpy()) for c in
-                                            (S.ITEM_ID, S.LIKES_LEVEL, S.VIEWS_LEVEL)))).numpy()
+                                            (layout.ITEM_ID, layout.LIKES_LEVEL, layout.VIEWS_LEVEL)))).numpy()
     np.testing.assert_allclose(probs, expected, rtol=1e-6, atol=1e-7)
     with zipfile.ZipFile(out.with_suffix(".zip")) as z:
         assert z.namelist() == ["prediction.csv"] and z.read("prediction.csv") == out.read_bytes()

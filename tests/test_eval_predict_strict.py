@@ -15,7 +15,7 @@ import pytest
 from conftest import REPO_ROOT, compose_train, tiny_model_overrides, tiny_overrides
 from omegaconf import OmegaConf
 
-from qin_lightning.data import schema as S
+from qin_lightning.data import layout
 from qin_lightning.errors import ConfigError
 from qin_lightning.eval import evaluate
 from qin_lightning.predict import predict
@@ -36,9 +36,9 @@ def unlabeled_root(trained: tuple[Path, dict]) -> Path:
     src = Path(results["data_dir"])
     root = tmp / "unlabeled"
     shutil.copytree(src, root / src.name)
-    path = root / src.name / S.TEST_FILE
-    pq.write_table(pq.read_table(path).drop_columns([S.LABEL]), path)
-    assert S.LABEL not in pq.read_schema(path).names
+    path = root / src.name / layout.TEST_FILE
+    pq.write_table(pq.read_table(path).drop_columns([layout.LABEL]), path)
+    assert layout.LABEL not in pq.read_schema(path).names
     return root
 
 
@@ -79,7 +79,7 @@ def test_predict_scores_an_unlabeled_test_split(trained: tuple[Path, dict], unla
 def test_eval_refuses_an_unlabeled_test_split_but_evaluates_valid(trained: tuple[Path, dict], unlabeled_root: Path,
                                                                   tmp_path: Path) -> None:
     ckpt = trained[1]["best_checkpoint"]
-    test_file = next(unlabeled_root.iterdir()) / S.TEST_FILE
+    test_file = next(unlabeled_root.iterdir()) / layout.TEST_FILE
     with pytest.raises(ConfigError, match=rf"^{re.escape(str(test_file))}: has no 'label' column, so it cannot be evaluated "
                                           r"\(use python -m qin_lightning.predict"):
         evaluate(_eval_cfg(ckpt, unlabeled_root, "test", tmp_path / "test.json"))
@@ -107,6 +107,6 @@ def test_test_after_fit_refuses_an_unlabeled_test_split_before_training(unlabele
     keep = [o for o in tiny_overrides(tmp_path) if not o.startswith("data.")]
     cfg = compose_train([*keep, *tiny_model_overrides(), "data=mmctr", f"data.root={folder}", "data.max_len=8",
                          "data.batch_size=128", "test_after_fit=true"], tmp_path / "run")
-    with pytest.raises(ConfigError, match=rf"^test_after_fit=true: {re.escape(str(folder / S.TEST_FILE))} has no 'label' column"):
+    with pytest.raises(ConfigError, match=rf"^test_after_fit=true: {re.escape(str(folder / layout.TEST_FILE))} has no 'label' column"):
         train(cfg)
     assert not (tmp_path / "run" / "checkpoints").exists(), "refused before any training"

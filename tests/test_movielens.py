@@ -14,9 +14,11 @@ import numpy as np
 import polars as pl
 import pytest
 
-from qin_lightning.data import movielens as ml
-from qin_lightning.data.movielens import MovieLensSource, convert_movielens, decile_levels, load_movielens
-from qin_lightning.data.schema import validate_dataset
+from qin_lightning.data.movielens import convert as rules
+from qin_lightning.data.movielens.convert import convert_movielens, decile_levels
+from qin_lightning.data.movielens.release import ML100K_GENRES, load_movielens
+from qin_lightning.data.movielens.source import MovieLensSource
+from qin_lightning.data.reader import read_split, validate_dataset
 from qin_lightning.data.text_embed import HashingEncoder, embed_texts, pca_reduce
 from qin_lightning.errors import ConfigError, DataValidationError
 from qin_lightning.prepare import main as prepare_main
@@ -46,7 +48,7 @@ RATINGS = [
     (5, 90, 4, 50), (5, 40, 5, 51), (5, 80, 3, 52), (5, 20, 4, 53),
 ]  # fmt: skip
 TAGS = [(1, 10, "Pixar", 100), (3, 10, "pixar ", 153), (1, 50, "scary", 104), (3, 60, "late tag", 999)]
-ML100K_ORDER = list(ml.ML100K_GENRES)
+ML100K_ORDER = list(ML100K_GENRES)
 
 
 def _genres_100k(genres: list[str]) -> list[str]:
@@ -353,7 +355,7 @@ def test_atomic_write_and_overwrite(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     src = make_source(tmp_path, "csv")
     out = tmp_path / "data" / "out"
     monkeypatch.setenv("QIN_CACHE_DIR", str(tmp_path / "cache"))
-    real = ml._split_table
+    real = rules._split_table
     calls = {"n": 0}
 
     def failing(*args: object) -> object:
@@ -362,11 +364,11 @@ def test_atomic_write_and_overwrite(tmp_path: Path, monkeypatch: pytest.MonkeyPa
             raise RuntimeError("disk full")
         return real(*args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(ml, "_split_table", failing)
+    monkeypatch.setattr(rules, "_split_table", failing)
     with pytest.raises(RuntimeError, match="disk full"):
         convert(src, out, cache_dir=None)
     assert list((tmp_path / "data").iterdir()) == []  # no half folder, no temp left behind
-    monkeypatch.setattr(ml, "_split_table", real)
+    monkeypatch.setattr(rules, "_split_table", real)
     convert(src, out, protocol="rating")
     with pytest.raises(ConfigError, match="already exists"):
         convert(src, out)
@@ -421,3 +423,16 @@ def test_ml_latest_small(tmp_path: Path) -> None:
     assert summary.num_items == 9725 and summary.rows["valid"] == summary.rows["test"] == 4 * 610
     assert sum(summary.rows.values()) == 4 * 100_836
     assert 500 < c["tag_vocab"] == summary.num_tags - 1
+
+
+def test_converting_at_a_shorter_max_len_loads_the_same_histories(tmp_path: Path) -> None:
+    """data.source.max_len follows data.max_len: converting at 3 reads exactly as converting at 64, truncated to 3."""
+    src = make_source(tmp_path, "csv")
+    convert_movielens(src, tmp_path / "wide", encoder="hashing", cache_dir=None)
+    convert_movielens(src, tmp_path / "short", encoder="hashing", cache_dir=None, max_len=3)
+    for split in ("train", "valid", "test"):
+        wide = read_split(tmp_path / "wide", split, num_items=11, max_len=3)
+        short = read_split(tmp_path / "short", split, num_items=11, max_len=3)
+        assert wide.history_len == 64 and short.history_len == 3
+        for name in ("user_id", "item_seq", "item_id", "likes_level", "views_level", "label"):
+            assert np.array_equal(getattr(wide, name), getattr(short, name)), (split, name)

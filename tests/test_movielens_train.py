@@ -14,7 +14,7 @@ from hydra.utils import instantiate
 from test_movielens import make_source
 
 from qin_lightning.data.datamodule import MMCTRDataModule
-from qin_lightning.data.movielens import MovieLensSource
+from qin_lightning.data.movielens.source import MovieLensSource
 from qin_lightning.errors import ConfigError
 from qin_lightning.serving.load import load_network
 from qin_lightning.train import train
@@ -48,10 +48,12 @@ def movielens_overrides(tmp: Path) -> list[str]:
 def test_config_default_source_and_switches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("QIN_MOVIELENS_SRC", raising=False)
     cfg = compose_train(["data=movielens"], tmp_path / "run")
-    assert cfg.data.source._target_ == "qin_lightning.data.movielens.MovieLensSource"
+    assert cfg.data.source._target_ == "qin_lightning.data.movielens.source.MovieLensSource"
     assert cfg.data.source.src == "../shared/data/ml-latest-small.zip" and cfg.data.source.protocol == "sampled"
     cfg = compose_train(["data=movielens", "data.source.src=/x/ml-25m.zip", "data.source.protocol=rating"], tmp_path)
     assert cfg.data.source.src == "/x/ml-25m.zip" and cfg.data.source.protocol == "rating"
+    assert cfg.data.source.max_len == 64  # stated once, as data.max_len
+    assert compose_train(["data=movielens", "data.max_len=20"], tmp_path).data.source.max_len == 20
     monkeypatch.setenv("QIN_MOVIELENS_SRC", "/y/ml-1m.zip")
     assert compose_train(["data=movielens"], tmp_path).data.source.src == "/y/ml-1m.zip"
     cfg = compose_train(["data=movielens", "data.source=null", f"data.root={tmp_path}/prepared"], tmp_path)
@@ -64,12 +66,12 @@ def test_prepares_on_first_use_into_fingerprint_folder(tmp_path: Path) -> None:
     overrides = movielens_overrides(tmp_path) + [f"data.source.src={src}", "data.source.protocol=rating"]
     cfg = compose_train(overrides, tmp_path)
     dm: MMCTRDataModule = instantiate(cfg.data)
-    fp = MovieLensSource(src=str(src), protocol="rating", encoder="hashing").fingerprint()
+    fp = MovieLensSource(src=str(src), protocol="rating", encoder="hashing", max_len=8).fingerprint()
     assert dm.data_dir == tmp_path / "data" / "movielens" / fp
     dm.prepare_data()
     dm.setup("fit")
     assert (dm.data_dir / "meta.json").is_file() and dm.num_items == 11  # 10 rated movies + padding
-    assert dm.dataset("train").item_seq.shape[1] == 8  # data.max_len truncates the converted 64
+    assert dm.dataset("train").item_seq.shape[1] == 8  # data.max_len: converted at 8 (source.max_len follows)
     assert (tmp_path / "cache" / "embeddings").is_dir()  # text-encoder cache under paths.cache_dir
     mtime = (dm.data_dir / "train.parquet").stat().st_mtime_ns
     instantiate(cfg.data).prepare_data()  # second use: reused, not converted again

@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from qin_lightning.data import schema as S
+from qin_lightning.data import reader
 from qin_lightning.data import synthetic
 from qin_lightning.data.synthetic import SyntheticConfig, generate
 from qin_lightning.errors import DataValidationError
@@ -53,7 +53,7 @@ def test_deterministic_bytes(tmp_path: Path) -> None:
 
 def test_layout_valid(tmp_path: Path) -> None:
     root = generate(TINY, tmp_path / "d")
-    summary = S.validate_dataset(root, emb_dim=TINY.emb_dim, num_tags=TINY.num_tags)
+    summary = reader.validate_dataset(root, emb_dim=TINY.emb_dim, num_tags=TINY.num_tags)
     assert summary.num_items == TINY.num_items and summary.tags_per_item == TINY.tags_per_item
     assert summary.rows == {"train": TINY.train_rows, "valid": TINY.valid_rows, "test": TINY.test_rows}
     assert all(summary.has_label.values())  # test labels present (useful for evaluation)

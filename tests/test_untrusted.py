@@ -21,7 +21,7 @@ import torch
 from conftest import CONFIG_DIR, REPO_ROOT, compose_train, tiny_model_overrides, tiny_overrides
 from hydra import compose, initialize_config_dir
 
-from qin_lightning.data import schema as S
+from qin_lightning.data import layout, reader
 from qin_lightning.errors import ConfigError, DataValidationError, QinError
 from qin_lightning.eval import evaluate
 from qin_lightning.export import main as export_main
@@ -193,13 +193,23 @@ def test_a_config_target_outside_our_classes_is_refused(last: Path, tmp_path: Pa
     torch.save(ckpt, path)
     with pytest.raises(UnsafeCheckpointError, match=rf"qin_config {where}\.extra\._target_='builtins.exec'"):
         load_network(path)
-    imported = "qin_lightning.models.items.Tensor" if where == "model.net" else "qin_lightning.data.movielens.Path"
+    imported = "qin_lightning.models.items.Tensor" if where == "model.net" else "qin_lightning.data.movielens.source.Path"
     node["extra"] = {"_target_": imported}  # a class imported into one of our modules, not one of ours
     torch.save(ckpt, path)
     with pytest.raises(UnsafeCheckpointError, match="not a class defined in"):
         load_network(path)
     assert not marker.exists()
 
+
+
+def test_a_moved_data_class_still_loads(last: Path, tmp_path: Path) -> None:
+    """A MovieLens checkpoint written before data/movielens.py became a package names the old source class."""
+    ckpt = torch.load(last, map_location="cpu", weights_only=True)
+    ckpt["qin_config"]["data"]["source"] = {"_target_": "qin_lightning.data.movielens.MovieLensSource", "src": "x"}
+    path = tmp_path / "old_movielens.ckpt"
+    torch.save(ckpt, path)
+    _, cfg = load_network(path)
+    assert cfg["data"]["source"]["_target_"] == "qin_lightning.data.movielens.source.MovieLensSource"
 
 # ---- broken and foreign checkpoints: one clear line ------------------------------------------------------
 @pytest.mark.parametrize("kind", ["truncated", "garbage", "empty", "foreign", "not_lightning", "no_qin_config"])
@@ -246,12 +256,12 @@ def test_cli_train_resume_from_truncated_checkpoint_is_one_line(last: Path, run:
 def _with_stray_tag(data_dir: Path, tmp_path: Path, row: int, value: int) -> Path:
     root = tmp_path / "data"
     shutil.copytree(data_dir, root)
-    path = root / S.ITEM_INFO_FILE
+    path = root / layout.ITEM_INFO_FILE
     table = pq.read_table(path)
-    tags = np.array(table.column(S.ITEM_TAGS).to_pylist(), dtype=np.int64)
-    mm = np.array(table.column(S.ITEM_EMB).to_pylist(), dtype=np.float32)
+    tags = np.array(table.column(layout.ITEM_TAGS).to_pylist(), dtype=np.int64)
+    mm = np.array(table.column(layout.ITEM_EMB).to_pylist(), dtype=np.float32)
     tags[row, -1] = value
-    pq.write_table(S.item_info_table(tags, mm), path)
+    pq.write_table(layout.item_info_table(tags, mm), path)
     return root
 
 
@@ -262,11 +272,11 @@ def _data_dir(run: Path) -> Path:
 def test_a_stray_huge_tag_id_is_refused_before_allocation(run: Path, tmp_path: Path) -> None:
     root = _with_stray_tag(_data_dir(run), tmp_path, row=7, value=10_000_000)
     with pytest.raises(DataValidationError) as info:
-        S.read_item_info(root, emb_dim=None)
+        reader.read_item_info(root, emb_dim=None)
     message = str(info.value)
     for needle in ("item_info.parquet", "column 'item_tags'", "row 7", "10000000", "data.num_tags=10000001"):
         assert needle in message, message
-    items = S.read_item_info(root, emb_dim=None, num_tags=10_000_001)  # the opt-out: ids that really are sparse
+    items = reader.read_item_info(root, emb_dim=None, num_tags=10_000_001)  # the opt-out: ids that really are sparse
     assert items.num_tags == 10_000_001
 
 
@@ -274,12 +284,12 @@ def test_the_sparse_tag_rule() -> None:
     """Largest id + 1 <= max(1000, 100 x distinct ids) is inferred silently; one more is an error."""
     path = Path("item_info.parquet")
     table = np.array([[0, 0], [1, 2], [3, 0], [4, 999]])  # 6 distinct ids (0 included): limit max(1000, 600)
-    assert S.inferred_tag_vocabulary(path, table) == 1000
+    assert reader.inferred_tag_vocabulary(path, table) == 1000
     table[3, 1] = 1000
     with pytest.raises(DataValidationError, match=r"row 3 contains tag id 1000, but only 6 distinct"):
-        S.inferred_tag_vocabulary(path, table)
+        reader.inferred_tag_vocabulary(path, table)
     dense = np.arange(40_000).reshape(-1, 4)  # many tags: the limit grows with them
-    assert S.inferred_tag_vocabulary(path, dense) == 40_000
+    assert reader.inferred_tag_vocabulary(path, dense) == 40_000
 
 
 def test_training_memory_estimate_is_exact_and_checked(run: Path, tmp_path: Path,
@@ -445,7 +455,7 @@ def test_export_disk_full_keeps_the_previous_model(last: Path, tmp_path: Path,
 def test_disk_full_while_converting_keeps_the_previous_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from test_movielens import make_source
 
-    from qin_lightning.data import movielens as ml
+    from qin_lightning.data.movielens import convert as ml
 
     src = make_source(tmp_path, "csv")
     out = tmp_path / "data" / "out"

@@ -15,11 +15,11 @@ import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from qin_lightning.data import schema as S
+from qin_lightning.data import layout, reader
 from qin_lightning.data.datamodule import MMCTRDataModule, ShardedBatchSampler
 from qin_lightning.errors import DataValidationError
 
-EMB = S.EMB_DIM
+EMB = layout.EMB_DIM
 SETTINGS = settings(max_examples=30, deadline=None)
 
 
@@ -36,11 +36,11 @@ class Layout:
 
     def write(self, root: Path) -> Path:
         root.mkdir(parents=True, exist_ok=True)
-        pq.write_table(S.item_info_table(self.tags, self.mm), root / S.ITEM_INFO_FILE)
+        pq.write_table(layout.item_info_table(self.tags, self.mm), root / layout.ITEM_INFO_FILE)
         for split, c in self.splits.items():
-            label = c["label"] if (split != S.TEST or self.test_label) else None
-            table = S.split_table(c["user_id"], c["item_seq"], c["likes_level"], c["views_level"], c["item_id"], label)
-            pq.write_table(table, S.split_path(root, split))
+            label = c["label"] if (split != layout.TEST or self.test_label) else None
+            table = layout.split_table(c["user_id"], c["item_seq"], c["likes_level"], c["views_level"], c["item_id"], label)
+            pq.write_table(table, layout.split_path(root, split))
         return root
 
 
@@ -54,22 +54,22 @@ def layouts(draw: st.DrawFn, min_hist: int = 0) -> Layout:
     tags[0] = 0
     mm = rng.standard_normal((n_items, EMB)).astype(np.float32)
     mm[0] = 0
-    layout = Layout(n_items, n_tags, tags, mm, test_label=draw(st.booleans()))
-    for split in S.SPLITS:
+    case = Layout(n_items, n_tags, tags, mm, test_label=draw(st.booleans()))
+    for split in layout.SPLITS:
         n = draw(st.integers(1, 40))
         hist = draw(st.integers(min_hist, 9))
         length = rng.integers(0, hist + 1, n)
         seq = rng.integers(1, n_items, (n, hist))
         seq[np.arange(hist)[None, :] < (hist - length)[:, None]] = 0  # left padding
-        layout.splits[split] = {
+        case.splits[split] = {
             "user_id": np.arange(n),
             "item_seq": seq,
-            "likes_level": rng.integers(0, S.NUM_LEVELS, n),
-            "views_level": rng.integers(0, S.NUM_LEVELS, n),
+            "likes_level": rng.integers(0, layout.NUM_LEVELS, n),
+            "views_level": rng.integers(0, layout.NUM_LEVELS, n),
             "item_id": rng.integers(0, n_items, n),
             "label": rng.integers(0, 2, n),
         }
-    return layout
+    return case
 
 
 def expected_seq(seq: np.ndarray, max_len: int) -> np.ndarray:
@@ -92,34 +92,34 @@ def check_rows(batches: list, columns: dict[str, np.ndarray], max_len: int, has_
 
 
 @SETTINGS
-@given(layout=layouts(), max_len=st.integers(1, 12), batch_size=st.integers(1, 16), world=st.integers(1, 3),
+@given(case=layouts(), max_len=st.integers(1, 12), batch_size=st.integers(1, 16), world=st.integers(1, 3),
        epoch=st.integers(0, 5))
-def test_valid_layouts_load_and_batch(layout: Layout, max_len: int, batch_size: int, world: int, epoch: int) -> None:
+def test_valid_layouts_load_and_batch(case: Layout, max_len: int, batch_size: int, world: int, epoch: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        root = layout.write(Path(tmp) / "data")
-        summary = S.validate_dataset(root, max_len=max_len, num_tags=layout.num_tags)
-        assert summary.num_items == layout.num_items
+        root = case.write(Path(tmp) / "data")
+        summary = reader.validate_dataset(root, max_len=max_len, num_tags=case.num_tags)
+        assert summary.num_items == case.num_items
         dm = MMCTRDataModule(str(root), max_len=max_len, batch_size=batch_size, eval_batch_size=batch_size,
-                             num_tags=layout.num_tags)
+                             num_tags=case.num_tags)
         dm.setup()
-    assert torch.equal(dm.item_tags, torch.from_numpy(layout.tags))
-    assert torch.equal(dm.item_mm, torch.from_numpy(layout.mm))
+    assert torch.equal(dm.item_tags, torch.from_numpy(case.tags))
+    assert torch.equal(dm.item_mm, torch.from_numpy(case.mm))
     # train: every row exactly once across `world` simulated ranks, values preserved
-    train = layout.splits[S.TRAIN]
+    train = case.splits[layout.TRAIN]
     n = len(train["user_id"])
     world = min(world, n)
     seen = []
     for rank in range(world):
         sampler = ShardedBatchSampler(n, batch_size, shuffle=True, seed=11, rank=rank, world_size=world)
         sampler.set_epoch(epoch)
-        data = dm.dataset(S.TRAIN)
+        data = dm.dataset(layout.TRAIN)
         seen.append(check_rows([data[i] for i in sampler], train, max_len, True))
     assert sorted(torch.cat(seen).tolist()) == list(range(n))
     # eval / predict: whole split, row order
-    for split, loader in ((S.VALID, dm.val_dataloader()), (S.TEST, dm.predict_dataloader())):
-        has_label = split != S.TEST or layout.test_label
-        rows = check_rows(list(loader), layout.splits[split], max_len, has_label)
-        assert rows.tolist() == list(range(len(layout.splits[split]["user_id"])))
+    for split, loader in ((layout.VALID, dm.val_dataloader()), (layout.TEST, dm.predict_dataloader())):
+        has_label = split != layout.TEST or case.test_label
+        rows = check_rows(list(loader), case.splits[split], max_len, has_label)
+        assert rows.tolist() == list(range(len(case.splits[split]["user_id"])))
 
 
 CORRUPTIONS = [
@@ -132,20 +132,20 @@ CORRUPTIONS = [
 
 
 def _replace(root: Path, split: str, column: str, array: pa.Array) -> None:
-    path = S.split_path(root, split)
+    path = layout.split_path(root, split)
     table = pq.read_table(path)
     pq.write_table(table.set_column(table.schema.get_field_index(column), column, array), path)
 
 
 SPLIT_ROW_KINDS = {  # corruption -> the column it puts a bad value in, at row r of a train / valid split
-    "negative_history": S.ITEM_SEQ, "history_beyond": S.ITEM_SEQ, "negative_target": S.ITEM_ID,
-    "target_beyond": S.ITEM_ID, "negative_user": S.USER_ID, "likes_range": S.LIKES_LEVEL,
-    "views_range": S.VIEWS_LEVEL, "label_range": S.LABEL, "null_value": S.ITEM_ID, "ragged_history": S.ITEM_SEQ,
+    "negative_history": layout.ITEM_SEQ, "history_beyond": layout.ITEM_SEQ, "negative_target": layout.ITEM_ID,
+    "target_beyond": layout.ITEM_ID, "negative_user": layout.USER_ID, "likes_range": layout.LIKES_LEVEL,
+    "views_range": layout.VIEWS_LEVEL, "label_range": layout.LABEL, "null_value": layout.ITEM_ID, "ragged_history": layout.ITEM_SEQ,
 }
 ITEM_ROW_KINDS = {  # corruption -> the item_info column it breaks, at item row item_r (0: the padding row)
-    "not_position_indexed": S.ITEM_ID, "no_padding_row": S.ITEM_ID, "padding_tags": S.ITEM_TAGS,
-    "padding_vector": S.ITEM_EMB, "tag_beyond": S.ITEM_TAGS, "negative_tag": S.ITEM_TAGS, "ragged_tags": S.ITEM_TAGS,
-    "vector_width": S.ITEM_EMB, "vector_nan": S.ITEM_EMB, "vector_inf": S.ITEM_EMB,
+    "not_position_indexed": layout.ITEM_ID, "no_padding_row": layout.ITEM_ID, "padding_tags": layout.ITEM_TAGS,
+    "padding_vector": layout.ITEM_EMB, "tag_beyond": layout.ITEM_TAGS, "negative_tag": layout.ITEM_TAGS, "ragged_tags": layout.ITEM_TAGS,
+    "vector_width": layout.ITEM_EMB, "vector_nan": layout.ITEM_EMB, "vector_inf": layout.ITEM_EMB,
 }
 
 
@@ -167,98 +167,98 @@ def assert_names(msg: str, patterns: list[str]) -> None:
         assert re.search(pattern, msg), f"{pattern!r} not in {msg!r}"
 
 
-def corrupt(layout: Layout, root: Path, kind: str, rng: np.random.Generator) -> list[str]:
-    """Writes `layout` with one corruption of `kind`; returns what the error must name (`names`)."""
-    split = S.SPLITS[int(rng.integers(0, 2))]  # train or valid (labels required there)
-    c = layout.splits[split]
+def corrupt(case: Layout, root: Path, kind: str, rng: np.random.Generator) -> list[str]:
+    """Writes `case` with one corruption of `kind`; returns what the error must name (`names`)."""
+    split = layout.SPLITS[int(rng.integers(0, 2))]  # train or valid (labels required there)
+    c = case.splits[split]
     n = len(c["user_id"])
     r = int(rng.integers(0, n))
-    item_r = int(rng.integers(1, layout.num_items))
+    item_r = int(rng.integers(1, case.num_items))
     big = int(rng.integers(0, 50))
     if kind in ("negative_history", "history_beyond"):
-        c["item_seq"][r, int(rng.integers(0, c["item_seq"].shape[1]))] = -1 - big if kind[0] == "n" else layout.num_items + big
+        c["item_seq"][r, int(rng.integers(0, c["item_seq"].shape[1]))] = -1 - big if kind[0] == "n" else case.num_items + big
     elif kind in ("negative_target", "target_beyond"):
-        c["item_id"][r] = -1 - big if kind[0] == "n" else layout.num_items + big
+        c["item_id"][r] = -1 - big if kind[0] == "n" else case.num_items + big
     elif kind == "negative_user":
         c["user_id"][r] = -1 - big
     elif kind in ("likes_range", "views_range"):
-        c[kind.replace("range", "level")][r] = S.NUM_LEVELS + big if big % 2 else -1 - big
+        c[kind.replace("range", "level")][r] = layout.NUM_LEVELS + big if big % 2 else -1 - big
     elif kind == "label_range":
         c["label"][r] = 2 + big
     elif kind == "padding_tags":
-        layout.tags[0, int(rng.integers(0, layout.tags.shape[1]))] = 1 + big
+        case.tags[0, int(rng.integers(0, case.tags.shape[1]))] = 1 + big
     elif kind == "padding_vector":
-        layout.mm[0, int(rng.integers(0, EMB))] = 0.5
+        case.mm[0, int(rng.integers(0, EMB))] = 0.5
     elif kind == "tag_beyond":
-        layout.tags[item_r, int(rng.integers(0, layout.tags.shape[1]))] = layout.num_tags + big
+        case.tags[item_r, int(rng.integers(0, case.tags.shape[1]))] = case.num_tags + big
     elif kind == "negative_tag":
-        layout.tags[item_r, int(rng.integers(0, layout.tags.shape[1]))] = -1 - big
+        case.tags[item_r, int(rng.integers(0, case.tags.shape[1]))] = -1 - big
     elif kind in ("vector_nan", "vector_inf"):
-        layout.mm[item_r, int(rng.integers(0, EMB))] = np.nan if kind == "vector_nan" else -np.inf
-    layout.write(root)
-    info = S.ITEM_INFO
-    split_file = S.FILE_NAMES[split]
+        case.mm[item_r, int(rng.integers(0, EMB))] = np.nan if kind == "vector_nan" else -np.inf
+    case.write(root)
+    info = layout.ITEM_INFO
+    split_file = layout.FILE_NAMES[split]
     # a ragged list is told from the most common length: with two rows either one may be the odd one out
     row_known = kind not in ("ragged_history", "ragged_tags", "vector_width") or (
-        (n if kind == "ragged_history" else layout.num_items) >= 3)
+        (n if kind == "ragged_history" else case.num_items) >= 3)
     expected: list[str] = []
     if kind in SPLIT_ROW_KINDS:
         expected = names(split_file, SPLIT_ROW_KINDS[kind], r if row_known else None)
     elif kind in ITEM_ROW_KINDS:
         item_row = 0 if kind in ("no_padding_row", "padding_tags", "padding_vector") else item_r
-        expected = names(S.ITEM_INFO_FILE, ITEM_ROW_KINDS[kind], item_row if row_known else None)
+        expected = names(layout.ITEM_INFO_FILE, ITEM_ROW_KINDS[kind], item_row if row_known else None)
     if kind == "missing_file":
-        missing = [S.TRAIN, S.VALID, S.TEST, info][int(rng.integers(0, 4))]
-        S.split_path(root, missing).unlink()
-        expected = names(S.FILE_NAMES[missing]) + ["file not found"]
+        missing = [layout.TRAIN, layout.VALID, layout.TEST, info][int(rng.integers(0, 4))]
+        layout.split_path(root, missing).unlink()
+        expected = names(layout.FILE_NAMES[missing]) + ["file not found"]
     elif kind == "corrupt_file":
-        broken = [S.TRAIN, S.VALID, S.TEST, info][int(rng.integers(0, 4))]
-        path = S.split_path(root, broken)
+        broken = [layout.TRAIN, layout.VALID, layout.TEST, info][int(rng.integers(0, 4))]
+        path = layout.split_path(root, broken)
         data = path.read_bytes()
         path.write_bytes(data[: int(rng.integers(0, len(data) - 8))])
-        expected = names(S.FILE_NAMES[broken], expectation=False) + ["unreadable or corrupt parquet"]
+        expected = names(layout.FILE_NAMES[broken], expectation=False) + ["unreadable or corrupt parquet"]
     elif kind == "missing_column":
-        col = S.SPLIT_COLUMNS[int(rng.integers(0, len(S.SPLIT_COLUMNS)))]
-        path = S.split_path(root, split)
+        col = layout.SPLIT_COLUMNS[int(rng.integers(0, len(layout.SPLIT_COLUMNS)))]
+        path = layout.split_path(root, split)
         pq.write_table(pq.read_table(path).drop_columns([col]), path)
         expected = names(split_file, col, expectation=False) + ["missing column", "found columns"]
     elif kind == "float_ids":
-        col = [S.USER_ID, S.ITEM_ID, S.LIKES_LEVEL, S.VIEWS_LEVEL][int(rng.integers(0, 4))]
+        col = [layout.USER_ID, layout.ITEM_ID, layout.LIKES_LEVEL, layout.VIEWS_LEVEL][int(rng.integers(0, 4))]
         _replace(root, split, col, pa.array(c[col].astype(np.float64)))
         expected = names(split_file, col) + ["has type double"]
     elif kind == "string_ids":
-        _replace(root, split, S.ITEM_ID, pa.array([str(v) for v in c["item_id"]]))
-        expected = names(split_file, S.ITEM_ID) + ["has type string"]
+        _replace(root, split, layout.ITEM_ID, pa.array([str(v) for v in c["item_id"]]))
+        expected = names(split_file, layout.ITEM_ID) + ["has type string"]
     elif kind == "list_scalar":
-        _replace(root, split, S.VIEWS_LEVEL, pa.array([[int(v)] for v in c["views_level"]]))
-        expected = names(split_file, S.VIEWS_LEVEL) + ["has type list"]
+        _replace(root, split, layout.VIEWS_LEVEL, pa.array([[int(v)] for v in c["views_level"]]))
+        expected = names(split_file, layout.VIEWS_LEVEL) + ["has type list"]
     elif kind == "float_history":
-        _replace(root, split, S.ITEM_SEQ, pa.array([[float(x) for x in row] for row in c["item_seq"]]))
-        expected = names(split_file, S.ITEM_SEQ) + ["expected a list of integers"]
+        _replace(root, split, layout.ITEM_SEQ, pa.array([[float(x) for x in row] for row in c["item_seq"]]))
+        expected = names(split_file, layout.ITEM_SEQ) + ["expected a list of integers"]
     elif kind == "ragged_history":
         assume(n >= 2)  # one row of another length needs another row to differ from
         rows = [list(map(int, row)) for row in c["item_seq"]]
         rows[r] = rows[r][1:] if rng.random() < 0.5 else [0] + rows[r]
-        _replace(root, split, S.ITEM_SEQ, pa.array(rows, pa.list_(pa.int64())))
+        _replace(root, split, layout.ITEM_SEQ, pa.array(rows, pa.list_(pa.int64())))
     elif kind == "empty_split":
-        path = S.split_path(root, split)
+        path = layout.split_path(root, split)
         pq.write_table(pq.read_table(path).slice(0, 0), path)
         expected = names(split_file) + ["0 rows"]
     elif kind == "null_value":
         values = c["item_id"].tolist()
         values[r] = None
-        _replace(root, split, S.ITEM_ID, pa.array(values, pa.int64()))
+        _replace(root, split, layout.ITEM_ID, pa.array(values, pa.int64()))
     elif kind in ("not_position_indexed", "no_padding_row", "ragged_tags", "vector_width"):
-        path = root / S.ITEM_INFO_FILE
+        path = root / layout.ITEM_INFO_FILE
         table = pq.read_table(path)
         if kind == "no_padding_row":
             table = table.slice(1)
         elif kind == "not_position_indexed":
-            ids = np.arange(layout.num_items)
-            ids[item_r] = (item_r + 1 + big) % (layout.num_items + 60)
-            table = table.set_column(0, S.ITEM_ID, pa.array(ids))
+            ids = np.arange(case.num_items)
+            ids[item_r] = (item_r + 1 + big) % (case.num_items + 60)
+            table = table.set_column(0, layout.ITEM_ID, pa.array(ids))
         else:
-            col = S.ITEM_TAGS if kind == "ragged_tags" else S.ITEM_EMB
+            col = layout.ITEM_TAGS if kind == "ragged_tags" else layout.ITEM_EMB
             rows = table.column(col).to_pylist()
             rows[item_r] = rows[item_r][1:] if (rng.random() < 0.5 and len(rows[item_r]) > 1) else rows[item_r] + [0]
             table = table.set_column(table.schema.get_field_index(col), col, pa.array(rows, table.schema.field(col).type))
@@ -268,28 +268,28 @@ def corrupt(layout: Layout, root: Path, kind: str, rng: np.random.Generator) -> 
 
 
 @SETTINGS
-@given(layout=layouts(min_hist=1), kind=st.sampled_from(CORRUPTIONS), seed=st.integers(0, 2**32 - 1))
-def test_corruptions_rejected(layout: Layout, kind: str, seed: int) -> None:
+@given(case=layouts(min_hist=1), kind=st.sampled_from(CORRUPTIONS), seed=st.integers(0, 2**32 - 1))
+def test_corruptions_rejected(case: Layout, kind: str, seed: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "data"
-        expected = corrupt(layout, root, kind, np.random.default_rng(seed))
+        expected = corrupt(case, root, kind, np.random.default_rng(seed))
         with pytest.raises(DataValidationError) as info:
-            S.validate_dataset(root, num_tags=layout.num_tags)
+            reader.validate_dataset(root, num_tags=case.num_tags)
         assert_names(str(info.value), expected)  # file, column, row and expectation, not just ".parquet"
         with pytest.raises(DataValidationError) as info:
-            MMCTRDataModule(str(root), max_len=4, num_tags=layout.num_tags).setup()
+            MMCTRDataModule(str(root), max_len=4, num_tags=case.num_tags).setup()
         assert_names(str(info.value), expected)
 
 
 def test_every_corruption_kind_is_exercised() -> None:
     """Each kind once, deterministically (hypothesis may not draw all of them)."""
     for i, kind in enumerate(CORRUPTIONS):
-        layout = _fixed_layout(i)
+        case = _fixed_layout(i)
         with tempfile.TemporaryDirectory() as tmp:
             root = Path(tmp) / "data"
-            expected = corrupt(layout, root, kind, np.random.default_rng(i))
+            expected = corrupt(case, root, kind, np.random.default_rng(i))
             with pytest.raises(DataValidationError) as info:
-                S.validate_dataset(root, num_tags=layout.num_tags)
+                reader.validate_dataset(root, num_tags=case.num_tags)
             assert_names(str(info.value), expected)
 
 
@@ -300,12 +300,12 @@ def _fixed_layout(seed: int) -> Layout:
     tags[0] = 0
     mm = rng.standard_normal((n_items, EMB)).astype(np.float32)
     mm[0] = 0
-    layout = Layout(n_items, n_tags, tags, mm)
-    for split in S.SPLITS:
+    case = Layout(n_items, n_tags, tags, mm)
+    for split in layout.SPLITS:
         n = 20
-        layout.splits[split] = {
+        case.splits[split] = {
             "user_id": np.arange(n), "item_seq": rng.integers(0, n_items, (n, 5)),
             "likes_level": rng.integers(0, 11, n), "views_level": rng.integers(0, 11, n),
             "item_id": rng.integers(0, n_items, n), "label": rng.integers(0, 2, n),
         }
-    return layout
+    return case

@@ -8,7 +8,7 @@ class QinError(Exception):
 
 
 class DataValidationError(QinError):
-    """A dataset folder does not follow the MMCTR layout (see ``qin_lightning.data.schema``)."""
+    """A dataset folder does not follow the MMCTR layout (see ``qin_lightning.data.layout``)."""
 
 
 class ConfigError(QinError):

@@ -20,7 +20,7 @@ import numpy as np
 from omegaconf import DictConfig
 
 from qin_lightning.cli import CONFIG_DIR, run_reporting_errors, set_threads
-from qin_lightning.data import schema as S
+from qin_lightning.data import layout
 from qin_lightning.errors import ConfigError, QinError
 from qin_lightning.files import atomic_write_json
 from qin_lightning.serving.scorer import exported_session, load_for_inference, scored_batches
@@ -32,17 +32,17 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     started = time.time()
     set_threads(cfg.get("threads"))
     split = str(cfg.split)
-    if split not in (S.VALID, S.TEST):
+    if split not in (layout.VALID, layout.TEST):
         raise ConfigError(f"split={split}: expected valid or test")
     ckpt = Path(str(cfg.ckpt_path))
     exported = exported_session(cfg)  # checked before the data loads
     onnx_model = exported[0]
-    stage = "validate" if split == S.VALID else "test"
+    stage = "validate" if split == layout.VALID else "test"
     net, run_cfg, dm = load_for_inference(ckpt, cfg.get("data"), stage, bool(cfg.get("trust_checkpoint")))
     data = dm.dataset(split)
     if not data.has_label:
         raise ConfigError(
-            f"{dm.data_dir / S.FILE_NAMES[split]}: has no '{S.LABEL}' column, so it cannot be evaluated "
+            f"{dm.data_dir / layout.FILE_NAMES[split]}: has no '{layout.LABEL}' column, so it cannot be evaluated "
             "(use python -m qin_lightning.predict for the submission file)"
         )
     probs = np.empty(len(data), dtype=np.float32)

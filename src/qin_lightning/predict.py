@@ -21,7 +21,7 @@ import numpy as np
 from omegaconf import DictConfig
 
 from qin_lightning.cli import CONFIG_DIR, run_reporting_errors, set_threads
-from qin_lightning.data import schema as S
+from qin_lightning.data import layout
 from qin_lightning.errors import ConfigError, QinError
 from qin_lightning.files import atomic_writer
 from qin_lightning.serving.scorer import exported_session, load_for_inference, scored_batches
@@ -52,7 +52,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     exported = exported_session(cfg)
     trust = bool(cfg.get("trust_checkpoint"))
     net, _, dm = load_for_inference(str(cfg.ckpt_path), cfg.get("data"), "predict", trust)
-    data = dm.dataset(S.TEST)
+    data = dm.dataset(layout.TEST)
     rows = 0
     with atomic_writer(out, "w", newline="\n") as f:  # a failure (disk full...) leaves the previous file intact
         f.write(HEADER)

@@ -7,8 +7,8 @@
     python -m qin_lightning.prepare describe --root DIR [--json]
 
 `movielens` converts a MovieLens release (zip or folder) into the MMCTR layout (rules in
-`qin_lightning.data.movielens`); `describe` prints what to check first about any folder in the layout: rows and
-positive rate per split, items, tags, history lengths and padding, embedding width, and the oracle AUC of a
+`qin_lightning.data.movielens.convert`); `describe` prints what to check first about any folder in the layout:
+rows and positive rate per split, items, tags, history lengths and padding, embedding width, and the oracle AUC of a
 synthetic folder (`qin_lightning.data.describe`). Errors in the input print `error: <message>` and exit with
 status 2.
 """
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.dataset == "describe":
         return describe_main(args.root, args.json)
     try:
-        from qin_lightning.data.movielens import convert_movielens
+        from qin_lightning.data.movielens.convert import convert_movielens
 
         meta = convert_movielens(
             args.src, args.out, protocol=args.protocol, split=args.split, encoder=args.encoder, seed=args.seed,

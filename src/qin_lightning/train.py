@@ -28,7 +28,7 @@ from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from qin_lightning.cli import CONFIG_DIR, exit_with_error, set_threads
-from qin_lightning.data import schema as S
+from qin_lightning.data import layout
 from qin_lightning.errors import ConfigError, QinError
 from qin_lightning.files import atomic_write_json
 from qin_lightning.serving.load import read_checkpoint
@@ -56,8 +56,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     dm = build_datamodule(cfg)
     if cfg.get("test_after_fit") and not dm.has_test_labels:  # checked before training, not after it
         raise ConfigError(
-            f"test_after_fit=true: {dm.data_dir / S.TEST_FILE} has no '{S.LABEL}' column, so the test split cannot"
-            " be evaluated (set test_after_fit=false; python -m qin_lightning.predict writes its predictions)"
+            f"test_after_fit=true: {dm.data_dir / layout.TEST_FILE} has no '{layout.LABEL}' column, so the test split"
+            " cannot be evaluated (set test_after_fit=false; python -m qin_lightning.predict writes its predictions)"
         )
     module = build_module(cfg, dm)
     resolved = OmegaConf.to_container(cfg, resolve=True)

@@ -35,14 +35,14 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
-from qin_lightning.data import schema as S
+from qin_lightning.data import layout, reader
 from qin_lightning.data.resumable_loader import ResumableLoader
 from qin_lightning.data.synthetic import SyntheticConfig, generate
 from qin_lightning.errors import ConfigError
 
 
 class DataSource(Protocol):
-    """Anything that writes the layout on first use (e.g. `movielens.MovieLensSource`)."""
+    """Anything that writes the layout on first use (e.g. `movielens.source.MovieLensSource`)."""
 
     def fingerprint(self) -> str: ...
 
@@ -63,7 +63,7 @@ class Batch(NamedTuple):
 class SplitDataset(Dataset[Batch]):
     """A split as whole-column tensors; `dataset[index_tensor]` returns a Batch."""
 
-    def __init__(self, arrays: S.SplitArrays) -> None:
+    def __init__(self, arrays: reader.SplitArrays) -> None:
         self.name = arrays.name
         self.item_seq = torch.from_numpy(arrays.item_seq)  # (n, max_len) int32
         self.item_id = torch.from_numpy(arrays.item_id)  # (n,) int32
@@ -210,20 +210,20 @@ class MMCTRDataModule(L.LightningDataModule):
         if (self.synthetic is not None or self.source is not None) and not self.data_dir.exists():
             self.prepare_data()  # setup without prepare_data (single process use)
         if self.item_tags is None:
-            emb_dim = self.synthetic.emb_dim if self.synthetic is not None else S.EMB_DIM
-            items = S.read_item_info(self.data_dir, emb_dim=emb_dim, num_tags=self._given_num_tags)
+            emb_dim = self.synthetic.emb_dim if self.synthetic is not None else layout.EMB_DIM
+            items = reader.read_item_info(self.data_dir, emb_dim=emb_dim, num_tags=self._given_num_tags)
             self.item_tags = torch.from_numpy(items.tags)
             self.item_mm = torch.from_numpy(items.mm)
             self.num_items, self.num_tags = items.num_items, items.num_tags
-        needed = {"fit": (S.TRAIN, S.VALID), "validate": (S.VALID,), "test": (S.TEST,), "predict": (S.TEST,)}
-        for split in needed.get(stage or "", S.SPLITS):
+        needed = {"fit": (layout.TRAIN, layout.VALID), "validate": (layout.VALID,), "test": (layout.TEST,), "predict": (layout.TEST,)}
+        for split in needed.get(stage or "", layout.SPLITS):
             self._load(split)
 
     def _load(self, split: str) -> SplitDataset:
         if split not in self._splits:
             if self.item_tags is None:
                 self.setup("none")
-            arrays = S.read_split(self.data_dir, split, self.num_items, self.max_len)
+            arrays = reader.read_split(self.data_dir, split, self.num_items, self.max_len)
             self._splits[split] = SplitDataset(arrays)
         return self._splits[split]
 
@@ -233,7 +233,7 @@ class MMCTRDataModule(L.LightningDataModule):
 
     @property
     def has_test_labels(self) -> bool:
-        return self._load(S.TEST).has_label
+        return self._load(layout.TEST).has_label
 
     # ---- loaders ---------------------------------------------------------------------------------------
     def _loader(self, data: SplitDataset, sampler: ShardedBatchSampler) -> DataLoader:
@@ -247,7 +247,7 @@ class MMCTRDataModule(L.LightningDataModule):
         )
 
     def train_sampler(self, rank: int | None = None, world_size: int | None = None) -> ShardedBatchSampler:
-        data = self._load(S.TRAIN)
+        data = self._load(layout.TRAIN)
         sampler = ShardedBatchSampler(len(data), self.batch_size, True, self.seed, rank, world_size)
         sampler.set_epoch(self._current_epoch())
         return sampler
@@ -258,7 +258,7 @@ class MMCTRDataModule(L.LightningDataModule):
     def train_dataloader(self) -> ResumableLoader:
         """The training batches; resumable mid-epoch (its state: the batches the trainer has done)."""
         self._train_sampler = self.train_sampler()
-        return ResumableLoader(self._loader(self._load(S.TRAIN), self._train_sampler), self._batches_done)
+        return ResumableLoader(self._loader(self._load(layout.TRAIN), self._train_sampler), self._batches_done)
 
     def _batches_done(self) -> int:
         """Training batches of the current epoch done so far (the fitting trainer's progress; 0 without one)."""
@@ -276,13 +276,13 @@ class MMCTRDataModule(L.LightningDataModule):
         return self._loader(self._load(split), sampler)
 
     def val_dataloader(self) -> DataLoader:
-        return self._eval_loader(S.VALID, sharded=True)
+        return self._eval_loader(layout.VALID, sharded=True)
 
     def test_dataloader(self) -> DataLoader:
-        return self._eval_loader(S.TEST, sharded=True)
+        return self._eval_loader(layout.TEST, sharded=True)
 
     def predict_dataloader(self) -> DataLoader:
-        return self._eval_loader(S.TEST, sharded=False)
+        return self._eval_loader(layout.TEST, sharded=False)
 
     # ---- resume ----------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from qin_lightning.data import schema as S
+from qin_lightning.data import layout, reader
+from qin_lightning.errors import DataValidationError
 
 
 def describe_split(root: Path, split: str, num_items: int) -> dict[str, Any]:
@@ -24,9 +25,9 @@ def describe_split(root: Path, split: str, num_items: int) -> dict[str, Any]:
     positives, labelled, stored = 0, 0, 0
     targets = np.zeros(num_items, dtype=bool)
     rows = 0
-    for _, total, chunk in S.iter_split(root, split, num_items):
+    for _, total, chunk in reader.iter_split(root, split, num_items):
         rows = total
-        lengths.append((chunk.item_seq != S.PADDING_ID).sum(axis=1))  # (n,) non-padding history items
+        lengths.append((chunk.item_seq != layout.PADDING_ID).sum(axis=1))  # (n,) non-padding history items
         targets[chunk.item_id] = True
         stored = chunk.history_len
         if chunk.label is not None:
@@ -53,8 +54,8 @@ def describe(root: str | Path) -> dict[str, Any]:
     """The description of a dataset folder as a dict (what ``format_description`` prints)."""
     root = Path(root)
     if not root.is_dir():
-        raise S.DataValidationError(f"data folder {root} does not exist, expected a folder in the MMCTR layout")
-    items = S.read_item_info(root, emb_dim=None)
+        raise DataValidationError(f"data folder {root} does not exist, expected a folder in the MMCTR layout")
+    items = reader.read_item_info(root, emb_dim=None)
     meta_path = root / "synthetic.json"
     oracle = json.loads(meta_path.read_text()).get("oracle_auc") if meta_path.is_file() else None
     return {
@@ -63,7 +64,7 @@ def describe(root: str | Path) -> dict[str, Any]:
         "tag_vocab": items.num_tags,
         "tags_per_item": int(items.tags.shape[1]),
         "embedding_width": int(items.mm.shape[1]),
-        "splits": {split: describe_split(root, split, items.num_items) for split in S.SPLITS},
+        "splits": {split: describe_split(root, split, items.num_items) for split in layout.SPLITS},
         "oracle_auc": oracle,
     }
 
@@ -85,6 +86,6 @@ def format_description(desc: dict[str, Any]) -> str:
         )
     if desc["oracle_auc"]:
         oracle = desc["oracle_auc"]
-        shown = ", ".join(f"{split} {oracle[split]:.4f}" for split in S.SPLITS if split in oracle)
+        shown = ", ".join(f"{split} {oracle[split]:.4f}" for split in layout.SPLITS if split in oracle)
         lines.append(f"oracle AUC (synthetic.json, the best achievable): {shown}")
     return "\n".join(lines)

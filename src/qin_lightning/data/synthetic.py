@@ -31,14 +31,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from qin_lightning.data import schema as S
+from qin_lightning.data import layout
 from qin_lightning.errors import DataValidationError
 from qin_lightning.files import FileWriteError
 
 GENERATOR_VERSION = 1  # bump when the generative story changes: it is part of the fingerprint
 META_FILE = "synthetic.json"  # written last; its presence marks a complete dataset
 CHUNK_ROWS = 131_072  # rows generated and written per row group (fixed: output does not depend on memory)
-_SPLIT_STREAM = {S.TRAIN: 1, S.VALID: 2, S.TEST: 3}
+_SPLIT_STREAM = {layout.TRAIN: 1, layout.VALID: 2, layout.TEST: 3}
 
 
 @dataclass(frozen=True)
@@ -194,7 +194,7 @@ def _item_table(config: SyntheticConfig, world: _World) -> pa.Table:
     direction /= np.linalg.norm(direction)
     vec = centroids[z] + rng.standard_normal((n, d)) / np.sqrt(d) + 0.3 * world.quality[:, None] * direction
     vec[0] = 0.0
-    return S.item_info_table(tags, vec.astype(np.float32))
+    return layout.item_info_table(tags, vec.astype(np.float32))
 
 
 def _rows(config: SyntheticConfig, world: _World, rows: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -214,15 +214,15 @@ def _rows(config: SyntheticConfig, world: _World, rows: int, rng: np.random.Gene
     same = world.topic[hist_items] == world.topic[target][owner]
     affinity = np.bincount(owner, weights=same, minlength=rows) / np.maximum(length, 1)
     q = world.quality[target]
-    likes = np.clip(np.rint(5.0 + 1.5 * q + 1.5 * rng.standard_normal(rows)), 0, S.NUM_LEVELS - 1)
+    likes = np.clip(np.rint(5.0 + 1.5 * q + 1.5 * rng.standard_normal(rows)), 0, layout.NUM_LEVELS - 1)
     views = np.clip(np.rint(4.0 + 1.5 * world.pop_z[target] + 0.5 * q + 1.5 * rng.standard_normal(rows)), 0, 10)
     logit = config.affinity_weight * affinity + config.quality_weight * q
     return {
-        S.USER_ID: users.astype(np.int64),
-        S.ITEM_SEQ: seq,
-        S.LIKES_LEVEL: likes.astype(np.int64),
-        S.VIEWS_LEVEL: views.astype(np.int64),
-        S.ITEM_ID: target.astype(np.int64),
+        layout.USER_ID: users.astype(np.int64),
+        layout.ITEM_SEQ: seq,
+        layout.LIKES_LEVEL: likes.astype(np.int64),
+        layout.VIEWS_LEVEL: views.astype(np.int64),
+        layout.ITEM_ID: target.astype(np.int64),
         "logit": logit,
     }
 
@@ -261,8 +261,8 @@ def _split_chunks(
         p = 1.0 / (1.0 + np.exp(-(r.pop("logit") + bias)))
         label = (rng.random(p.shape[0]) < p).astype(np.int64)
         truth.append((p.astype(np.float32), label.astype(np.int8)))
-        yield S.split_table(
-            r[S.USER_ID], r[S.ITEM_SEQ], r[S.LIKES_LEVEL], r[S.VIEWS_LEVEL], r[S.ITEM_ID], label
+        yield layout.split_table(
+            r[layout.USER_ID], r[layout.ITEM_SEQ], r[layout.LIKES_LEVEL], r[layout.VIEWS_LEVEL], r[layout.ITEM_ID], label
         )
 
 
@@ -291,12 +291,12 @@ def _is_complete(out_dir: Path, config: SyntheticConfig) -> bool:
 def _write_all(config: SyntheticConfig, tmp: Path) -> None:
     world = _world(config)
     bias = _calibrate_bias(config, world)
-    pq.write_table(_item_table(config, world), tmp / S.ITEM_INFO_FILE, compression="zstd")
-    sizes = {S.TRAIN: config.train_rows, S.VALID: config.valid_rows, S.TEST: config.test_rows}
+    pq.write_table(_item_table(config, world), tmp / layout.ITEM_INFO_FILE, compression="zstd")
+    sizes = {layout.TRAIN: config.train_rows, layout.VALID: config.valid_rows, layout.TEST: config.test_rows}
     oracle: dict[str, float] = {}
     for split, rows in sizes.items():
         truth: list[tuple[np.ndarray, np.ndarray]] = []
-        _write_table_chunks(tmp / S.FILE_NAMES[split], _split_chunks(config, world, split, rows, bias, truth))
+        _write_table_chunks(tmp / layout.FILE_NAMES[split], _split_chunks(config, world, split, rows, bias, truth))
         oracle[split] = round(oracle_auc(np.concatenate([t[0] for t in truth]), np.concatenate([t[1] for t in truth])), 4)
     meta = {"fingerprint": config.fingerprint(), "generator_version": GENERATOR_VERSION,
             "config": dataclasses.asdict(config), "oracle_auc": oracle}

@@ -39,6 +39,8 @@ PICKLE_PROTO = b"\x80"  # legacy torch.save (a pickle, protocol >= 2)
 # the packages whose classes a checkpoint's qin_config may instantiate, per config subtree
 NET_PACKAGE = "qin_lightning.models"
 DATA_PACKAGE = "qin_lightning.data"
+# Classes that moved after checkpoints naming them were written: old qin_config `_target_` -> where it is now.
+MOVED_TARGETS = {"qin_lightning.data.movielens.MovieLensSource": "qin_lightning.data.movielens.source.MovieLensSource"}
 
 
 class UnsafeCheckpointError(QinError):
@@ -147,6 +149,18 @@ def _check_target(target: Any, package: str, where: str, path: str | Path, trust
         )
 
 
+def _update_moved_targets(node: Any) -> None:
+    """Rewrite, in place, every ``_target_`` of MOVED_TARGETS to the class's current path."""
+    if isinstance(node, dict):
+        if node.get("_target_") in MOVED_TARGETS:
+            node["_target_"] = MOVED_TARGETS[node["_target_"]]
+        for value in node.values():
+            _update_moved_targets(value)
+    elif isinstance(node, list):
+        for value in node:
+            _update_moved_targets(value)
+
+
 def network_state(ckpt: dict[str, Any], path: str | Path) -> dict[str, torch.Tensor]:
     """The `net.` entries of the CTRModule state dict, prefix removed."""
     state = {k[len(NET_PREFIX):]: v for k, v in ckpt["state_dict"].items() if k.startswith(NET_PREFIX)}
@@ -171,6 +185,7 @@ def load_network(path: str | Path, trust: bool = False,
         raise QinError(
             f"{path}: checkpoint has no 'qin_config' with model.net (it was not written by qin_lightning.train)"
         )
+    _update_moved_targets(cfg)
     if not trust:
         check_config_targets(cfg["model"]["net"], NET_PACKAGE, "model.net", path, trust_hint)
         check_config_targets(cfg.get("data"), DATA_PACKAGE, "data", path, trust_hint)

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from qin_lightning.cli import instantiate_reporting
-from qin_lightning.data import schema as S
+from qin_lightning.data import layout
 from qin_lightning.data.datamodule import Batch, MMCTRDataModule, SplitDataset
 from qin_lightning.errors import ConfigError, QinError
 from qin_lightning.models.inference import inference_form
@@ -56,12 +56,12 @@ def check_item_tables(net: nn.Module, dm: MMCTRDataModule, path: str | Path) -> 
     items = getattr(net, "items", None)
     if items is None:
         return
-    where = f"{dm.data_dir / S.ITEM_INFO_FILE}"
+    where = f"{dm.data_dir / layout.ITEM_INFO_FILE}"
     ck_mm, ck_tags = items.item_mm, items.item_tags
     assert dm.item_mm is not None and dm.item_tags is not None
     if dm.item_mm.shape[1] != ck_mm.shape[1]:
         raise ConfigError(
-            f"{where}: column '{S.ITEM_EMB}' vectors are {dm.item_mm.shape[1]} wide, but {path} was trained with "
+            f"{where}: column '{layout.ITEM_EMB}' vectors are {dm.item_mm.shape[1]} wide, but {path} was trained with "
             f"{ck_mm.shape[1]}-wide vectors (embedding width of the data and the model config differ)"
         )
     if dm.item_mm.shape[0] != ck_mm.shape[0]:
@@ -70,9 +70,9 @@ def check_item_tables(net: nn.Module, dm: MMCTRDataModule, path: str | Path) -> 
             "(not the dataset of this checkpoint)"
         )
     if dm.item_tags.shape != ck_tags.shape or not torch.equal(dm.item_tags, ck_tags):
-        raise ConfigError(f"{where}: column '{S.ITEM_TAGS}' differs from the tags {path} was trained with")
+        raise ConfigError(f"{where}: column '{layout.ITEM_TAGS}' differs from the tags {path} was trained with")
     if not torch.equal(dm.item_mm, ck_mm):
-        raise ConfigError(f"{where}: column '{S.ITEM_EMB}' differs from the vectors {path} was trained with")
+        raise ConfigError(f"{where}: column '{layout.ITEM_EMB}' differs from the vectors {path} was trained with")
 
 
 def load_for_inference(

@@ -1,4 +1,4 @@
-"""schema.py: every layout violation raises DataValidationError with a one-line message naming file, column, value."""
+"""reader.py: every layout violation raises DataValidationError with a one-line message naming file, column, value."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from qin_lightning.data import schema as S
+from qin_lightning.data import layout, reader
 from qin_lightning.data.synthetic import SyntheticConfig, generate
 from qin_lightning.errors import DataValidationError, QinError
 
@@ -33,7 +33,7 @@ def root(base: Path, tmp_path: Path) -> Path:
 
 def edit(root: Path, split: str, fn: Callable[[dict[str, list]], dict[str, list]], types: dict | None = None) -> None:
     """Rewrite a file through Python lists (tiny data only); `types` overrides arrow types of columns."""
-    path = S.split_path(root, split)
+    path = layout.split_path(root, split)
     table = pq.read_table(path)
     cols = fn(table.to_pydict())
     types = types or {}
@@ -54,7 +54,7 @@ def set_cell(root: Path, split: str, column: str, row: int, value: object, type_
 
 def expect(root: Path, *needles: str, **kwargs: object) -> str:
     with pytest.raises(DataValidationError) as info:
-        S.validate_dataset(root, emb_dim=kwargs.pop("emb_dim", EMB), **kwargs)  # type: ignore[arg-type]
+        reader.validate_dataset(root, emb_dim=kwargs.pop("emb_dim", EMB), **kwargs)  # type: ignore[arg-type]
     msg = str(info.value)
     assert "\n" not in msg
     for needle in needles:
@@ -63,7 +63,7 @@ def expect(root: Path, *needles: str, **kwargs: object) -> str:
 
 
 def test_valid_dataset_passes(root: Path) -> None:
-    summary = S.validate_dataset(root, emb_dim=EMB, max_len=8)
+    summary = reader.validate_dataset(root, emb_dim=EMB, max_len=8)
     assert summary.num_items == TINY.num_items
     assert summary.rows == {"train": TINY.train_rows, "valid": TINY.valid_rows, "test": TINY.test_rows}
     assert summary.history_len == {"train": TINY.max_len, "valid": TINY.max_len, "test": TINY.max_len}
@@ -72,9 +72,9 @@ def test_valid_dataset_passes(root: Path) -> None:
 
 
 def test_constants() -> None:
-    assert (S.USER_ID, S.ITEM_SEQ, S.LIKES_LEVEL, S.VIEWS_LEVEL) == ("user_id", "item_seq", "likes_level", "views_level")
-    assert (S.ITEM_ID, S.LABEL, S.ITEM_TAGS, S.ITEM_EMB) == ("item_id", "label", "item_tags", "item_emb_d128")
-    assert S.NUM_LEVELS == 11 and S.FILE_NAMES["item_info"] == "item_info.parquet"
+    assert (layout.USER_ID, layout.ITEM_SEQ, layout.LIKES_LEVEL, layout.VIEWS_LEVEL) == ("user_id", "item_seq", "likes_level", "views_level")
+    assert (layout.ITEM_ID, layout.LABEL, layout.ITEM_TAGS, layout.ITEM_EMB) == ("item_id", "label", "item_tags", "item_emb_d128")
+    assert layout.NUM_LEVELS == 11 and layout.FILE_NAMES["item_info"] == "item_info.parquet"
 
 
 # ---- files ---------------------------------------------------------------------------------------------
@@ -112,7 +112,7 @@ def test_missing_item_info_column(root: Path) -> None:
 
 def test_test_label_optional(root: Path) -> None:
     edit(root, "test", lambda c: {k: v for k, v in c.items() if k != "label"})
-    summary = S.validate_dataset(root, emb_dim=EMB)
+    summary = reader.validate_dataset(root, emb_dim=EMB)
     assert summary.has_label == {"train": True, "valid": True, "test": False}
 
 
@@ -134,7 +134,7 @@ def test_wrong_dtype(root: Path, column: str, transform: Callable, type_: pa.Dat
 
 def test_float_label_accepted(root: Path) -> None:
     edit(root, "valid", lambda c: {**c, "label": [float(v) for v in c["label"]]}, {"label": pa.float32()})
-    S.validate_dataset(root, emb_dim=EMB)
+    reader.validate_dataset(root, emb_dim=EMB)
 
 
 def test_item_emb_wrong_dtype(root: Path) -> None:
@@ -187,7 +187,7 @@ def test_history_id_beyond_items(root: Path) -> None:
 
 def test_history_length_may_differ_between_splits(root: Path) -> None:
     edit(root, "test", lambda c: {**c, "item_seq": [v[-5:] for v in c["item_seq"]]})
-    summary = S.validate_dataset(root, emb_dim=EMB, max_len=8)
+    summary = reader.validate_dataset(root, emb_dim=EMB, max_len=8)
     assert summary.history_len["test"] == 5 and summary.history_len["train"] == TINY.max_len
 
 
@@ -249,7 +249,7 @@ def test_tag_beyond_num_tags(root: Path) -> None:
     set_cell(root, "item_info", "item_tags", 6, [0] * (TINY.tags_per_item - 1) + [TINY.num_tags + 4])
     expect(root, "item_info.parquet", "column 'item_tags'", "row 6", str(TINY.num_tags + 4), "num_tags=40",
            num_tags=TINY.num_tags)
-    assert S.validate_dataset(root, emb_dim=EMB).num_tags == TINY.num_tags + 5  # inferred when not given
+    assert reader.validate_dataset(root, emb_dim=EMB).num_tags == TINY.num_tags + 5  # inferred when not given
 
 
 def test_ragged_tags(root: Path) -> None:
@@ -275,23 +275,23 @@ def test_vector_not_finite(root: Path, bad: float) -> None:
 # ---- readers -------------------------------------------------------------------------------------------
 def test_read_split_truncates_and_pads(root: Path) -> None:
     raw = np.array(pq.read_table(root / "train.parquet").column("item_seq").to_pylist())
-    short = S.read_split(root, "train", TINY.num_items, max_len=5)
+    short = reader.read_split(root, "train", TINY.num_items, max_len=5)
     assert short.item_seq.dtype == np.int32 and short.item_seq.flags.c_contiguous
     np.testing.assert_array_equal(short.item_seq, raw[:, -5:])
-    long = S.read_split(root, "train", TINY.num_items, max_len=TINY.max_len + 3)
+    long = reader.read_split(root, "train", TINY.num_items, max_len=TINY.max_len + 3)
     np.testing.assert_array_equal(long.item_seq[:, 3:], raw)
     assert not long.item_seq[:, :3].any()
 
 
 def test_read_split_chunked(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    whole = S.read_split(root, "train", TINY.num_items, max_len=6)
-    monkeypatch.setattr(S, "CHUNK_ROWS", 7)
-    chunked = S.read_split(root, "train", TINY.num_items, max_len=6)
+    whole = reader.read_split(root, "train", TINY.num_items, max_len=6)
+    monkeypatch.setattr(reader, "CHUNK_ROWS", 7)
+    chunked = reader.read_split(root, "train", TINY.num_items, max_len=6)
     for name in ("user_id", "item_seq", "item_id", "likes_level", "views_level", "label"):
         np.testing.assert_array_equal(getattr(whole, name), getattr(chunked, name))
 
 
 def test_error_in_later_chunk_names_global_row(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     set_cell(root, "train", "likes_level", 250, 42)
-    monkeypatch.setattr(S, "CHUNK_ROWS", 64)
+    monkeypatch.setattr(reader, "CHUNK_ROWS", 64)
     expect(root, "train.parquet", "column 'likes_level'", "row 250", "value 42")

@@ -1,0 +1,1 @@
+"""MovieLens releases as MMCTR datasets: release.py reads, convert.py converts, source.py prepares on first use."""
