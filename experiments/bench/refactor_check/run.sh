@@ -5,5 +5,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 OUT=experiments/bench/refactor_check
-(cd ../old && PYTHONPATH=src ../main/.venv/bin/python -m qin_lightning.bench --no-onnx --out "$OLDPWD/$OUT/before_85853bb_1.json")
+(cd ../old && PYTHONPATH=src "$OLDPWD/.venv/bin/python" -m qin_lightning.bench --no-onnx --out "$OLDPWD/$OUT/before_85853bb_1.json")
 .venv/bin/python -m qin_lightning.bench --no-onnx --out "$OUT/after_main_1.json"
