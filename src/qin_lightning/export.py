@@ -1,16 +1,7 @@
 """Export a trained network for serving: `python -m qin_lightning.export CKPT [--out model.onnx] [--weights int8]`.
 
-The exported model takes (item_seq (B, S) int64, item_id (B,), likes_level (B,), views_level (B,)) and returns
-click probabilities (B,) float32. It is self-contained and is the fast inference form of the same function:
-the (N, 3E) item table is stored in the graph (no tag pooling / projection per request), attention uses the
-pre-multiplied d x d matrices and every QNN layer is one folded D x D matrix (models.inference). The batch
-and history axes are dynamic, except for networks with `dynamic_history = False` (the Transformer+DCN winner:
-the traced nn.MultiheadAttention fixes the sequence length), whose history axis is the checkpoint's max_len.
-Written atomically; an existing file is replaced only with `--overwrite`.
-
-`--weights fp32` (default) is exact (same function up to rounding) and runs on any ONNX runtime.
-`--weights int8` stores the weight matrices as blockwise int8 (qin_lightning.serving.int8): about 4x fewer bytes
-read per single request, an approximation of the model, onnxruntime only. Check its accuracy with
+The command only parses its arguments; what is exported and how (exact fp32, or `--weights int8`) is
+described in `qin_lightning.serving.export`. Check an int8 export's accuracy with
 `python -m qin_lightning.eval ckpt_path=CKPT onnx=model.int8.onnx`.
 """
 
