@@ -100,3 +100,27 @@ def test_precisions_side_by_side_for_several_experiments(tmp_path: Path, capsys:
     single = run_all(tiny_args(tmp_path, experiment="ablation_no_qnn", onnx=False, precision="bf16"))
     assert single["experiment"] == "ablation_no_qnn" and "bf16_train_samples_per_s" not in single
     assert single["model"]["net"]["interaction"]["_target_"].endswith("MLP")
+
+
+def test_every_field_is_one_flag_with_help():
+    """The command line is built from BenchArgs: each field once, with help; parsing nothing gives the defaults."""
+    import dataclasses
+
+    from qin_lightning.bench.args import parser
+
+    fields = {f.name for f in dataclasses.fields(BenchArgs)}
+    actions = {a.dest: a for a in parser()._actions if a.dest != "help"}
+    assert set(actions) == fields | {"out"}
+    assert all(actions[name].help for name in fields)
+    args, out = parse_args([])
+    assert args == BenchArgs() and out is None
+    args, _ = parse_args(["--no-onnx", "--epoch", "--override", "a=1", "--override", "b=2", "--experiment", "din"])
+    assert (args.onnx, args.epoch, args.overrides, args.experiment) == (False, True, ["a=1", "b=2"], "din")
+
+
+def test_the_runtime_never_imports_the_benchmark():
+    """The benchmark is its own package: nothing outside src/qin_lightning/bench imports it."""
+    src = Path(__file__).resolve().parents[1] / "src" / "qin_lightning"
+    importers = [p for p in src.rglob("*.py") if "bench" not in p.relative_to(src).parts
+                 and "qin_lightning.bench" in p.read_text()]
+    assert importers == []
