@@ -70,7 +70,7 @@ def test_swaps_actually_happen(tmp_path: Path) -> None:
 
 
 def test_din_protocol_defaults(tmp_path: Path) -> None:
-    # REFERENCE 2b (second edition): the challenge's MicroLens tuner on the DIN_default template
+    # the challenge's MicroLens tuner on the DIN_default template
     cfg = compose_train(["+experiment=din", f"paths.cache_dir={tmp_path}/cache"], tmp_path / "run")
     assert cfg.model.lr == 1e-3 and cfg.model.net_l2 == 0.0 and cfg.model.embedding_l2 == 1e-7
     assert cfg.model.lr_factor == 0.1 and cfg.callbacks.early_stopping.patience == 3
@@ -80,7 +80,7 @@ def test_din_protocol_defaults(tmp_path: Path) -> None:
 
 
 def test_transformer_dcn_protocol_defaults(tmp_path: Path) -> None:
-    # REFERENCE 6: lr 5e-4, batch 128, no regularisation, clipping 10, patience 5; the faithful network
+    # the winner's config: lr 5e-4, batch 128, no regularisation, clipping 10, patience 5; the faithful network
     cfg = compose_train(["+experiment=transformer_dcn", f"paths.cache_dir={tmp_path}/cache"], tmp_path / "run")
     assert cfg.model.lr == 5e-4 and cfg.model.embedding_l2 == 0.0 and cfg.model.net_l2 == 0.0
     assert cfg.data.batch_size == 128 and cfg.callbacks.early_stopping.patience == 5

@@ -56,7 +56,7 @@ def tiny_qin(**overrides) -> QIN:
     return QIN(tags, mm, num_tags, **kwargs)
 
 
-# --- parameter counts (REFERENCE section 2, and the published training log) -----------------------------
+# --- parameter counts (the authors' QIN_variety_v9 and its published training log) -----------------------------
 
 @pytest.fixture(scope="module")
 def microlens_tables():
@@ -81,7 +81,7 @@ def test_qin_parameter_count_num_row_3(microlens_tables):
 
 
 def test_din_parameter_count(microlens_tables):
-    # REFERENCE 2b (second edition): E = 64, the multimodal projection keeps 128 -> items 64 + 64 + 128 = 256.
+    # the challenge's DIN config: E = 64, the multimodal projection keeps 128 -> items 64 + 64 + 128 = 256.
     # embeddings: ids 91718*64 = 5,869,952; tags 11740*64 = 751,360; mm projection 128*128 = 16,384;
     #             likes + views 2*11*64 = 1,408                                     -> 6,639,104
     # attention MLP on 4*256 = 1024: 1024*512+512 + 512*256+256 + 256*1+1            ->   656,385
@@ -250,7 +250,7 @@ def test_unknown_names_raise_config_error_naming_the_key():
         MLP(6, [4], activation="tanh")
 
 
-# --- QNN-alpha (REFERENCE section 7) -------------------------------------------------------------------------
+# --- QNN-alpha (FuxiCTR model_zoo/QNN) -------------------------------------------------------------------------
 
 def qnn_alpha_transcription(layer: QuadraticAlphaLayer, x: torch.Tensor) -> torch.Tensor:
     """Section 7 written out element by element (eval mode: dropout off, BatchNorm with running stats).

@@ -1,4 +1,4 @@
-"""The self-ensemble loss of QNN-alpha (REFERENCE section 7) as a CTRModule option, for any network."""
+"""The self-ensemble loss of QNN-alpha (FuxiCTR model_zoo/QNN) as a CTRModule option, for any network."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The challenge winner (REFERENCE section 6): parameter count, masking rules, shrink options, ONNX export."""
+"""The challenge winner (pinskyrobin/WWW2025_MMCTR): parameter count, masking rules, shrink options, ONNX export."""
 
 from __future__ import annotations
 

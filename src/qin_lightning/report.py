@@ -28,7 +28,7 @@ from qin_lightning.errors import QinError
 from qin_lightning.files import atomic_write_bytes, atomic_write_text
 from qin_lightning.report_plots import render_chart, render_curves
 
-# Validation AUC on MicroLens_1M_MMCTR (paper Tables 2 and 3; REFERENCE.md section 4).
+# Validation AUC on MicroLens_1M_MMCTR (paper Tables 2 and 3).
 PAPER_AUC: dict[str, float] = {
     "din": 0.8655,
     "qin": 0.9701,
