@@ -68,7 +68,8 @@ def test_no_documents_outside_the_repository_cited() -> None:
     """Facts are stated where they are used, with their public source, never as a section of a document that
     is not in the repository (the project brief's reference notes)."""
     outside = re.compile("REFERENCE" + r"(?:\.md| §| section| \d)")
-    files = [*(REPO_ROOT / "src").rglob("*.py"), *(REPO_ROOT / "src").rglob("*.yaml"), *(REPO_ROOT / "tests").rglob("*.py")]
+    files = [*(REPO_ROOT / "src").rglob("*.py"), *(REPO_ROOT / "src").rglob("*.yaml"),
+             *(REPO_ROOT / "tests").rglob("*.py")]
     found = [f"{_rel(p)}: {m.group(0)}" for p in [*files, *_texts()] for m in outside.finditer(p.read_text())]
     assert not found
 
