@@ -1,0 +1,89 @@
+"""fp32 vs bf16 (CPU autocast, `trainer=cpu_bf16`) converged accuracy of QIN: the AUC difference against the
+seed spread, on the default synthetic data and on MovieLens.
+
+    python experiments/precision/table.py          # writes experiments/precision/table.md and prints it
+
+The runs come from the converged sweep (experiments/converged/): the fp32 side is the `qin` row of
+`synthetic.yaml` / `movielens.yaml`, the bf16 side the same protocol and seeds with `trainer=cpu_bf16`
+(`synthetic_bf16.yaml` / `movielens_bf16.yaml`), each trained to early stopping:
+
+    python experiments/converged/sweep.py experiments/converged/synthetic_bf16.yaml --jobs 2
+    python experiments/converged/sweep.py experiments/converged/movielens_bf16.yaml --jobs 2
+
+"Within the seed spread": |mean(bf16) - mean(fp32)| <= the standard deviation of the fp32 seeds; the paired
+difference per seed (same data order and initialisation) is listed too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+CONVERGED = HERE.parent / "converged"
+DATA = ("synthetic", "movielens")
+
+
+def runs(plan: str) -> dict[int, dict]:
+    """seed -> the committed record of the plan's qin runs."""
+    found = {}
+    for path in sorted((CONVERGED / plan / "runs").glob("qin_seed*.json")):
+        record = json.loads(path.read_text())
+        if record.get("status") == "completed":
+            found[int(record["seed"])] = record
+    return found
+
+
+def seconds_per_epoch(record: dict) -> float:
+    timing = record.get("timing")
+    if timing and timing.get("epoch_s"):
+        return statistics.fmean(timing["epoch_s"])
+    return record["train_seconds"] / max(1, record["epochs_trained"])
+
+
+def cell(values: list[float]) -> str:
+    if not values:
+        return "–"
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.fmean(values):.4f} ± {std:.4f} ({len(values)})"
+
+
+def mean(values: list[float], digits: int = 1) -> str:
+    return f"{statistics.fmean(values):.{digits}f}" if values else "–"
+
+
+def row(data: str) -> str:
+    fp32, bf16 = runs(data), runs(f"{data}_bf16")
+    a32 = [r["best_val_auc"] for r in fp32.values()]
+    a16 = [r["best_val_auc"] for r in bf16.values()]
+    paired = [bf16[s]["best_val_auc"] - fp32[s]["best_val_auc"] for s in sorted(set(fp32) & set(bf16))]
+    diff = statistics.fmean(a16) - statistics.fmean(a32) if a16 and a32 else None
+    spread = statistics.stdev(a32) if len(a32) > 1 else None
+    within = "–" if diff is None or spread is None else ("yes" if abs(diff) <= spread else "no")
+    return (f"| {data} | {cell(a32)} | {cell(a16)} | {'–' if diff is None else f'{diff:+.4f}'} | "
+            f"{', '.join(f'{d:+.4f}' for d in paired) or '–'} | {'–' if spread is None else f'{spread:.4f}'} | "
+            f"{within} | {mean([r['best_epoch'] + 1 for r in fp32.values()])} / "
+            f"{mean([r['best_epoch'] + 1 for r in bf16.values()])} | "
+            f"{mean([seconds_per_epoch(r) for r in fp32.values()])} / "
+            f"{mean([seconds_per_epoch(r) for r in bf16.values()])} |")
+
+
+def table() -> str:
+    header = ("| data | fp32 val AUC (n) | bf16 val AUC (n) | bf16 − fp32 | paired, per seed | seed std (fp32) | "
+              "within the seed spread | best epoch (1-based) fp32 / bf16 | s / epoch fp32 / bf16 |")
+    return "\n".join([header, "|" + "---|" * 9, *(row(d) for d in DATA)]) + "\n"
+
+
+def main() -> None:
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()
+    text = table()
+    tmp = HERE / ".table.md.tmp"
+    tmp.write_text(text)
+    tmp.replace(HERE / "table.md")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
