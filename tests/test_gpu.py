@@ -110,6 +110,20 @@ def test_cpu_bf16_trainer_config_composes_bf16_mixed(tmp_path: Path):
     assert default.trainer.precision == "32-true"  # the faithful default stays fp32
 
 
+@pytest.mark.parametrize("has_bf16", [False, True])
+def test_cpu_bf16_warns_only_without_bf16_instructions(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       caplog: pytest.LogCaptureFixture, has_bf16: bool):
+    """trainer=cpu_bf16 on a CPU without bf16 kernels: one warning naming the fp32 setting; fp32: none."""
+    from qin_lightning.training import build
+
+    monkeypatch.setattr(build, "cpu_has_bf16", lambda: has_bf16)
+    for trainer, warned in (("cpu_bf16", not has_bf16), ("cpu", False)):
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="qin_lightning.train"):
+            build.warn_slow_cpu_bf16(compose_train(tiny_overrides(tmp_path) + [f"trainer={trainer}"], tmp_path / "r"))
+        assert ["trainer.precision=32-true" in r.getMessage() for r in caplog.records] == ([True] if warned else [])
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_dense_history_training_on_device_batches_matches_cpu_reference(tiny_data: MMCTRDataModule,
                                                                          tmp_path: Path, device: str):

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import Logger
@@ -50,4 +52,22 @@ def build_trainer(cfg: DictConfig, callbacks: list[Callback], loggers: list[Logg
     ``trust_checkpoint=true`` lifts the strict reading for a checkpoint the user trusts)."""
     shown = with_display_flags(callbacks, enable_model_summary=cfg.trainer.get("enable_model_summary", True))
     trust = bool(cfg.get("trust_checkpoint", False))
+    warn_slow_cpu_bf16(cfg)
     return instantiate(cfg.trainer, logger=loggers or False, plugins=[SafeCheckpointIO(trust=trust)], **shown)
+
+
+def cpu_has_bf16() -> bool:
+    """Whether oneDNN has bf16 kernels for this CPU (avx512_bf16, AMX...)."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def warn_slow_cpu_bf16(cfg: DictConfig) -> None:
+    """One warning when bf16 autocast will run on a CPU without bf16 instructions (no avx512_bf16 / AMX):
+    there torch's bf16 matrix products take a slow fallback (a training step ~100x slower on an AVX2 CPU,
+    experiments/bench/bf16_cpu.json), so fp32 is the faster choice."""
+    precision = str(cfg.trainer.get("precision", "32-true"))
+    if precision.startswith("bf16") and not trains_on_gpu(cfg.trainer.get("accelerator")) and not cpu_has_bf16():
+        logging.getLogger("qin_lightning.train").warning(
+            "trainer.precision=%s on a CPU without bf16 instructions (torch CPU capability %s): bf16 matrix "
+            "products take a slow fallback here, much slower than fp32; use trainer.precision=32-true",
+            precision, torch.backends.cpu.get_cpu_capability())

@@ -1,0 +1,72 @@
+"""Where a training step of the published QIN goes at the whole-run size (experiments/bench/whole_run.py: 3,000
+items, 500 tags, 64-long histories of mean length 8, batch 2048, 2 threads; the fast paths, fp32): torch.profiler
+over `--steps` steps after two warm-up steps, self CPU time per op and the matrix products' achieved GFLOP/s.
+
+    PYTHONPATH=src python experiments/bench/step_profile.py > experiments/bench/step_profile.txt
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import tempfile
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from qin_lightning.bench import BenchArgs, compose_config
+from qin_lightning.data.datamodule import MMCTRDataModule
+from qin_lightning.data.synthetic import SyntheticConfig
+from qin_lightning.training.build import build_module
+
+GEMMS = ("aten::addmm", "aten::mm", "aten::bmm", "aten::matmul")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    config = SyntheticConfig(num_items=3000, num_tags=500, train_rows=2048 * (args.steps + 2), valid_rows=256,
+                             test_rows=64, max_len=64, mean_history_len=8.0, seed=0, name="profile")
+    with tempfile.TemporaryDirectory() as tmp:
+        dm = MMCTRDataModule(str(Path(tmp) / "data"), max_len=64, batch_size=2048, synthetic=config)
+        dm.prepare_data()
+        dm.setup("fit")
+        cfg = compose_config(BenchArgs())  # the published QIN (model=qin), fast paths on
+        module = build_module(cfg, dm)
+        optimizer = module.configure_optimizers()["optimizer"]
+        clip = cfg.trainer.gradient_clip_val
+        module.train()
+        batches = list(dm.train_dataloader())
+
+        def step(index: int) -> None:
+            optimizer.zero_grad(set_to_none=True)
+            module.training_step(batches[index], index).backward()
+            torch.nn.utils.clip_grad_norm_(module.parameters(), clip)
+            optimizer.step()
+
+        step(0), step(1)
+        with profile(activities=[ProfilerActivity.CPU], with_flops=True) as prof:
+            for i in range(2, 2 + args.steps):
+                step(i)
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    by_op = collections.Counter({e.key: e.self_cpu_time_total for e in events})
+    n_params = sum(p.numel() for p in module.parameters())
+    print(f"torch {torch.__version__}, {args.threads} threads, {args.steps} steps of batch 2048, "
+          f"{n_params:,} parameters; self CPU time {total / 1e6:.2f} s = {total / 1e3 / args.steps:.0f} ms per step\n")
+    print(f"{'op':40s} {'share':>7s} {'ms/step':>9s}")
+    for key, us in by_op.most_common(15):
+        print(f"{key:40s} {100 * us / total:6.1f}% {us / 1e3 / args.steps:9.1f}")
+    gemm_us = sum(e.self_cpu_time_total for e in events if e.key in GEMMS)
+    gemm_flops = sum(e.flops for e in events if e.key in GEMMS)
+    print(f"\nmatrix products ({', '.join(GEMMS)}): {100 * gemm_us / total:.1f}% of the step, "
+          f"{gemm_flops / args.steps / 1e9:.1f} GFLOP per step, {gemm_flops / max(gemm_us, 1) / 1e3:.1f} GFLOP/s achieved")
+
+
+if __name__ == "__main__":
+    main()
