@@ -129,3 +129,11 @@ def test_optuna_sweep_gets_a_ranked_trials_table(tmp_path: Path) -> None:
     assert table[0].split(" | ")[1] == "`1_qin_optuna_seed20242025`" and "0.003 | relu" in table[0]
     assert "Best parameters" in md and "`model.lr=0.003`" in md
     assert "Δ AUC" not in md  # no Table 3: every trial is its own setting
+
+
+def test_a_resumed_run_stays_in_its_row(tmp_path: Path) -> None:
+    """`ckpt_path=last` (an exact resume) is not a setting: the resumed seed averages with the others."""
+    _run(tmp_path, "0_qin_seed1", _full("qin", 1, [0.6, 0.7], ["ckpt_path=last"]))
+    _run(tmp_path, "1_qin_seed2", _full("qin", 2, [0.6, 0.8], []))
+    collected = write_report(tmp_path)
+    assert collected.varying == [] and [r.aucs for r in collected.rows] == [[0.7, 0.8]]

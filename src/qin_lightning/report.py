@@ -52,8 +52,9 @@ PAPER_ROW: dict[str, str] = {
     "transformer_dcn": "Transformer+DCNv2 (1st place)",  # beyond the paper: valid 0.9766 in the winners' report
 }
 ORDER = list(PAPER_ROW)
-# overrides that never split rows: the seed is what a row averages, the experiment has its own column
-NOT_A_ROW_KEY = ("seed", "experiment")
+# overrides that never split rows: the seed is what a row averages, the experiment has its own column, and
+# `ckpt_path` only says that a run was resumed (an exact resume continues the same run)
+NOT_A_ROW_KEY = ("seed", "experiment", "ckpt_path")
 DEFAULT_MAX_EPOCHS = 100  # conf/trainer/default.yaml
 
 
