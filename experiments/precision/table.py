@@ -3,12 +3,13 @@ seed spread, on the default synthetic data and on MovieLens.
 
     python experiments/precision/table.py          # writes experiments/precision/table.md and prints it
 
-The runs come from the converged sweep (experiments/converged/): the fp32 side is the `qin` row of
-`synthetic.yaml` / `movielens.yaml`, the bf16 side the same protocol and seeds with `trainer=cpu_bf16`
-(`synthetic_bf16.yaml` / `movielens_bf16.yaml`), each trained to early stopping:
+The runs come from the converged sweeps: the fp32 side is the `qin` row of `experiments/converged/synthetic.yaml`
+and `experiments/movielens/converged.yaml`, the bf16 side the same protocol and seeds with `trainer=cpu_bf16`
+(`experiments/converged/synthetic_bf16.yaml`, `experiments/movielens/converged_bf16.yaml`), each trained to
+early stopping:
 
     python experiments/converged/sweep.py experiments/converged/synthetic_bf16.yaml --jobs 2
-    python experiments/converged/sweep.py experiments/converged/movielens_bf16.yaml --jobs 2
+    python experiments/converged/sweep.py experiments/movielens/converged_bf16.yaml --jobs 2
 
 "Within the seed spread": |mean(bf16) - mean(fp32)| <= the standard deviation of the fp32 seeds; the paired
 difference per seed (same data order and initialisation) is listed too.
@@ -22,14 +23,18 @@ import statistics
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-CONVERGED = HERE.parent / "converged"
-DATA = ("synthetic", "movielens")
+EXPERIMENTS = HERE.parent
+# data -> (fp32 records, bf16 records): the `runs/` folders the sweep driver fills
+PLANS = {
+    "synthetic": (EXPERIMENTS / "converged" / "synthetic", EXPERIMENTS / "converged" / "synthetic_bf16"),
+    "movielens": (EXPERIMENTS / "movielens" / "converged", EXPERIMENTS / "movielens" / "converged_bf16"),
+}
 
 
-def runs(plan: str) -> dict[int, dict]:
-    """seed -> the committed record of the plan's qin runs."""
+def runs(folder: Path) -> dict[int, dict]:
+    """seed -> the committed record of a plan's qin runs."""
     found = {}
-    for path in sorted((CONVERGED / plan / "runs").glob("qin_seed*.json")):
+    for path in sorted((folder / "runs").glob("qin_seed*.json")):
         record = json.loads(path.read_text())
         if record.get("status") == "completed":
             found[int(record["seed"])] = record
@@ -55,7 +60,7 @@ def mean(values: list[float], digits: int = 1) -> str:
 
 
 def row(data: str) -> str:
-    fp32, bf16 = runs(data), runs(f"{data}_bf16")
+    fp32, bf16 = (runs(folder) for folder in PLANS[data])
     a32 = [r["best_val_auc"] for r in fp32.values()]
     a16 = [r["best_val_auc"] for r in bf16.values()]
     paired = [bf16[s]["best_val_auc"] - fp32[s]["best_val_auc"] for s in sorted(set(fp32) & set(bf16))]
@@ -73,7 +78,7 @@ def row(data: str) -> str:
 def table() -> str:
     header = ("| data | fp32 val AUC (n) | bf16 val AUC (n) | bf16 − fp32 | paired, per seed | seed std (fp32) | "
               "within the seed spread | best epoch (1-based) fp32 / bf16 | s / epoch fp32 / bf16 |")
-    return "\n".join([header, "|" + "---|" * 9, *(row(d) for d in DATA)]) + "\n"
+    return "\n".join([header, "|" + "---|" * 9, *(row(d) for d in PLANS)]) + "\n"
 
 
 def main() -> None:
