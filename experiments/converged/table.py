@@ -97,6 +97,38 @@ def table(runs: list[dict[str, Any]], order: list[str], max_epochs: int | None, 
     return "\n".join(lines) + "\n"
 
 
+def header(plan_path: Path, plan: dict[str, Any], runs: list[dict[str, Any]], folder: Path) -> str:
+    """What the table is: the one configuration of every row, the commands, how many runs, their compute."""
+    overrides = [str(o) for o in plan.get("overrides") or []]
+    shrink = plan.get("per_experiment") or {}
+    expected = len(plan["experiments"]) * len(plan["seeds"])
+    hours = sum(r.get("train_seconds", 0.0) for r in runs) / 3600
+    lines = [
+        f"# Converged sweep `{plan['name']}` ({plan_path.as_posix()})",
+        "",
+        f"Every row: {', '.join(f'`{o}`' for o in overrides)}; each experiment's own protocol otherwise.",
+    ]
+    if shrink:
+        lines.append("Shrink options: " + "; ".join(f"`{e}`: {', '.join(f'`{o}`' for o in opts)}"
+                                                     for e, opts in shrink.items()) + ".")
+    lines += [
+        f"Seeds {', '.join(str(s) for s in plan['seeds'])}. Runs completed: {len(runs)} of {expected}; "
+        f"{hours:.1f} h of training summed over the runs (`train_seconds`), two runs at a time on 2 cores.",
+        "",
+        "```bash",
+        f"python experiments/converged/sweep.py {plan_path.as_posix()} --jobs 2   # resumable",
+        f"python experiments/converged/table.py {plan_path.as_posix()}",
+        f"python -m qin_lightning.report {folder.as_posix()}   # report.md, report_curves.png",
+        "```",
+        "",
+        "Validation columns: the best epoch of each run (mean ± std over seeds); test columns: that epoch's weights"
+        " on the test split; best epoch 1-based; paper AUC: MicroLens validation (paper Tables 2 and 3), for"
+        " orientation only. Paired t-test over seeds against qin, two-sided, 5%.",
+        "",
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("plan", type=Path)
@@ -108,7 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     max_epochs = next((int(o.split("=", 1)[1]) for o in plan.get("overrides") or []
                        if str(o).startswith("trainer.max_epochs=")), None)
     text = table(runs, [str(e) for e in plan["experiments"]], max_epochs)
-    (folder / "table.md").write_text(text)
+    tmp = folder / ".table.md.tmp"
+    tmp.write_text(header(args.plan, plan, runs, folder) + text)
+    tmp.replace(folder / "table.md")
     print(text, end="")
     return 0
 
