@@ -76,3 +76,4 @@ def test_sweep_runs_in_chunks_and_tabulates(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     table = (plan.parent / "tiny" / "table.md").read_text()
     assert "| qin | 1 |" in table and "| ablation_no_qnn | 1 |" in table
+    assert "Runs completed: 2 of 2" in table and f"python experiments/converged/sweep.py {plan.as_posix()}" in table
