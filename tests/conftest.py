@@ -15,6 +15,8 @@ torch.set_num_threads(1)
 from pathlib import Path  # noqa: E402
 from typing import Iterator  # noqa: E402
 
+import shutil  # noqa: E402
+
 import pytest  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 from hydra.core.global_hydra import GlobalHydra  # noqa: E402
@@ -23,6 +25,24 @@ from omegaconf import DictConfig, open_dict  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 from qin_lightning.cli import CONFIG_DIR  # noqa: E402  (the configs ship inside the package)
+from qin_lightning.data.datamodule import MMCTRDataModule  # noqa: E402
+from qin_lightning.data.synthetic import SyntheticConfig  # noqa: E402
+
+
+def tiny_datamodule(folder: Path, max_len: int) -> MMCTRDataModule:
+    """The tiny synthetic dataset generated into `folder`, set up for fitting (batches of 64, eval 128)."""
+    dm = MMCTRDataModule(str(folder), max_len=max_len, batch_size=64, eval_batch_size=128,
+                         synthetic=SyntheticConfig.tiny())
+    dm.prepare_data()
+    dm.setup("fit")
+    return dm
+
+
+def copy_of(dataset: Path, tmp_path: Path) -> Path:
+    """A private copy of a generated dataset folder (`tmp_path/data`) that a test may edit or break."""
+    dst = tmp_path / "data"
+    shutil.copytree(dataset, dst)
+    return dst
 
 
 def tiny_overrides(tmp: Path) -> list[str]:

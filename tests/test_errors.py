@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import REPO_ROOT, compose_train, tiny_model_overrides, tiny_overrides
+from conftest import REPO_ROOT, compose_train, copy_of, tiny_model_overrides, tiny_overrides
 
 from qin_lightning.data import layout
 from qin_lightning.data.synthetic import SyntheticConfig, generate
@@ -37,11 +37,7 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def data(base: Path, tmp_path: Path) -> Path:
-    import shutil
-
-    dst = tmp_path / "data"
-    shutil.copytree(base, dst)
-    return dst
+    return copy_of(base, tmp_path)
 
 
 def mmctr_args(tmp_path: Path, root: Path) -> list[str]:

@@ -23,12 +23,11 @@ import torch
 
 from qin_lightning.bench import BenchArgs, DeviceBatches, run
 from qin_lightning.data.datamodule import Batch, MMCTRDataModule
-from qin_lightning.data.synthetic import SyntheticConfig
 from qin_lightning.models.inference import inference_form, set_fast_paths
 from qin_lightning.training.build import build_module
 from qin_lightning.training.module import CTRModule
 
-from conftest import compose_train, tiny_model_overrides, tiny_overrides
+from conftest import compose_train, tiny_datamodule, tiny_model_overrides, tiny_overrides
 
 CUDA = pytest.param("cuda", marks=[pytest.mark.gpu,
                                    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")])
@@ -38,11 +37,7 @@ BF16 = dict(rtol=3e-2, atol=3e-2)  # bf16 keeps 8 bits of mantissa: ~4e-3 relati
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> MMCTRDataModule:
-    dm = MMCTRDataModule(str(tmp_path_factory.mktemp("gpu") / "data"), max_len=12, batch_size=64,
-                         eval_batch_size=128, synthetic=SyntheticConfig.tiny())
-    dm.prepare_data()
-    dm.setup("fit")
-    return dm
+    return tiny_datamodule(tmp_path_factory.mktemp("gpu") / "data", max_len=12)
 
 
 def tiny_module(dm: MMCTRDataModule, tmp: Path, *overrides: str) -> CTRModule:

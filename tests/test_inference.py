@@ -12,22 +12,17 @@ from probes import prepared
 
 from qin_lightning.serving.load import load_network
 from qin_lightning.data.datamodule import MMCTRDataModule
-from qin_lightning.data.synthetic import SyntheticConfig
 from qin_lightning.models.inference import fast_path_state, rename_old_switches
 from qin_lightning.training.build import build_module
 
-from conftest import compose_train, tiny_model_overrides, tiny_overrides
+from conftest import compose_train, tiny_datamodule, tiny_model_overrides, tiny_overrides
 
 SWITCHES = ["model.net.fast", "model.net.attention.fast", "model.net.interaction.fast"]
 
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> MMCTRDataModule:
-    dm = MMCTRDataModule(str(tmp_path_factory.mktemp("inference") / "data"), max_len=8, batch_size=64,
-                         eval_batch_size=128, synthetic=SyntheticConfig.tiny())
-    dm.prepare_data()
-    dm.setup("fit")
-    return dm
+    return tiny_datamodule(tmp_path_factory.mktemp("inference") / "data", max_len=8)
 
 
 def test_one_fast_switch_per_part_from_the_configs(tiny_data: MMCTRDataModule, tmp_path: Path):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,6 +14,8 @@ from qin_lightning.data import layout, reader
 from qin_lightning.data.synthetic import SyntheticConfig, generate
 from qin_lightning.errors import DataValidationError, QinError
 
+from conftest import copy_of
+
 TINY = SyntheticConfig.tiny()
 EMB = TINY.emb_dim
 
@@ -26,9 +27,7 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def root(base: Path, tmp_path: Path) -> Path:
-    dst = tmp_path / "data"
-    shutil.copytree(base, dst)
-    return dst
+    return copy_of(base, tmp_path)
 
 
 def edit(root: Path, split: str, fn: Callable[[dict[str, list]], dict[str, list]], types: dict | None = None) -> None:
