@@ -12,7 +12,7 @@ import functools
 
 import pytest
 import torch
-from probes import path_taken, prepared
+from probes import forward_calls, path_taken, prepared
 
 from qin_lightning.models.attention import MeanPooling, TargetAttention
 from qin_lightning.models.din import DIN
@@ -136,9 +136,13 @@ def test_packed_din_matches_dense(empty):
     packed.eval(), dense.eval()
     packed.attention.mlp.net[-1].p = dense.attention.mlp.net[-1].p = 0.5  # eval: dropout inactive anyway
     with torch.no_grad():
-        with path_taken(packed) as packed_path, path_taken(dense) as dense_path:
+        with path_taken(packed) as packed_path, path_taken(dense) as dense_path, \
+                forward_calls(packed.attention.mlp.net[0]) as packed_first, \
+                forward_calls(dense.attention.mlp.net[0]) as dense_first:
             torch.testing.assert_close(packed(*batch(empty)), dense(*batch(empty)), **TIGHT)
         assert packed_path["packed"] and not dense_path["packed"]
+        # the packed form splits the first layer (its weights, never the (P, 4d) features through the module)
+        assert packed_first == [] and dense_first != []
 
 
 def test_set_fast_paths_switches_everything():
