@@ -18,12 +18,21 @@ difference per seed (same data order and initialisation) is listed too.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import statistics
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 EXPERIMENTS = HERE.parent
+
+
+# the row helpers of experiments/converged/table.py (a script, not a package)
+_spec = importlib.util.spec_from_file_location("converged_table", EXPERIMENTS / "converged" / "table.py")
+_converged = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_converged)
+mean_std, seconds_per_epoch = _converged.mean_std, _converged.seconds_per_epoch
+
 # data -> (fp32 records, bf16 records): the `runs/` folders the sweep driver fills
 PLANS = {
     "synthetic": (EXPERIMENTS / "converged" / "synthetic", EXPERIMENTS / "converged" / "synthetic_bf16"),
@@ -41,18 +50,8 @@ def runs(folder: Path) -> dict[int, dict]:
     return found
 
 
-def seconds_per_epoch(record: dict) -> float:
-    timing = record.get("timing")
-    if timing and timing.get("epoch_s"):
-        return statistics.fmean(timing["epoch_s"])
-    return record["train_seconds"] / max(1, record["epochs_trained"])
-
-
 def cell(values: list[float]) -> str:
-    if not values:
-        return "–"
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.fmean(values):.4f} ± {std:.4f} ({len(values)})"
+    return f"{mean_std(values)} ({len(values)})" if values else "–"
 
 
 def mean(values: list[float], digits: int = 1) -> str:
