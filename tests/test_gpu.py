@@ -109,9 +109,9 @@ def test_cpu_bf16_trainer_config_composes_bf16_mixed(tmp_path: Path):
 def test_cpu_bf16_warns_only_without_bf16_instructions(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                        caplog: pytest.LogCaptureFixture, has_bf16: bool):
     """trainer=cpu_bf16 on a CPU without bf16 kernels: one warning naming the fp32 setting; fp32: none."""
-    from qin_lightning.training import build
+    from qin_lightning.training import build, machine
 
-    monkeypatch.setattr(build, "cpu_has_bf16", lambda: has_bf16)
+    monkeypatch.setattr(machine, "cpu_has_bf16", lambda: has_bf16)
     for trainer, warned in (("cpu_bf16", not has_bf16), ("cpu", False)):
         caplog.clear()
         with caplog.at_level("WARNING", logger="qin_lightning.train"):

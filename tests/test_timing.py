@@ -1,4 +1,4 @@
-"""results.json `timing`: one entry per epoch for every phase, and each phase charged to the right list."""
+"""results.json `timing`: one entry per epoch for every phase, each phase charged to the right list; `machine`."""
 
 from __future__ import annotations
 
@@ -58,3 +58,14 @@ def test_timing_with_real_clock_is_consistent(tmp_path: Path) -> None:
     timing = train(cfg)["timing"]
     assert len(timing["epoch_s"]) == 2 and all(v >= 0 for phase in PHASES for v in timing[phase])
     assert 0.0 <= timing["non_training_share"] < 1.0
+
+
+def test_results_name_the_machine_the_seconds_come_from(tmp_path: Path) -> None:
+    """results.json `machine`: seconds per epoch of two runs are comparable only on the same CPU / SIMD level."""
+    import torch
+
+    cfg = compose_train(tiny_overrides(tmp_path) + tiny_model_overrides() + ["trainer.max_epochs=1"], tmp_path / "run")
+    facts = train(cfg)["machine"]
+    assert facts["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert isinstance(facts["cpu_bf16_kernels"], bool) and facts["torch"] == torch.__version__
+    assert facts["threads"] >= 1 and facts["cpu"]

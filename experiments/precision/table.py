@@ -58,6 +58,14 @@ def mean(values: list[float], digits: int = 1) -> str:
     return f"{statistics.fmean(values):.{digits}f}" if values else "–"
 
 
+def machines(records: dict[int, dict]) -> str:
+    """The SIMD level and bf16 kernels of the CPUs the runs trained on (`machine` in results.json; records made
+    before it was recorded say so)."""
+    seen = sorted({f"{m['cpu_capability']}{', bf16 kernels' if m['cpu_bf16_kernels'] else ''}"
+                   if (m := r.get("machine")) else "not recorded" for r in records.values()})
+    return "; ".join(seen) or "–"
+
+
 def row(data: str) -> str:
     fp32, bf16 = (runs(folder) for folder in PLANS[data])
     a32 = [r["best_val_auc"] for r in fp32.values()]
@@ -71,13 +79,13 @@ def row(data: str) -> str:
             f"{within} | {mean([r['best_epoch'] + 1 for r in fp32.values()])} / "
             f"{mean([r['best_epoch'] + 1 for r in bf16.values()])} | "
             f"{mean([seconds_per_epoch(r) for r in fp32.values()])} / "
-            f"{mean([seconds_per_epoch(r) for r in bf16.values()])} |")
+            f"{mean([seconds_per_epoch(r) for r in bf16.values()])} | {machines(fp32)} / {machines(bf16)} |")
 
 
 def table() -> str:
     header = ("| data | fp32 val AUC (n) | bf16 val AUC (n) | bf16 − fp32 | paired, per seed | seed std (fp32) | "
-              "within the seed spread | best epoch (1-based) fp32 / bf16 | s / epoch fp32 / bf16 |")
-    return "\n".join([header, "|" + "---|" * 9, *(row(d) for d in PLANS)]) + "\n"
+              "within the seed spread | best epoch (1-based) fp32 / bf16 | s / epoch fp32 / bf16 | CPU fp32 / bf16 |")
+    return "\n".join([header, "|" + "---|" * 10, *(row(d) for d in PLANS)]) + "\n"
 
 
 def main() -> None:

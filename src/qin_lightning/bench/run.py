@@ -22,7 +22,7 @@ from qin_lightning.bench.data import (DeviceBatches, cycle_batches, eval_batches
 from qin_lightning.bench.eager import (Trainer, measure_epoch, measure_inference, measure_latency, measure_parity,
                                       measure_training)
 from qin_lightning.bench.onnx import measure_onnx
-from qin_lightning.bench.system import cpu_name, peak_rss_mb, rss_mb
+from qin_lightning.bench.system import peak_rss_mb, rss_mb
 from qin_lightning.bench.table import table
 from qin_lightning.cli import CONFIG_DIR, run_reporting_errors
 from qin_lightning.data.datamodule import Batch, MMCTRDataModule
@@ -30,6 +30,7 @@ from qin_lightning.errors import ConfigError
 from qin_lightning.files import atomic_write_json
 from qin_lightning.models.inference import fast_path_state, inference_form, set_fast_paths
 from qin_lightning.training.build import build_module
+from qin_lightning.training.machine import cpu_name, machine
 
 
 def compose_config(args: BenchArgs) -> DictConfig:
@@ -69,6 +70,7 @@ def run(args: BenchArgs, out: str | Path | None = None, command: str | None = No
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
         "threads": args.threads,
         "cpu_count": os.cpu_count(),
+        "machine": machine(device),  # CPU name, SIMD level, bf16 kernels, torch, threads (and the GPU)
         "loadavg_start": os.getloadavg(),
         "torch_version": torch.__version__,
         "python_version": platform.python_version(),

@@ -1,9 +1,9 @@
-"""What the benchmark reads off the machine: memory, percentiles, the CPU's name, synchronised wall time."""
+"""What the benchmark reads off the machine: memory, percentiles, synchronised wall time (the CPU's name:
+`qin_lightning.training.machine`)."""
 
 from __future__ import annotations
 
 import math
-import platform
 import resource
 import time
 from typing import Callable
@@ -34,18 +34,6 @@ def percentile(values: list[float], q: float) -> float:
     pos = (len(ordered) - 1) * q / 100
     lo, hi = math.floor(pos), math.ceil(pos)
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
-
-
-def cpu_name() -> str:
-    """The CPU's model name from /proc/cpuinfo (platform.processor() elsewhere)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def synchronize(device: torch.device) -> None:

@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from qin_lightning.cli import instantiate_reporting
 from qin_lightning.errors import ConfigError
+from qin_lightning.training import machine
 from qin_lightning.training.callbacks import with_display_flags
 from qin_lightning.training.checkpoint_io import SafeCheckpointIO
 from qin_lightning.training.memory import check_training_memory, estimate_training_memory, trains_on_gpu
@@ -56,17 +57,12 @@ def build_trainer(cfg: DictConfig, callbacks: list[Callback], loggers: list[Logg
     return instantiate(cfg.trainer, logger=loggers or False, plugins=[SafeCheckpointIO(trust=trust)], **shown)
 
 
-def cpu_has_bf16() -> bool:
-    """Whether oneDNN has bf16 kernels for this CPU (avx512_bf16, AMX...)."""
-    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-
-
 def warn_slow_cpu_bf16(cfg: DictConfig) -> None:
     """One warning when bf16 autocast will run on a CPU without bf16 instructions (no avx512_bf16 / AMX):
     there torch's bf16 matrix products take a slow fallback (QIN's training step ~40x slower than fp32 on an
     AVX2 CPU, experiments/bench/bf16_cpu.json), so fp32 is the faster choice."""
     precision = str(cfg.trainer.get("precision", "32-true"))
-    if precision.startswith("bf16") and not trains_on_gpu(cfg.trainer.get("accelerator")) and not cpu_has_bf16():
+    if precision.startswith("bf16") and not trains_on_gpu(cfg.trainer.get("accelerator")) and not machine.cpu_has_bf16():
         logging.getLogger("qin_lightning.train").warning(
             "trainer.precision=%s on a CPU without bf16 instructions (torch CPU capability %s): bf16 matrix "
             "products take a slow fallback here, much slower than fp32; use trainer.precision=32-true",

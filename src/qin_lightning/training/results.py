@@ -16,6 +16,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
 from qin_lightning.files import FileWriteError, atomic_write_json
+from qin_lightning.training.machine import machine
 from qin_lightning.training.module import CTRModule
 from qin_lightning.training.resume import TrainingInterrupted
 from qin_lightning.training.timing import epoch_timing
@@ -77,6 +78,7 @@ def completed_record(cfg: DictConfig, dm: pl.LightningDataModule, module: CTRMod
         **test_metrics,
         "train_seconds": round(seconds, 2),
         "timing": epoch_timing(trainer),  # per-epoch train / val / checkpoint seconds (training.timing)
+        "machine": machine(module.device),  # what the seconds were measured on (training.machine)
         "fast_dev_run": bool(trainer.fast_dev_run),
         "overrides": overrides(),
     }
