@@ -278,7 +278,8 @@ def test_qin_fast_and_cached_inference_matches_literal_model():
 
 def test_fast_paths_of_the_new_networks():
     """QIN + QNN-alpha: ASTA's algebra, the item cache and packed histories apply; the QNN-alpha layers have no
-    fold (ReLU inside the branch). The winner: only the item table (no packed histories, nothing to fold)."""
+    fold (ReLU inside the branch). The winner: the item table and its transformer over each row's span
+    (tests/test_transformer_dcn.py compares that with the dense grid); nothing to fold."""
     from qin_lightning.models.interaction import QuadraticAlphaNetwork
     from qin_lightning.models.inference import fast_path_state, set_fast_paths
     from qin_lightning.models.transformer_dcn import TransformerDCN
@@ -290,7 +291,7 @@ def test_fast_paths_of_the_new_networks():
     winner = TransformerDCN(tags, mm, num_tags, embedding_dim=4, mm_projection_dim=4, feedforward_dim=8,
                             first_k_cols=3, dnn_units=[8], head_units=[4], cross_rank=4).double()
     assert fast_path_state(alpha) == {"fast": True, "items.fast": True, "attention.fast": True}
-    assert fast_path_state(winner) == {"items.fast": True}
+    assert fast_path_state(winner) == {"items.fast": True, "transformer.fast": True}
     batch = tiny_batch()
     for net in (alpha, winner):
         with torch.no_grad(), inference_form(net):

@@ -1,6 +1,9 @@
-"""The challenge winner (pinskyrobin/WWW2025_MMCTR): parameter count, masking rules, shrink options, ONNX export."""
+"""The challenge winner (pinskyrobin/WWW2025_MMCTR): parameter count, masking rules, the exact span form, shrink
+options, ONNX export."""
 
 from __future__ import annotations
+
+import copy
 
 import numpy as np
 import pytest
@@ -72,6 +75,45 @@ def test_more_left_padding_changes_nothing(extra: int) -> None:
     with torch.no_grad():
         torch.testing.assert_close(model(longer, item_id, likes, views), model(item_seq, item_id, likes, views),
                                    rtol=1e-5, atol=1e-6)
+
+
+def random_histories(rows: int, length: int, num_items: int, seed: int) -> torch.Tensor:
+    """(rows, length) ids: left-padded rows of every span, rows with gaps and right padding, empty rows."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, num_items, (rows, length), generator=g)
+    kept = torch.arange(length) >= torch.randint(0, length + 1, (rows, 1), generator=g)  # left padding
+    kept[::5] &= torch.rand(len(kept[::5]), length, generator=g) > 0.4  # gaps and right padding
+    return ids * kept
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_transformer_on_each_span_is_the_dense_grid(train: bool) -> None:
+    """`fast` (the transformer on each row's span, bucketed) against the dense (B, S) grid in float64: the same
+    logits and gradients, for left-padded rows of every length, gaps, right padding and empty histories. In
+    training mode with dropout 0 (dropout itself draws other masks over fewer positions: same distribution)."""
+    tags, mm, num_tags = tiny_tables()
+    torch.manual_seed(0)
+    fast = TransformerDCN(tags, mm, num_tags, embedding_dim=4, mm_projection_dim=4, feedforward_dim=16,
+                          first_k_cols=5, dnn_units=[16], head_units=[8], transformer_dropout=0.0,
+                          dnn_dropout=0.0).double()
+    dense = copy.deepcopy(fast)
+    dense.transformer.fast = False
+    item_seq = random_histories(40, 23, tags.shape[0], seed=1)  # S = 23: buckets (11, 23], (5, 11], ..., (0, 1]
+    assert (item_seq == 0).all(1).any() and (item_seq[:, -1] == 0).any()
+    _, item_id, likes, views = tiny_batch()
+    batch = (item_seq, item_id.repeat(7)[:40], likes.repeat(7)[:40], views.repeat(7)[:40])
+    spans = []
+    encode = fast.transformer.encoder.forward
+    fast.transformer.encoder.forward = lambda src, **kw: spans.append(src.shape[1]) or encode(src, **kw)
+    fast.train(train), dense.train(train)
+    out_fast, out_dense = fast(*batch), dense(*batch)
+    torch.testing.assert_close(out_fast, out_dense, rtol=1e-10, atol=1e-12)
+    out_fast.square().sum().backward()
+    out_dense.square().sum().backward()
+    for (name, a), b in zip(fast.named_parameters(), dense.parameters()):
+        if a.grad is not None or b.grad is not None:
+            torch.testing.assert_close(a.grad, b.grad, rtol=1e-9, atol=1e-12, msg=name)
+    assert len(spans) > 1 and min(spans) < 23  # the shorter spans really ran on fewer columns
 
 
 def test_low_rank_cross_net_is_the_factored_full_rank_one() -> None:

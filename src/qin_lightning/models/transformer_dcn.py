@@ -14,8 +14,9 @@ An all-padding history keeps its last position unmasked (the published code does
 key): that position's output is kept, not zeroed. 267,898,881 parameters with the MicroLens vocabulary.
 Shrink options (faithful defaults): `first_k_cols`, `cross_rank` (DCN-V2's low-rank U (V^T x) form),
 `transformer_layers` / `feedforward_dim` / `num_heads` (the width d_model = 2I follows embedding_dim and
-mm_projection_dim). `fast` is the item encoder's prepared item table only (models.inference); there are no
-packed histories (every position of the dense (B, S) grid is a query of the transformer).
+mm_projection_dim). `fast` (exact, on by default): the item encoder's prepared item table at inference
+(models.inference), and on the CPU the transformer run on each row's span of the grid instead of all S positions
+(`SequenceTransformer.encode_by_span`; the dense grid on a GPU, in an ONNX export and under torch.compile).
 """
 
 from __future__ import annotations
@@ -62,9 +63,17 @@ class SequenceTransformer(nn.Module):
     """[history item | target] sequence -> last `first_k_cols` outputs flattened + projected masked max-pool."""
 
     def __init__(
-        self, item_dim: int, num_layers: int, num_heads: int, feedforward_dim: int, dropout: float, first_k_cols: int
+        self,
+        item_dim: int,
+        num_layers: int,
+        num_heads: int,
+        feedforward_dim: int,
+        dropout: float,
+        first_k_cols: int,
+        fast: bool = True,
     ) -> None:
         super().__init__()
+        self.fast = fast  # encode rows grouped by history span (exact); False: the dense (B, S) grid
         width = 2 * item_dim
         if first_k_cols < 1 or width % num_heads:
             raise ConfigError(
@@ -89,11 +98,37 @@ class SequenceTransformer(nn.Module):
         sequence = torch.cat([history, target.unsqueeze(1).expand(-1, s, -1)], dim=-1)  # (B, S, 2I)
         last = torch.arange(s, device=mask.device) == s - 1  # (S,)
         padding = ~mask & ~(last & ~mask.any(1, keepdim=True))  # (B, S): an empty history keeps its last position
-        z = self.encoder(sequence, src_key_padding_mask=padding)  # (B, S, 2I)
+        tracing = torch.jit.is_tracing() or torch.compiler.is_compiling()  # ONNX export traces: the dense grid
+        if self.fast and not history.is_cuda and not tracing:
+            z = self.encode_by_span(sequence, padding)  # (B, S, 2I), zeros before each row's first kept position
+        else:
+            z = self.encoder(sequence, src_key_padding_mask=padding)  # (B, S, 2I)
         z = z.masked_fill(padding.unsqueeze(-1), 0.0)
         recent = F.pad(z, (0, 0, self.first_k_cols, 0))[:, -self.first_k_cols :]  # (B, k, 2I), zeros if S < k
         pooled = z.masked_fill(padding.unsqueeze(-1), -1e9).amax(1)  # (B, 2I)
         return torch.cat([recent.flatten(1), self.pool_projection(pooled)], dim=-1)  # (B, (k + 1) 2I)
+
+    def encode_by_span(self, sequence: Tensor, padding: Tensor) -> Tensor:
+        """The encoder over the dense grid, computed exactly on less of it. A position before a row's first kept
+        position is padding: masked as a key in every layer, so it never reaches a kept position, and its own
+        output is zeroed. Dropping those leading columns therefore changes no kept output. Rows are grouped by
+        span (S - first kept position) into buckets (S/2, S], (S/4, S/2], ..., (0, 1]; each bucket runs on its
+        last `upper` columns only (left-padded histories of mean length 8 of 64: ~1.4x the kept positions instead
+        of ~8x). In training, dropout then draws masks over fewer positions: the same distribution, other draws."""
+        # sequence (B, S, W), padding (B, S) bool -> (B, S, W)
+        b, s, _ = sequence.shape
+        first_kept = (~padding).to(torch.int8).argmax(1)  # (B,); every row keeps at least one position
+        span = s - first_kept  # (B,) in 1..S
+        z = sequence.new_zeros(sequence.shape)
+        upper = s
+        while upper >= 1:
+            lower = upper // 2 if upper > 1 else 0
+            rows = ((span > lower) & (span <= upper)).nonzero().squeeze(1)  # (b_k,)
+            if rows.numel():
+                part = self.encoder(sequence[rows, s - upper :], src_key_padding_mask=padding[rows, s - upper :])
+                z = z.index_put((rows.unsqueeze(1), torch.arange(s - upper, s, device=z.device)), part)
+            upper = lower
+        return z
 
 
 class TransformerDCN(nn.Module):
@@ -128,7 +163,7 @@ class TransformerDCN(nn.Module):
         self.likes_embedding, self.views_embedding = level_embeddings(num_levels, embedding_dim)
         item_dim = self.items.out_dim  # I = 2E + P (256)
         self.transformer = SequenceTransformer(
-            item_dim, transformer_layers, num_heads, feedforward_dim, transformer_dropout, first_k_cols
+            item_dim, transformer_layers, num_heads, feedforward_dim, transformer_dropout, first_k_cols, fast
         )
         dcn_dim = 2 * embedding_dim + item_dim + self.transformer.out_dim  # 9,088
         self.cross = CrossNetV2(dcn_dim, cross_layers, cross_rank)
