@@ -60,6 +60,10 @@ def test_job_states_and_commands(tmp_path: Path) -> None:
     first.record.parent.mkdir(parents=True)
     first.record.write_text(json.dumps({"status": "completed"}))
     assert not first.run_dir.exists() and first.state() == "completed"
+    two_seeds = [*jobs, driver.Job("qin", 2, tmp_path / "q2", (), tmp_path / "q2.json")]
+    assert [j.name for j in driver.select(two_seeds, "qin", None)] == ["qin_seed1", "qin_seed2"]
+    assert [j.name for j in driver.select(two_seeds, None, "2")] == ["qin_seed2"]
+    assert [j.name for j in driver.select(two_seeds, "ablation_no_qnn", "1,2")] == ["ablation_no_qnn_seed1"]
 
 
 def test_sweep_runs_in_chunks_and_tabulates(tmp_path: Path) -> None:

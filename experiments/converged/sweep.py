@@ -2,6 +2,7 @@
 
     python experiments/converged/sweep.py experiments/converged/synthetic.yaml [--jobs 2] [--hours 2.5]
     python experiments/converged/sweep.py PLAN --dry-run          # the commands, nothing runs
+    python experiments/converged/sweep.py PLAN --only E --seeds 1,2   # a part of the plan (e.g. one per core)
 
 A plan (YAML) names the experiments, the seeds and the overrides shared by every row (the one reduced
 configuration), plus per-experiment shrink options where a model needs them. Each job runs
@@ -75,6 +76,14 @@ def load_plan(path: Path, runs_dir: Path | None) -> tuple[str, list[Job], Path]:
     return name, jobs, records
 
 
+def select(jobs: list[Job], only: str | None, seeds: str | None) -> list[Job]:
+    """The jobs of the comma-separated experiments `only` and `seeds` (None: all of them)."""
+    experiments = set(only.split(",")) if only else None
+    chosen = {int(s) for s in seeds.split(",")} if seeds else None
+    return [j for j in jobs if (experiments is None or j.experiment in experiments)
+            and (chosen is None or j.seed in chosen)]
+
+
 def collect(job: Job, records: Path) -> None:
     """Score the best checkpoint on the test split (gAUC included) and commit the run's record."""
     results = json.loads((job.run_dir / "results.json").read_text())
@@ -139,12 +148,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=1, help="jobs at a time (give each threads=1 in the plan)")
     parser.add_argument("--hours", type=float, default=2.5, help="stop (and checkpoint) the sweep after this long")
     parser.add_argument("--only", default=None, help="comma-separated experiments to run (default: all)")
+    parser.add_argument("--seeds", default=None, help="comma-separated seeds to run (default: the plan's); two "
+                                                      "drivers with disjoint seeds share one plan's work")
     parser.add_argument("--dry-run", action="store_true", help="print the job states and commands, run nothing")
     args = parser.parse_args(argv)
     name, jobs, records = load_plan(args.plan, args.runs_dir)
-    if args.only:
-        keep = set(args.only.split(","))
-        jobs = [j for j in jobs if j.experiment in keep]
+    jobs = select(jobs, args.only, args.seeds)
     if args.dry_run:
         for job in jobs:
             print(f"{job.state():9s} {' '.join(job.train_command()[1:])}")
