@@ -247,7 +247,7 @@ class GracefulInterrupt(Callback):
         if not stop or batch_idx + 1 >= trainer.num_training_batches:
             return
         path = self.path(trainer)
-        trainer.save_checkpoint(path)
+        trainer.save_checkpoint(path, weights_only=False)  # the full training state (no 'was not set' log line)
         for logger in trainer.loggers:  # flush buffered metrics (metrics.csv continues on resume)
             logger.save()
         raise TrainingInterrupted(self.signum or signal.SIGTERM, str(path), trainer.current_epoch, trainer.global_step)
