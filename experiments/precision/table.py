@@ -13,8 +13,9 @@ early stopping:
 
 "Within the seed spread": |mean(compared) - mean(reference)| <= the standard deviation of the reference seeds;
 the paired difference per seed (same data order and initialisation) is listed too. The fp32 rows of the
-converged tables were trained on an AVX2 machine and the bf16 runs on one with bf16 kernels, so the synthetic
-data also has the fp32 twin on the bf16 machine (`experiments/converged/synthetic_fp32_avx512.yaml`): one row
+converged tables were trained on an AVX2 machine and the bf16 runs on one with bf16 kernels, so each data set
+also has the fp32 twin on the bf16 machine (`experiments/converged/synthetic_fp32_avx512.yaml`,
+`experiments/movielens/converged_fp32_avx512.yaml`): one row
 compares bf16 with fp32 on the same CPU, one fp32 with fp32 across the two machines (what the machine alone
 changes). The last columns give reference / compared; the CPU column is `machine` of the records.
 """
@@ -40,13 +41,15 @@ mean_std, seconds_per_epoch = _converged.mean_std, _converged.seconds_per_epoch
 # (data, what is compared, reference records, compared records): the `runs/` folders the sweep driver fills.
 # The fp32 rows of the converged tables were trained on an AVX2 machine, the bf16 runs on one with bf16 kernels
 # (AVX-512 + avx512_bf16); fp32 rounding differs with the SIMD width, so the fp32 twin on the bf16 machine
-# (synthetic_fp32_avx512) separates bf16's effect from the machine's.
+# (synthetic_fp32_avx512, converged_fp32_avx512) separates bf16's effect from the machine's.
 SYNTHETIC, MOVIELENS = EXPERIMENTS / "converged", EXPERIMENTS / "movielens"
 COMPARISONS = [
     ("synthetic", "bf16 vs fp32, same CPU", SYNTHETIC / "synthetic_fp32_avx512", SYNTHETIC / "synthetic_bf16"),
     ("synthetic", "bf16 vs the converged table's fp32", SYNTHETIC / "synthetic", SYNTHETIC / "synthetic_bf16"),
     ("synthetic", "fp32 vs fp32, the machine alone", SYNTHETIC / "synthetic", SYNTHETIC / "synthetic_fp32_avx512"),
+    ("movielens", "bf16 vs fp32, same CPU", MOVIELENS / "converged_fp32_avx512", MOVIELENS / "converged_bf16"),
     ("movielens", "bf16 vs the converged table's fp32", MOVIELENS / "converged", MOVIELENS / "converged_bf16"),
+    ("movielens", "fp32 vs fp32, the machine alone", MOVIELENS / "converged", MOVIELENS / "converged_fp32_avx512"),
 ]
 
 
