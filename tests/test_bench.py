@@ -16,7 +16,7 @@ REQUIRED = [
     "train_samples_per_s", "infer_samples_per_s", "plain_train_samples_per_s", "plain_infer_samples_per_s",
     "latency_p50_ms", "latency_p99_ms", "plain_latency_p50_ms", "plain_latency_p99_ms", "peak_rss_mb",
     "device", "threads", "torch_version", "config", "command", "auc_plain", "auc_fast", "max_abs_prob_diff",
-    "train_speedup", "infer_speedup", "data", "model",
+    "train_speedup", "infer_speedup", "data", "model", "machine",
 ]
 
 
