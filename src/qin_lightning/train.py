@@ -37,6 +37,7 @@ from qin_lightning.training.callbacks import StopReason
 from qin_lightning.training.module import NonFiniteLossError
 from qin_lightning.training.resume import ExactResume, GracefulInterrupt, TrainingInterrupted, resolve_ckpt_path
 from qin_lightning.training.results import completed_record, output_dir, record_failure, resume_command, sweep_name
+from qin_lightning.memory_reuse import reuse_freed_memory
 from qin_lightning.training.timing import EpochTiming
 from qin_lightning.training.tracking import finish_wandb, start_wandb
 
@@ -49,6 +50,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit the configured model; returns the results written to ``results.json``."""
     started = time.time()
     set_threads(cfg.get("threads"))
+    if reuse_freed_memory(bool(cfg.get("reuse_freed_memory", True))):
+        log.info("reuse_freed_memory: freed tensor memory stays in the process for the next step (glibc mallopt)")
     pl.seed_everything(cfg.seed, workers=True)
     out_dir = output_dir(cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
