@@ -81,3 +81,12 @@ def test_sweep_runs_in_chunks_and_tabulates(tmp_path: Path) -> None:
     table = (plan.parent / "tiny" / "table.md").read_text()
     assert "| qin | 1 |" in table and "| ablation_no_qnn | 1 |" in table
     assert "Runs completed: 2 of 2" in table and f"python experiments/converged/sweep.py {plan.as_posix()}" in table
+
+
+def test_table_names_the_machines_when_runs_come_from_several() -> None:
+    table = load(TABLE)
+    run = {"train_seconds": 20.0, "epochs_trained": 2, "timing": {"epoch_s": [9.0, 11.0]},
+           "machine": {"cpu_capability": "AVX512"}}
+    older = {"train_seconds": 30.0, "epochs_trained": 1}  # a record from before `machine` existed
+    assert table.seconds_cell([run, run], mixed=False) == "10.0"
+    assert table.seconds_cell([run, older], mixed=True) == "20.0 (1x AVX512, 1x machine not recorded)"

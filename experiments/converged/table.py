@@ -62,6 +62,20 @@ def seconds_per_epoch(run: dict[str, Any]) -> float:
     return run["train_seconds"] / max(1, run["epochs_trained"])
 
 
+def simd(run: dict[str, Any]) -> str:
+    """The SIMD level torch used for the run (results.json `machine`; older records lack it)."""
+    return str((run.get("machine") or {}).get("cpu_capability") or "machine not recorded")
+
+
+def seconds_cell(runs: list[dict[str, Any]], mixed: bool) -> str:
+    """Mean seconds per epoch; where the table's runs come from more than one machine, which ones these are."""
+    cell = f"{statistics.fmean(seconds_per_epoch(r) for r in runs):.1f}"
+    if not mixed:
+        return cell
+    levels = [simd(r) for r in runs]
+    return cell + " (" + ", ".join(f"{levels.count(k)}x {k}" for k in dict.fromkeys(levels)) + ")"
+
+
 def ending(runs: list[dict[str, Any]], max_epochs: int | None) -> str:
     reasons = [r.get("stop_reason") or ("max_epochs" if max_epochs and r["epochs_trained"] >= max_epochs
                                          else "early_stopping") for r in runs]
@@ -80,6 +94,7 @@ def table(runs: list[dict[str, Any]], order: list[str], max_epochs: int | None, 
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     base_mean = statistics.fmean(base.values()) if base else math.nan
+    mixed = len({simd(r) for r in runs}) > 1  # seconds from two machines are not comparable: say which
     for name in [e for e in order if e in by_exp] + sorted(set(by_exp) - set(order)):
         rs = sorted(by_exp[name], key=lambda r: r["seed"])
         tests = [r["test_eval"] for r in rs if r.get("test_eval")]
@@ -89,7 +104,7 @@ def table(runs: list[dict[str, Any]], order: list[str], max_epochs: int | None, 
             f"| {name} | {len(rs)} | {mean_std(list(aucs.values()))} | {mean_std([r['best_val_logloss'] for r in rs])}"
             f" | {mean_std([t['auc'] for t in tests])} | {mean_std([t['logloss'] for t in tests])}"
             f" | {mean_std([t['gauc'] for t in tests])} | {', '.join(str(r['best_epoch'] + 1) for r in rs)}"
-            f" | {statistics.fmean(seconds_per_epoch(r) for r in rs):.1f} | {rs[0]['n_params']:,}"
+            f" | {seconds_cell(rs, mixed)} | {rs[0]['n_params']:,}"
             f" | {ending(rs, max_epochs)} | {paper if paper is not None else '–'}"
             f" | {statistics.fmean(aucs.values()) - base_mean:+.4f}"
             f" | {'–' if name == baseline else verdict(aucs, base)} |"
@@ -123,7 +138,8 @@ def header(plan_path: Path, plan: dict[str, Any], runs: list[dict[str, Any]], fo
         "",
         "Validation columns: the best epoch of each run (mean ± std over seeds); test columns: that epoch's weights"
         " on the test split; best epoch 1-based; paper AUC: MicroLens validation (paper Tables 2 and 3), for"
-        " orientation only. Paired t-test over seeds against qin, two-sided, 5%.",
+        " orientation only. Paired t-test over seeds against qin, two-sided, 5%. Where the runs come from more than"
+        " one machine, s / epoch says which (torch's SIMD level, from each record's `machine`).",
         "",
     ]
     return "\n".join(lines) + "\n"
