@@ -31,13 +31,13 @@ from qin_lightning.cli import CONFIG_DIR, exit_with_error, set_threads
 from qin_lightning.data import layout
 from qin_lightning.errors import ConfigError, QinError
 from qin_lightning.files import atomic_write_json
+from qin_lightning.memory_reuse import reuse_freed_memory
 from qin_lightning.serving.load import read_checkpoint
 from qin_lightning.training.build import build_datamodule, build_module, build_trainer, instantiate_list
 from qin_lightning.training.callbacks import StopReason
 from qin_lightning.training.module import NonFiniteLossError
 from qin_lightning.training.resume import ExactResume, GracefulInterrupt, TrainingInterrupted, resolve_ckpt_path
 from qin_lightning.training.results import completed_record, output_dir, record_failure, resume_command, sweep_name
-from qin_lightning.memory_reuse import reuse_freed_memory
 from qin_lightning.training.timing import EpochTiming
 from qin_lightning.training.tracking import finish_wandb, start_wandb
 
