@@ -90,3 +90,18 @@ def test_table_names_the_machines_when_runs_come_from_several() -> None:
     older = {"train_seconds": 30.0, "epochs_trained": 1}  # a record from before `machine` existed
     assert table.seconds_cell([run, run], mixed=False) == "10.0"
     assert table.seconds_cell([run, older], mixed=True) == "20.0 (1x AVX512, 1x machine not recorded)"
+
+
+def test_table_marks_machines_only_when_its_runs_are_mixed() -> None:
+    table = load(TABLE)
+
+    def record(seed: int, machine: dict[str, str] | None) -> dict[str, object]:
+        run = {"experiment": "qin", "seed": seed, "best_val_auc": 0.7, "best_val_logloss": 0.5, "best_epoch": 1,
+               "n_params": 10, "epochs_trained": 2, "train_seconds": 20.0, "stop_reason": "early_stopping"}
+        return {**run, "machine": machine} if machine else run
+
+    avx512 = {"cpu_capability": "AVX512"}
+    same = table.table([record(1, avx512), record(2, avx512)], ["qin"], None)
+    mixed = table.table([record(1, avx512), record(2, None)], ["qin"], None)
+    assert "| 10.0 |" in same and "AVX512" not in same
+    assert "| 10.0 (1x AVX512, 1x machine not recorded) |" in mixed

@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -107,6 +108,8 @@ def test_cli_end_to_end(tmp_path: Path, logger: str) -> None:
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     last = proc.stdout.strip().splitlines()[-1]
+    if platform.libc_ver()[0] == "glibc":  # reuse_freed_memory (on by default) was applied and said so
+        assert "reuse_freed_memory: freed tensor memory stays in the process" in proc.stdout + proc.stderr
     assert last.startswith("best val/auc=") and 0.0 < float(last.split("=")[1]) <= 1.0
     results = list((tmp_path / "logs" / "train" / "runs").rglob("results.json"))
     assert len(results) == 1

@@ -2,7 +2,7 @@
 comes from.
 
 glibc serves every block above its mmap threshold (at most 32 MiB) with a fresh `mmap` and unmaps it on
-`free`, so a training step whose activations are tens of MiB (the winner's transformer at batch 2048: a 94 MiB
+`free`, so a training step whose activations are tens of MiB (the winner's transformer at batch 2048: a ~90 MiB
 gradient buffer per attention layer) faults every page in again on every step. `M_MMAP_MAX = 0` serves those
 blocks from the heap and a high `M_TRIM_THRESHOLD` keeps freed heap pages, so the next step reuses them. The
 cost: the process keeps its peak heap until it exits instead of returning it between steps.

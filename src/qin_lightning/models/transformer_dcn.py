@@ -113,7 +113,8 @@ class SequenceTransformer(nn.Module):
         position is padding: masked as a key in every layer, so it never reaches a kept position, and its own
         output is zeroed. Dropping those leading columns therefore changes no kept output. Rows are grouped by
         span (S - first kept position) into buckets (S/2, S], (S/4, S/2], ..., (0, 1]; each bucket runs on its
-        last `upper` columns only, so a row costs at most twice its span instead of S positions. In training, dropout then draws masks over fewer positions: the same distribution, other draws."""
+        last `upper` columns only, so a row costs at most twice its span instead of S positions. In training,
+        dropout then draws masks over fewer positions: the same distribution, other draws."""
         # sequence (B, S, W), padding (B, S) bool -> (B, S, W)
         s = sequence.shape[1]
         first_kept = (~padding).to(torch.int8).argmax(1)  # (B,); every row keeps at least one position
