@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -17,6 +18,7 @@ from conftest import REPO_ROOT, compose_train, tiny_model_overrides, tiny_overri
 
 from qin_lightning.errors import ConfigError
 from qin_lightning.train import train
+from qin_lightning.training.csv_logger import ResumableCSVLogger
 from qin_lightning.training.resume import GracefulInterrupt, TrainingInterrupted, resolve_ckpt_path
 
 # 16 batches per epoch, lr high enough that the plateau schedule halves it at some epoch, dropout on (QNN)
@@ -41,6 +43,11 @@ def _cfg(tmp_path: Path, run: str, extra: list[str] = ()):  # type: ignore[assig
 
 def _history(results: dict) -> list[dict]:
     return results["val_history"]
+
+
+def _metrics_rows(run_dir: Path) -> list[dict[str, str]]:
+    with (run_dir / "csv" / "metrics.csv").open(newline="") as file:
+        return list(csv.DictReader(file))
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +75,16 @@ def test_resume_mid_epoch_is_exact(reference: tuple[Path, dict], stop: tuple[int
     resumed = train(_cfg(tmp, run, ["ckpt_path=last"]))
     assert _history(resumed) == _history(ref)
     assert resumed["best_val_auc"] == ref["best_val_auc"]
+    # metrics.csv holds the rows from before the interrupt too (Lightning's CSVLogger would start afresh). Only
+    # the train epoch means of the interrupted epoch differ: Lightning does not checkpoint its running means.
+    def comparable(rows: list[dict[str, str]]) -> list[dict[str, str]]:
+        epoch_means = ("train/loss_epoch", "train/bce")
+        return [{k: ("" if k in epoch_means and row["epoch"] == str(stop[0]) else v) for k, v in row.items()}
+                for row in rows]
+
+    resumed_rows, reference_rows = _metrics_rows(tmp / run), _metrics_rows(tmp / "reference")
+    assert len(resumed_rows) == len(reference_rows) > 10
+    assert comparable(resumed_rows) == comparable(reference_rows)
 
 
 def test_resume_from_epoch_boundary_is_exact(reference: tuple[Path, dict]) -> None:
@@ -75,6 +92,27 @@ def test_resume_from_epoch_boundary_is_exact(reference: tuple[Path, dict]) -> No
     train(_cfg(tmp, "short", ["trainer.max_epochs=2"]))  # last.ckpt = end of epoch 1 (after validation)
     resumed = train(_cfg(tmp, "short", ["ckpt_path=last"]))
     assert _history(resumed) == _history(ref)
+    assert _metrics_rows(tmp / "short") == _metrics_rows(tmp / "reference")  # every row, epoch means included
+
+
+def test_csv_logger_restores_rows_up_to_the_checkpoint_step(tmp_path: Path) -> None:
+    """Rows after the checkpoint's step are dropped (logged again); rows the resumed run wrote come after."""
+    first = ResumableCSVLogger(tmp_path, name="csv", version="")
+    first.log_metrics({"train/loss": 1.0}, step=3)
+    first.log_metrics({"val/auc": 0.6}, step=7)
+    first.log_metrics({"train/loss": 0.5}, step=9)  # after the checkpoint below
+    first.save()
+    fresh = ResumableCSVLogger(tmp_path, name="csv", version="")
+    fresh.log_hyperparams({"seed": 1})  # the writer starts: Lightning removes the old file
+    assert not fresh.metrics_path.exists()
+    fresh.log_metrics({"val/logloss": 0.4}, step=8)
+    assert fresh.restore_rows(until_step=7) == 2
+    fresh.log_metrics({"train/loss": 0.25}, step=9)
+    fresh.save()
+    rows = _metrics_rows(tmp_path)
+    assert [(r["step"], r["train/loss"], r["val/auc"], r["val/logloss"]) for r in rows] == [
+        ("3", "1.0", "", ""), ("7", "", "0.6", ""), ("8", "", "", "0.4"), ("9", "0.25", "", "")]
+    assert not list(tmp_path.glob("csv/.*.tmp"))
 
 
 def test_resume_after_a_non_improving_epoch_is_exact(tmp_path: Path) -> None:

@@ -35,6 +35,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from qin_lightning.errors import ConfigError
+from qin_lightning.training.csv_logger import ResumableCSVLogger
 
 log = logging.getLogger("qin_lightning.training.resume")
 LAST_NAME = "last.ckpt"
@@ -107,12 +108,15 @@ class ExactResume(Callback):
       neither steps an epoch-interval ReduceLROnPlateau at the end of an epoch it resumed (mid-epoch, or from a
       checkpoint written at an epoch's validation end, before that epoch's step) nor stores the metric; with
       these values the missing steps are taken exactly as an uninterrupted run takes them.
+    - metrics.csv: Lightning's CSV logger starts a fresh file; a ``ResumableCSVLogger`` gets its rows up to the
+      checkpoint's global step back.
     The training data's position is the datamodule's (its train loader is a ``ResumableLoader``).
     """
 
     def __init__(self) -> None:
         self.monitored: list[dict[str, float]] = []  # {"epoch", "value"} per validated epoch
         self._pending_rng: dict[str, Any] | None = None
+        self._resumed = False
 
     # ---- what a checkpoint holds ----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -126,6 +130,7 @@ class ExactResume(Callback):
 
     def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
         self._pending_rng = checkpoint.get("qin_rng")
+        self._resumed = True
         # checkpoints written before this callback existed: the plateau metric (val/auc) is in qin_val_history
         # (load_state_dict, called after this hook, replaces it when the callback's own state is there)
         self.monitored = [{"epoch": h["epoch"], "value": h["auc"]} for h in checkpoint.get("qin_val_history", [])]
@@ -141,6 +146,10 @@ class ExactResume(Callback):
         for config in self._plateau_schedulers(trainer):
             for entry in self.monitored[config.scheduler.last_epoch :]:
                 config.scheduler.step(entry["value"])
+        if self._resumed and trainer.is_global_zero:
+            for logger in trainer.loggers:
+                if isinstance(logger, ResumableCSVLogger):
+                    logger.restore_rows(until_step=trainer.global_step)
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
                              batch_idx: int) -> None:
@@ -248,6 +257,6 @@ class GracefulInterrupt(Callback):
             return
         path = self.path(trainer)
         trainer.save_checkpoint(path, weights_only=False)  # the full training state (no 'was not set' log line)
-        for logger in trainer.loggers:  # flush buffered metrics (metrics.csv continues on resume)
+        for logger in trainer.loggers:  # flush buffered metrics (ResumableCSVLogger puts them back on resume)
             logger.save()
         raise TrainingInterrupted(self.signum or signal.SIGTERM, str(path), trainer.current_epoch, trainer.global_step)
