@@ -92,6 +92,14 @@ def test_table_names_the_machines_when_runs_come_from_several() -> None:
     assert table.seconds_cell([run, older], mixed=True) == "20.0 (1x AVX512, 1x machine not recorded)"
 
 
+def test_table_hours_count_every_epoch_of_a_resumed_run() -> None:
+    """A resumed run's train_seconds and timing cover its last invocation only (here 1 of its 3 epochs)."""
+    table = load(TABLE)
+    resumed = {"train_seconds": 1800.0, "epochs_trained": 3, "timing": {"epoch_s": [1800.0]}}
+    fresh = {"train_seconds": 3600.0, "epochs_trained": 2}
+    assert table.training_hours([resumed, fresh]) == 1.5 + 1.0
+
+
 def test_table_marks_machines_only_when_its_runs_are_mixed() -> None:
     table = load(TABLE)
 

@@ -62,6 +62,12 @@ def seconds_per_epoch(run: dict[str, Any]) -> float:
     return run["train_seconds"] / max(1, run["epochs_trained"])
 
 
+def training_hours(runs: list[dict[str, Any]]) -> float:
+    """Training time of the runs, each as its mean epoch time x its epochs (a resumed run's `train_seconds`
+    and `timing` cover only its last invocation)."""
+    return sum(seconds_per_epoch(r) * r["epochs_trained"] for r in runs) / 3600
+
+
 def simd(run: dict[str, Any]) -> str:
     """The SIMD level torch used for the run (results.json `machine`; older records lack it)."""
     return str((run.get("machine") or {}).get("cpu_capability") or "machine not recorded")
@@ -117,7 +123,7 @@ def header(plan_path: Path, plan: dict[str, Any], runs: list[dict[str, Any]], fo
     overrides = [str(o) for o in plan.get("overrides") or []]
     shrink = plan.get("per_experiment") or {}
     expected = len(plan["experiments"]) * len(plan["seeds"])
-    hours = sum(r.get("train_seconds", 0.0) for r in runs) / 3600
+    hours = training_hours(runs)
     lines = [
         f"# Converged sweep `{plan['name']}` ({plan_path.as_posix()})",
         "",
@@ -128,7 +134,7 @@ def header(plan_path: Path, plan: dict[str, Any], runs: list[dict[str, Any]], fo
                                                      for e, opts in shrink.items()) + ".")
     lines += [
         f"Seeds {', '.join(str(s) for s in plan['seeds'])}. Runs completed: {len(runs)} of {expected}; "
-        f"{hours:.1f} h of training summed over the runs (`train_seconds`), two runs at a time on 2 cores.",
+        f"about {hours:.1f} h of training (each run's mean epoch time x its epochs), two runs at a time on 2 cores.",
         "",
         "```bash",
         f"python experiments/converged/sweep.py {plan_path.as_posix()} --jobs 2   # resumable",
