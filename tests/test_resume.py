@@ -82,6 +82,9 @@ def test_resume_mid_epoch_is_exact(reference: tuple[Path, dict], stop: tuple[int
         return [{k: ("" if k in epoch_means and row["epoch"] == str(stop[0]) else v) for k, v in row.items()}
                 for row in rows]
 
+    # timing continues the checkpoint's epochs; the interrupted epoch adds the seconds it ran before the stop
+    assert len(resumed["timing"]["epoch_s"]) == len(ref["timing"]["epoch_s"]) == 4
+    assert all(s > 0 for s in resumed["timing"]["epoch_s"])
     resumed_rows, reference_rows = _metrics_rows(tmp / run), _metrics_rows(tmp / "reference")
     assert len(resumed_rows) == len(reference_rows) > 10
     assert comparable(resumed_rows) == comparable(reference_rows)
@@ -93,6 +96,7 @@ def test_resume_from_epoch_boundary_is_exact(reference: tuple[Path, dict]) -> No
     resumed = train(_cfg(tmp, "short", ["ckpt_path=last"]))
     assert _history(resumed) == _history(ref)
     assert _metrics_rows(tmp / "short") == _metrics_rows(tmp / "reference")  # every row, epoch means included
+    assert len(resumed["timing"]["epoch_s"]) == 4  # the 2 epochs before the resume are kept
 
 
 def test_csv_logger_restores_rows_up_to_the_checkpoint_step(tmp_path: Path) -> None:

@@ -1,6 +1,7 @@
 """Where an epoch's time goes: a callback that splits every training epoch into seconds (results.json `timing`).
 
-Per epoch (lists, one entry per epoch this process ran, in order):
+Per epoch (lists, one entry per epoch of the run, in order; a resumed run continues the lists of its
+checkpoint, and an epoch interrupted mid-way gets the seconds it ran before the interrupt added):
   train_s       first training batch requested .. validation starts: the training steps, loader included
   val_s         validation start .. validation end (all validation batches and the metrics' compute)
   checkpoint_s  validation end .. epoch end: the checkpoint writes (with one validation per epoch
@@ -29,6 +30,31 @@ class EpochTiming(Callback):
     def __init__(self) -> None:
         self.timing: dict[str, list[float]] = {phase: [] for phase in PHASES}
         self._marks: dict[str, float] = {}
+        self._carried: dict[str, float] = {}  # seconds the open epoch ran before a resume (from the checkpoint)
+        self._carried_epoch = -1  # ... and which epoch that was
+        self._epoch = -1  # the epoch being timed
+
+    # ---- what a checkpoint holds: the finished epochs, and how long the open one has run ---------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"timing": {k: list(v) for k, v in self.timing.items()}, "open_epoch": self._open_epoch(),
+                "open_epoch_index": self._epoch}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.timing = {phase: [float(x) for x in state_dict.get("timing", {}).get(phase, [])] for phase in PHASES}
+        self._carried = {k: float(v) for k, v in (state_dict.get("open_epoch") or {}).items()}
+        self._carried_epoch = int(state_dict.get("open_epoch_index", -1))
+
+    def _open_epoch(self) -> dict[str, float]:
+        """Seconds the open epoch has run so far, per phase ({} between epochs)."""
+        if "epoch_start" not in self._marks:
+            return {}
+        now, m = time.perf_counter(), self._marks
+        train_end = m.get("val_start", now)
+        val_end = m.get("val_end", now if "val_start" in m else train_end)
+        return {"epoch_s": now - m["epoch_start"] + self._carried.get("epoch_s", 0.0),
+                "train_s": train_end - m["epoch_start"] + self._carried.get("train_s", 0.0),
+                "val_s": val_end - train_end + self._carried.get("val_s", 0.0),
+                "checkpoint_s": now - val_end + self._carried.get("checkpoint_s", 0.0)}
 
     def _mark(self, name: str, module: LightningModule) -> None:
         if module.device.type == "cuda":
@@ -36,7 +62,13 @@ class EpochTiming(Callback):
         self._marks[name] = time.perf_counter()
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._carried and "epoch_start" not in self._marks and trainer.current_epoch != self._carried_epoch:
+            # resumed from a checkpoint of an epoch's end: that epoch is over, with the seconds it ran
+            for phase in PHASES:
+                self.timing[phase].append(round(self._carried.get(phase, 0.0), 3))
+            self._carried = {}
         self._close_epoch(pl_module)
+        self._epoch = trainer.current_epoch
         self._mark("epoch_start", pl_module)
 
     def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -58,11 +90,12 @@ class EpochTiming(Callback):
         m = self._marks
         train_end = m.get("val_start", m["epoch_end"])  # no validation this epoch: all of it was training
         val_end = m.get("val_end", train_end)
-        self.timing["epoch_s"].append(round(m["epoch_end"] - m["epoch_start"], 3))
-        self.timing["train_s"].append(round(train_end - m["epoch_start"], 3))
-        self.timing["val_s"].append(round(val_end - train_end, 3))
-        self.timing["checkpoint_s"].append(round(m["epoch_end"] - val_end, 3))
-        self._marks = {}
+        carried = self._carried
+        self.timing["epoch_s"].append(round(m["epoch_end"] - m["epoch_start"] + carried.get("epoch_s", 0.0), 3))
+        self.timing["train_s"].append(round(train_end - m["epoch_start"] + carried.get("train_s", 0.0), 3))
+        self.timing["val_s"].append(round(val_end - train_end + carried.get("val_s", 0.0), 3))
+        self.timing["checkpoint_s"].append(round(m["epoch_end"] - val_end + carried.get("checkpoint_s", 0.0), 3))
+        self._marks, self._carried = {}, {}
 
     def summary(self) -> dict[str, Any]:
         """The per-epoch lists plus their totals and the share of an epoch spent outside the training steps."""
