@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from qin_lightning.errors import QinError
-from qin_lightning.report import main, write_report
+from qin_lightning.report import Row, main, write_report
 
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -137,3 +137,10 @@ def test_a_resumed_run_stays_in_its_row(tmp_path: Path) -> None:
     _run(tmp_path, "1_qin_seed2", _full("qin", 2, [0.6, 0.8], []))
     collected = write_report(tmp_path)
     assert collected.varying == [] and [r.aucs for r in collected.rows] == [[0.7, 0.8]]
+
+
+def test_curve_labels_name_only_the_overrides_a_row_sets() -> None:
+    """A key only one experiment sets (the winner's cross_rank) splits rows but labels only that row."""
+    setting = (("model.net.cross_rank", "64"),)
+    assert Row("transformer_dcn", setting).label == "transformer_dcn cross_rank=64"
+    assert Row("qin", (("model.net.cross_rank", "–"),)).label == "qin"

@@ -112,8 +112,9 @@ class Row:
 
     @property
     def label(self) -> str:
-        """Short name for the figures: the experiment and each varying override by its last key component."""
-        return " ".join([self.experiment, *(f"{k.split('.')[-1].split('/')[-1]}={_short(v)}" for k, v in self.setting)])
+        """Short name for the figures: the experiment and each varying override it sets, by its last key component."""
+        return " ".join([self.experiment, *(f"{k.split('.')[-1].split('/')[-1]}={_short(v)}" for k, v in self.setting
+                                            if v != "–")])
 
     def count(self, reason: str) -> int:
         return sum(r.stop_reason == reason for r in self.runs)
