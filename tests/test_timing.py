@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
+from typing import Any
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -69,3 +71,46 @@ def test_results_name_the_machine_the_seconds_come_from(tmp_path: Path) -> None:
     assert facts["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     assert isinstance(facts["cpu_bf16_kernels"], bool) and facts["torch"] == torch.__version__
     assert facts["threads"] >= 1 and facts["cpu"]
+
+
+def _stub(epoch: int) -> tuple[Any, Any]:
+    """(trainer, module) with just what EpochTiming reads."""
+    return (SimpleNamespace(current_epoch=epoch, sanity_checking=False),
+            SimpleNamespace(device=SimpleNamespace(type="cpu")))
+
+
+def test_an_epoch_interrupted_mid_way_keeps_its_seconds_across_a_resume(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = FakeClock()
+    monkeypatch.setattr(timing_module.time, "perf_counter", clock)
+    before = timing_module.EpochTiming()
+    trainer, module = _stub(0)
+    before.on_train_epoch_start(trainer, module)  # epoch 0 starts at t = 1
+    clock.advance(9.0)
+    state = before.state_dict()  # the interrupt's checkpoint, mid-epoch at t = 11: 10 s of training so far
+    assert state["open_epoch"]["train_s"] == 10.0 and state["timing"]["epoch_s"] == []
+
+    after = timing_module.EpochTiming()
+    after.load_state_dict(state)
+    after.on_train_epoch_start(trainer, module)  # the resumed process continues epoch 0 (t = 12)
+    clock.advance(4.0)
+    after.on_validation_start(trainer, module)  # t = 17
+    after.on_validation_end(trainer, module)  # t = 18
+    after.on_train_end(trainer, module)  # t = 19
+    assert after.timing == {"epoch_s": [10.0 + 7.0], "train_s": [10.0 + 5.0], "val_s": [1.0], "checkpoint_s": [1.0]}
+
+
+def test_a_resume_at_an_epoch_end_appends_that_epoch_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = FakeClock()
+    monkeypatch.setattr(timing_module.time, "perf_counter", clock)
+    before = timing_module.EpochTiming()
+    before.on_train_epoch_start(*_stub(0))  # t = 1
+    before.on_validation_start(*_stub(0))  # t = 2
+    before.on_validation_end(*_stub(0))  # t = 3
+    state = before.state_dict()  # ModelCheckpoint at the validation end, t = 4
+
+    after = timing_module.EpochTiming()
+    after.load_state_dict(state)
+    after.on_train_epoch_start(*_stub(1))  # the resumed process starts epoch 1: epoch 0 is over
+    after.on_train_end(*_stub(1))
+    assert after.timing["epoch_s"] == [3.0, 1.0] and after.timing["train_s"] == [1.0, 1.0]
+    assert after.timing["val_s"] == [1.0, 0.0] and after.timing["checkpoint_s"] == [1.0, 0.0]

@@ -14,12 +14,13 @@ per-step values, validation metrics and ``results.json``'s ``val_history`` are e
 from __future__ import annotations
 
 import csv
-import os
 from pathlib import Path
 
-from lightning.fabric.loggers.csv_logs import _ExperimentWriter
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.logger import rank_zero_experiment
+
+from qin_lightning.files import atomic_writer
 
 
 def _read_rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
@@ -51,11 +52,11 @@ class ResumableCSVLogger(CSVLogger):
     @property
     def metrics_path(self) -> Path:
         """This run's metrics.csv."""
-        return Path(self.log_dir) / _ExperimentWriter.NAME_METRICS_FILE
+        return Path(self.log_dir) / ExperimentWriter.NAME_METRICS_FILE
 
     @property
     @rank_zero_experiment
-    def experiment(self) -> _ExperimentWriter:
+    def experiment(self) -> ExperimentWriter:
         """The writer (Lightning's); the rows of an earlier metrics.csv are read before it deletes the file."""
         if self._experiment is None:
             self._previous = _read_rows(self.metrics_path)
@@ -74,15 +75,11 @@ class ResumableCSVLogger(CSVLogger):
             return 0
         writer = self.experiment
         writer.save()  # anything buffered goes to the new file first, then the new file goes after the old rows
-        new_header, new_rows = _read_rows(self.metrics_path)
-        fields = sorted(set(header) | set(new_header) | set(writer.metrics_keys))
-        tmp = self.metrics_path.with_name(f".{self.metrics_path.name}.tmp")
-        with tmp.open("w", newline="") as file:
+        _, new_rows = _read_rows(self.metrics_path)
+        fields = sorted(set(header) | set(writer.metrics_keys))  # the writer's keys: those of the new file
+        with atomic_writer(self.metrics_path, "w", newline="") as file:
             out = csv.DictWriter(file, fieldnames=fields)
             out.writeheader()
             out.writerows(kept + new_rows)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, self.metrics_path)
         writer.metrics_keys = fields  # later saves append under this header
         return len(kept)

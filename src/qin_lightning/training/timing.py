@@ -46,15 +46,21 @@ class EpochTiming(Callback):
 
     def _open_epoch(self) -> dict[str, float]:
         """Seconds the open epoch has run so far, per phase ({} between epochs)."""
-        if "epoch_start" not in self._marks:
-            return {}
-        now, m = time.perf_counter(), self._marks
-        train_end = m.get("val_start", now)
-        val_end = m.get("val_end", now if "val_start" in m else train_end)
-        return {"epoch_s": now - m["epoch_start"] + self._carried.get("epoch_s", 0.0),
-                "train_s": train_end - m["epoch_start"] + self._carried.get("train_s", 0.0),
-                "val_s": val_end - train_end + self._carried.get("val_s", 0.0),
-                "checkpoint_s": now - val_end + self._carried.get("checkpoint_s", 0.0)}
+        return self._phases(time.perf_counter()) if "epoch_start" in self._marks else {}
+
+    def _phases(self, end: float) -> dict[str, float]:
+        """The open epoch's seconds per phase from its start to `end`, plus those it ran before a resume."""
+        m = self._marks
+        train_end = m.get("val_start", end)  # no validation yet: all of it was training
+        val_end = m.get("val_end", end)
+        seconds = {"epoch_s": end - m["epoch_start"], "train_s": train_end - m["epoch_start"],
+                   "val_s": val_end - train_end, "checkpoint_s": end - val_end}
+        return {phase: value + self._carried.get(phase, 0.0) for phase, value in seconds.items()}
+
+    def _append(self, seconds: dict[str, float]) -> None:
+        """One finished epoch's seconds onto every phase's list."""
+        for phase in PHASES:
+            self.timing[phase].append(round(seconds.get(phase, 0.0), 3))
 
     def _mark(self, name: str, module: LightningModule) -> None:
         if module.device.type == "cuda":
@@ -64,8 +70,7 @@ class EpochTiming(Callback):
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self._carried and "epoch_start" not in self._marks and trainer.current_epoch != self._carried_epoch:
             # resumed from a checkpoint of an epoch's end: that epoch is over, with the seconds it ran
-            for phase in PHASES:
-                self.timing[phase].append(round(self._carried.get(phase, 0.0), 3))
+            self._append(self._carried)
             self._carried = {}
         self._close_epoch(pl_module)
         self._epoch = trainer.current_epoch
@@ -87,14 +92,7 @@ class EpochTiming(Callback):
         if "epoch_start" not in self._marks:
             return
         self._mark("epoch_end", module)
-        m = self._marks
-        train_end = m.get("val_start", m["epoch_end"])  # no validation this epoch: all of it was training
-        val_end = m.get("val_end", train_end)
-        carried = self._carried
-        self.timing["epoch_s"].append(round(m["epoch_end"] - m["epoch_start"] + carried.get("epoch_s", 0.0), 3))
-        self.timing["train_s"].append(round(train_end - m["epoch_start"] + carried.get("train_s", 0.0), 3))
-        self.timing["val_s"].append(round(val_end - train_end + carried.get("val_s", 0.0), 3))
-        self.timing["checkpoint_s"].append(round(m["epoch_end"] - val_end + carried.get("checkpoint_s", 0.0), 3))
+        self._append(self._phases(self._marks["epoch_end"]))
         self._marks, self._carried = {}, {}
 
     def summary(self) -> dict[str, Any]:
