@@ -113,3 +113,36 @@ def test_table_marks_machines_only_when_its_runs_are_mixed() -> None:
     mixed = table.table([record(1, avx512), record(2, None)], ["qin"], None)
     assert "| 10.0 |" in same and "AVX512" not in same
     assert "| 10.0 (1x AVX512, 1x machine not recorded) |" in mixed
+
+
+def test_table_compares_with_a_row_of_another_plan(tmp_path: Path) -> None:
+    """A plan's `baseline: {plan, experiment}` pairs its rows with that row of another plan's records."""
+    def record(experiment: str, seed: int, auc: float) -> dict[str, object]:
+        return {"experiment": experiment, "seed": seed, "best_val_auc": auc, "best_val_logloss": 0.5,
+                "best_epoch": 1, "n_params": 10, "epochs_trained": 2, "train_seconds": 20.0,
+                "stop_reason": "early_stopping"}
+
+    def write_plan(name: str, extra: dict[str, object], runs: list[dict[str, object]]) -> Path:
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump({"name": name, "experiments": ["qnn_alpha"], "seeds": [1, 2, 3], **extra}))
+        (tmp_path / name / "runs").mkdir(parents=True)
+        for run in runs:
+            (tmp_path / name / "runs" / f"{run['experiment']}_seed{run['seed']}.json").write_text(json.dumps(run))
+        return path
+
+    write_plan("published", {}, [record("qnn_alpha", s, a) for s, a in [(1, 0.60), (2, 0.62), (3, 0.61)]])
+    plan = write_plan("bce", {"baseline": {"plan": "published.yaml", "experiment": "qnn_alpha"}},
+                      [record("qnn_alpha", s, a) for s, a in [(1, 0.70), (2, 0.73), (3, 0.71)]])
+    assert load(TABLE).main([str(plan)]) == 0
+    text = (tmp_path / "bce" / "table.md").read_text()
+    assert "| Δ val AUC vs published/qnn_alpha | paired t vs published/qnn_alpha |" in text
+    assert "against published/qnn_alpha" in text
+    row = next(line for line in text.splitlines() if line.startswith("| qnn_alpha |"))
+    assert "| +0.1033 | t = +31.00 (significant) |" in row  # d = 0.10, 0.11, 0.10
+
+
+def test_table_without_a_baseline_row_leaves_the_comparison_empty() -> None:
+    run = {"experiment": "din", "seed": 1, "best_val_auc": 0.7, "best_val_logloss": 0.5, "best_epoch": 1,
+           "n_params": 10, "epochs_trained": 2, "train_seconds": 20.0, "stop_reason": "early_stopping"}
+    row = load(TABLE).table([run], ["din"], None).splitlines()[-1]
+    assert row.endswith("| – | – |") and "nan" not in row

@@ -8,6 +8,10 @@ ended, the paper's MicroLens value, and QIN vs that row in a paired t-test over 
 Significance: for each seed present in both rows, d = AUC(row) - AUC(qin); t = mean(d) / (sd(d) / sqrt(n)),
 two-sided at alpha = 0.05 against Student's t with n - 1 degrees of freedom (3 seeds: |t| > 4.303). Runs with the
 same seed share the data order and the initialisation seed, hence the pairing.
+
+The baseline is the plan's own `qin` row unless the plan names another: `baseline: {plan: other.yaml, experiment:
+E}` compares every row with row E of another plan's records (a path relative to this plan), as a targeted check
+that changes one option of one row does.
 """
 
 from __future__ import annotations
@@ -89,14 +93,17 @@ def ending(runs: list[dict[str, Any]], max_epochs: int | None) -> str:
     return ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in counts.items())
 
 
-def table(runs: list[dict[str, Any]], order: list[str], max_epochs: int | None, baseline: str = "qin") -> str:
+def table(runs: list[dict[str, Any]], order: list[str], max_epochs: int | None,
+          baseline: tuple[str, list[dict[str, Any]]] | None = None) -> str:
+    """The rows; `baseline` (label, its runs) when it is not this table's own `qin` row."""
     by_exp: dict[str, list[dict[str, Any]]] = {}
     for run in runs:
         by_exp.setdefault(run["experiment"], []).append(run)
-    base = {r["seed"]: r["best_val_auc"] for r in by_exp.get(baseline, [])}
+    label, base_runs = baseline or ("qin", by_exp.get("qin", []))
+    base = {r["seed"]: r["best_val_auc"] for r in base_runs}
     lines = [
         "| experiment | seeds | val AUC | val logloss | test AUC | test logloss | test gAUC | best epoch | s / epoch"
-        " | params | ended by | paper AUC | Δ val AUC vs qin | paired t vs qin |",
+        f" | params | ended by | paper AUC | Δ val AUC vs {label} | paired t vs {label} |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     base_mean = statistics.fmean(base.values()) if base else math.nan
@@ -112,13 +119,29 @@ def table(runs: list[dict[str, Any]], order: list[str], max_epochs: int | None, 
             f" | {mean_std([t['gauc'] for t in tests])} | {', '.join(str(r['best_epoch'] + 1) for r in rs)}"
             f" | {seconds_cell(rs, mixed)} | {rs[0]['n_params']:,}"
             f" | {ending(rs, max_epochs)} | {paper if paper is not None else '–'}"
-            f" | {statistics.fmean(aucs.values()) - base_mean:+.4f}"
-            f" | {'–' if name == baseline else verdict(aucs, base)} |"
+            f" | {'–' if not base else f'{statistics.fmean(aucs.values()) - base_mean:+.4f}'}"
+            f" | {'–' if baseline is None and name == 'qin' else verdict(aucs, base)} |"
         )
     return "\n".join(lines) + "\n"
 
 
-def header(plan_path: Path, plan: dict[str, Any], runs: list[dict[str, Any]], folder: Path) -> str:
+def load_baseline(plan_path: Path, plan: dict[str, Any]) -> tuple[str, list[dict[str, Any]]] | None:
+    """(label, runs) of the plan's `baseline: {plan, experiment}`; None: the table's own qin row."""
+    spec = plan.get("baseline")
+    if not spec:
+        return None
+    other_path = plan_path.parent / str(spec["plan"])
+    other = OmegaConf.to_container(OmegaConf.load(other_path), resolve=True)
+    assert isinstance(other, dict)
+    experiment = str(spec["experiment"])
+    records = sorted((other_path.parent / str(other["name"]) / "runs").glob(f"{experiment}_seed*.json"))
+    if not records:
+        raise SystemExit(f"{other_path}: no records of {experiment!r} under {other['name']}/runs (run its sweep first)")
+    return f"{other['name']}/{experiment}", [json.loads(p.read_text()) for p in records]
+
+
+def header(plan_path: Path, plan: dict[str, Any], runs: list[dict[str, Any]], folder: Path,
+           baseline_label: str = "qin") -> str:
     """What the table is: the one configuration of every row, the commands, how many runs, their compute."""
     overrides = [str(o) for o in plan.get("overrides") or []]
     shrink = plan.get("per_experiment") or {}
@@ -144,8 +167,8 @@ def header(plan_path: Path, plan: dict[str, Any], runs: list[dict[str, Any]], fo
         "",
         "Validation columns: the best epoch of each run (mean ± std over seeds); test columns: that epoch's weights"
         " on the test split; best epoch 1-based; paper AUC: MicroLens validation (paper Tables 2 and 3), for"
-        " orientation only. Paired t-test over seeds against qin, two-sided, 5%. Where the runs come from more than"
-        " one machine, s / epoch says which (torch's SIMD level, from each record's `machine`).",
+        f" orientation only. Paired t-test over seeds against {baseline_label}, two-sided, 5%. Where the runs come"
+        " from more than one machine, s / epoch says which (torch's SIMD level, from each record's `machine`).",
         "",
     ]
     return "\n".join(lines) + "\n"
@@ -161,9 +184,10 @@ def main(argv: list[str] | None = None) -> int:
     runs = [json.loads(p.read_text()) for p in sorted((folder / "runs").glob("*.json"))]
     max_epochs = next((int(o.split("=", 1)[1]) for o in plan.get("overrides") or []
                        if str(o).startswith("trainer.max_epochs=")), None)
-    text = table(runs, [str(e) for e in plan["experiments"]], max_epochs)
+    baseline = load_baseline(args.plan, plan)
+    text = table(runs, [str(e) for e in plan["experiments"]], max_epochs, baseline)
     tmp = folder / ".table.md.tmp"
-    tmp.write_text(header(args.plan, plan, runs, folder) + text)
+    tmp.write_text(header(args.plan, plan, runs, folder, baseline[0] if baseline else "qin") + text)
     tmp.replace(folder / "table.md")
     print(text, end="")
     return 0
