@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from qin_lightning.errors import QinError
-from qin_lightning.report import Row, main, write_report
+from qin_lightning.report import main, write_report
+from qin_lightning.report.collect import Row
 
 
 PNG = b"\x89PNG\r\n\x1a\n"

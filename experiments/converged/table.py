@@ -25,7 +25,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from qin_lightning.report import PAPER_AUC
+from qin_lightning.report.collect import PAPER_AUC
 
 # two-sided 5% critical values of Student's t, by degrees of freedom
 T_CRITICAL = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}

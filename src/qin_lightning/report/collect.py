@@ -1,0 +1,215 @@
+"""Collect a sweep's runs into rows: every ``<run>/results.json`` below a folder and every ``runs/<run>.json``
+record copied out of a sweep, grouped by experiment and by every non-seed override that varies between runs."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+# Validation AUC on MicroLens_1M_MMCTR (paper Tables 2 and 3).
+PAPER_AUC: dict[str, float] = {
+    "din": 0.8655,
+    "qin": 0.9701,
+    "ablation_no_qnn": 0.7396,
+    "ablation_no_asta": 0.9321,
+    "ablation_softmax": 0.9490,
+    "ablation_relu": 0.9584,
+    "ablation_dropout": 0.9681,
+}
+PAPER_ROW: dict[str, str] = {
+    "din": "DIN (official baseline)",
+    "qin": "QIN",
+    "ablation_no_qnn": "QIN w/o QNN",
+    "ablation_no_asta": "QIN w/o ASTA",
+    "ablation_softmax": "ASTA w/ SoftMax",
+    "ablation_relu": "QNN w/o PReLU",
+    "ablation_dropout": "ASTA w/ Dropout",
+    "attention_silu": "ASTA w/ SiLU",
+    "attention_relu2": "ASTA w/ ReLU^2",
+    "qnn_alpha": "QIN + QNN-alpha (self-ensemble)",  # beyond the paper: no paper AUC
+    "transformer_dcn": "Transformer+DCNv2 (1st place)",  # beyond the paper: valid 0.9766 in the winners' report
+}
+ORDER = list(PAPER_ROW)
+# overrides that never split rows: the seed is what a row averages, the experiment has its own column, and
+# `ckpt_path` only says that a run was resumed (an exact resume continues the same run)
+NOT_A_ROW_KEY = ("seed", "experiment", "ckpt_path")
+DEFAULT_MAX_EPOCHS = 100  # conf/trainer/default.yaml
+
+
+@dataclass
+class Run:
+    """One run of the sweep: its record (None when it never wrote one) and its command-line overrides."""
+
+    name: str  # run folder (or record file) relative to the sweep folder
+    record: dict[str, Any] | None
+    overrides: dict[str, str]
+    problem: str | None = None  # why the run is not in the table (failed, incomplete, unreadable)
+    max_epochs: int | None = None  # from the run's .hydra/config.yaml, when there is one
+
+    @property
+    def experiment(self) -> str:
+        if self.record and self.record.get("experiment"):
+            return str(self.record["experiment"])
+        return self.overrides.get("experiment", "unknown")
+
+    @property
+    def stop_reason(self) -> str:
+        """results.json's ``stop_reason``; for older records inferred from the epochs trained."""
+        if self.problem is not None:
+            return "failed"
+        assert self.record is not None
+        if self.record.get("stop_reason"):
+            return str(self.record["stop_reason"])
+        cap = self.max_epochs or int(self.overrides.get("trainer.max_epochs", DEFAULT_MAX_EPOCHS))
+        return "max_epochs" if int(self.record.get("epochs_trained") or 0) >= cap else "early_stopping"
+
+
+@dataclass
+class Row:
+    """The runs of one experiment with one setting of the varying overrides."""
+
+    experiment: str
+    setting: tuple[tuple[str, str], ...]  # (key, value) of every varying override, in column order
+    runs: list[Run] = field(default_factory=list)
+
+    @property
+    def completed(self) -> list[Run]:
+        return [r for r in self.runs if r.problem is None]
+
+    @property
+    def aucs(self) -> list[float]:
+        return [float(r.record["best_val_auc"]) for r in self.completed if r.record]
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.aucs)
+
+    @property
+    def std(self) -> float:
+        return statistics.stdev(self.aucs) if len(self.aucs) > 1 else 0.0
+
+    @property
+    def label(self) -> str:
+        """Short name for the figures: the experiment and each varying override it sets, by its last key component."""
+        return " ".join([self.experiment, *(f"{k.split('.')[-1].split('/')[-1]}={_short(v)}" for k, v in self.setting
+                                            if v != "–")])
+
+    def count(self, reason: str) -> int:
+        return sum(r.stop_reason == reason for r in self.runs)
+
+    def histories(self) -> list[list[float]]:
+        """Validation AUC by epoch of every completed run that recorded it."""
+        return [[float(h["auc"]) for h in r.record["val_history"]] for r in self.completed
+                if r.record and r.record.get("val_history")]  # fmt: skip
+
+
+@dataclass
+class Collected:
+    rows: list[Row]
+    varying: list[str]  # override keys that split rows
+    problems: list[tuple[str, str]]  # (run, what is wrong)
+    sweep: dict[str, Any]  # the sweep folder's multirun.yaml ({} when absent)
+
+    @property
+    def is_optuna(self) -> bool:
+        return "optuna" in str(self.sweep.get("hydra", {}).get("sweeper", {}).get("_target_", "")).lower()
+
+    def row(self, experiment: str, setting: tuple[tuple[str, str], ...]) -> Row | None:
+        return next((r for r in self.rows if r.experiment == experiment and r.setting == setting), None)
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, str]:
+    """``["+experiment=qin", "seed=1"]`` -> ``{"experiment": "qin", "seed": "1"}`` (``+``/``++``/``~`` dropped)."""
+    parsed: dict[str, str] = {}
+    for item in overrides:
+        key, _, value = str(item).partition("=")
+        parsed[key.lstrip("+~")] = value
+    return parsed
+
+
+def read_yaml(path: Path) -> Any:
+    try:
+        return yaml.safe_load(path.read_text()) if path.is_file() else None
+    except (OSError, yaml.YAMLError):
+        return None
+
+
+def _load_run(name: str, record_path: Path, run_dir: Path | None) -> Run:
+    hydra_overrides = read_yaml(run_dir / ".hydra" / "overrides.yaml") if run_dir else None
+    config = read_yaml(run_dir / ".hydra" / "config.yaml") if run_dir else None
+    max_epochs = (config or {}).get("trainer", {}).get("max_epochs") if isinstance(config, dict) else None
+    if not record_path.exists():
+        overrides = parse_overrides(hydra_overrides or [])
+        return Run(name, None, overrides, "incomplete: no results.json (still running, killed or crashed)", max_epochs)
+    try:
+        record = json.loads(record_path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        return Run(name, None, parse_overrides(hydra_overrides or []), f"unreadable results.json: {err}", max_epochs)
+    run = Run(name, record, parse_overrides(record.get("overrides") or hydra_overrides or []), None, max_epochs)
+    if record.get("status") != "completed":
+        run.problem = f"{record.get('status', 'unknown')}: {record.get('error', 'no error message')}"
+    elif record.get("best_val_auc") is None or not math.isfinite(float(record["best_val_auc"])):
+        run.problem = "completed without a validation AUC (e.g. fast_dev_run)"
+    return run
+
+
+def find_runs(sweep_dir: Path) -> list[Run]:
+    """Every run folder below ``sweep_dir`` (started or finished) and every ``runs/*.json`` record."""
+    started = {p.parent.parent for p in sweep_dir.rglob(".hydra/config.yaml")}
+    run_dirs = sorted(started | {p.parent for p in sweep_dir.rglob("results.json")})
+    runs = [_load_run(str(d.relative_to(sweep_dir)) or ".", d / "results.json", d) for d in run_dirs]
+    records = sorted((sweep_dir / "runs").glob("*.json")) if (sweep_dir / "runs").is_dir() else []
+    runs += [_load_run(str(p.relative_to(sweep_dir)), p, None) for p in records]
+    return runs
+
+
+def _short(value: str) -> str:
+    """A float override value with 4 significant digits (Optuna samples carry 16)."""
+    try:
+        return f"{float(value):.4g}" if any(c in value for c in ".e") else value
+    except ValueError:
+        return value
+
+
+def _sort_key(value: str) -> tuple[int, float, str]:
+    try:
+        return (0, float(value), value)
+    except ValueError:
+        return (1, 0.0, value)
+
+
+def collect(sweep_dir: Path) -> Collected:
+    """Group the runs into rows: experiment x every non-seed override whose value differs between runs."""
+    runs = find_runs(sweep_dir)
+    keys = sorted({k for r in runs for k in r.overrides if k not in NOT_A_ROW_KEY})
+    varying = [k for k in keys if len({r.overrides.get(k) for r in runs}) > 1]
+    rows: dict[tuple[str, tuple[tuple[str, str], ...]], Row] = {}
+    for run in runs:
+        setting = tuple((k, run.overrides.get(k, "–")) for k in varying)
+        rows.setdefault((run.experiment, setting), Row(run.experiment, setting)).runs.append(run)
+    rank = {name: i for i, name in enumerate(ORDER)}
+    ordered = sorted(
+        rows.values(),
+        key=lambda r: (rank.get(r.experiment, len(ORDER)), r.experiment, [_sort_key(v) for _, v in r.setting]),
+    )
+    problems = [(r.name, r.problem) for r in runs if r.problem is not None]
+    return Collected(ordered, varying, problems, sweep_config(sweep_dir))
+
+
+def sweep_config(sweep_dir: Path) -> dict[str, Any]:
+    """The sweep's configuration with its ``hydra`` node: ``multirun.yaml`` (basic sweeper), else the first job's
+    ``.hydra/config.yaml`` + ``.hydra/hydra.yaml`` (the Optuna sweeper writes no multirun.yaml); {} if none."""
+    multirun = read_yaml(sweep_dir / "multirun.yaml")
+    if isinstance(multirun, dict):
+        return multirun
+    for hydra_file in sorted(sweep_dir.glob("*/.hydra/hydra.yaml")):
+        config, hydra = read_yaml(hydra_file.with_name("config.yaml")), read_yaml(hydra_file)
+        if isinstance(config, dict) and isinstance(hydra, dict):
+            return {**config, "hydra": hydra.get("hydra", {})}
+    return {}

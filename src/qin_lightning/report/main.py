@@ -1,0 +1,53 @@
+"""Paper-style report of a sweep: ``python -m qin_lightning.report <sweep folder> [--baseline qin]``.
+
+Reads every run below the folder (``<run>/results.json``, or ``runs/<run>.json`` records copied out of a sweep)
+and writes, into that folder:
+- ``report.md``: the Table 3 layout, one row per experiment *and* per value of every other override that varies
+  in the sweep (seeds are what a row averages): mean +- std of the best validation AUC, seeds, delta to the
+  baseline experiment, the paper's AUC beside ours, and how many runs stopped early, hit the epoch cap or
+  failed; an Optuna sweep gets a trials table ranked by its objective instead; then every run that failed or
+  never finished;
+- ``report.png``: the mean best AUC per row with std error bars and the paper's values;
+- ``report_curves.png``: validation AUC by epoch per row (mean over seeds, band = +- std).
+"""
+
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from qin_lightning.cli import run_reporting_errors
+from qin_lightning.errors import QinError
+from qin_lightning.files import atomic_write_bytes, atomic_write_text
+from qin_lightning.report.collect import PAPER_AUC, Collected, collect
+from qin_lightning.report.plots import render_chart, render_curves
+from qin_lightning.report.tables import render_markdown
+
+
+def write_report(sweep_dir: str | Path, baseline: str = "qin") -> Collected:
+    """Write report.md, report.png and report_curves.png into ``sweep_dir``; returns what was collected."""
+    sweep_dir = Path(sweep_dir)
+    if not sweep_dir.is_dir():
+        raise QinError(f"sweep folder '{sweep_dir}' does not exist or is not a folder")
+    collected = collect(sweep_dir)
+    if not collected.rows:
+        raise QinError(f"no runs found below '{sweep_dir}': expected run folders with results.json")
+    atomic_write_text(sweep_dir / "report.md", render_markdown(collected, sweep_dir, baseline))
+    rows = [(row.label, row.experiment, row.aucs, row.histories()) for row in collected.rows]
+    if any(aucs for _, _, aucs, _ in rows):
+        atomic_write_bytes(sweep_dir / "report.png", render_chart(rows, PAPER_AUC, sweep_dir.name))
+    if any(histories for _, _, _, histories in rows):
+        atomic_write_bytes(sweep_dir / "report_curves.png", render_curves(rows, sweep_dir.name))
+    return collected
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m qin_lightning.report", description=__doc__.split("\n")[0])
+    parser.add_argument("sweep_dir", help="a multirun folder (logs/train/multiruns/<date>) or any folder of runs")
+    parser.add_argument("--baseline", default="qin", help="experiment the deltas are taken against")
+    args = parser.parse_args(argv)
+    collected = run_reporting_errors(lambda: write_report(args.sweep_dir, args.baseline))
+    print((Path(args.sweep_dir) / "report.md").read_text())
+    if collected.problems:
+        print(f"{len(collected.problems)} run(s) not in the table (listed in report.md)")

@@ -1,0 +1,110 @@
+"""The report's Markdown: the Table 3 layout of a grid sweep, or an Optuna sweep's trials ranked."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from pathlib import Path
+
+from qin_lightning.report.collect import PAPER_AUC, PAPER_ROW, Collected, Run, read_yaml
+
+
+def _fmt(value: float | None, digits: int = 4) -> str:
+    return f"{value:.{digits}f}" if value is not None and math.isfinite(value) else "–"
+
+
+def render_table(collected: Collected, baseline: str) -> list[str]:
+    """The Table 3 layout: one line per row (experiment x varying overrides)."""
+    lines = [
+        "| " + " | ".join(["experiment", *collected.varying, "paper row", "AUC (mean ± std)", "logloss", "seeds",
+                           f"Δ AUC vs {baseline}", "paper AUC", "paper Δ", "early stop / epoch cap / failed"]) + " |",
+        "| " + " | ".join(["---"] * (len(collected.varying) + 9)) + " |",
+    ]  # fmt: skip
+    paper_base = PAPER_AUC.get(baseline)
+    for row in collected.rows:
+        base = collected.row(baseline, row.setting)
+        done = row.completed
+        if done:
+            auc = f"{row.mean:.4f} ± {row.std:.4f}"
+            loglosses = [float(r.record.get("best_val_logloss", math.nan)) for r in done if r.record]
+            logloss = _fmt(statistics.fmean(loglosses))
+            seeds = f"{len(done)} ({', '.join(str(r.record.get('seed')) for r in sorted(done, key=_seed) if r.record)})"
+            delta = f"{row.mean - base.mean:+.4f}" if base is not None and base.completed else "n/a"
+        else:
+            auc, logloss, seeds, delta = "–", "–", "0", "–"
+        paper = PAPER_AUC.get(row.experiment)
+        paper_delta = f"{paper - paper_base:+.4f}" if paper is not None and paper_base is not None else "–"
+        counts = f"{row.count('early_stopping')} / {row.count('max_epochs')} / {row.count('failed')}"
+        cells = [row.experiment, *(v for _, v in row.setting), PAPER_ROW.get(row.experiment, "–"), auc, logloss,
+                 seeds, delta, _fmt(paper), paper_delta, counts]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _seed(run: Run) -> int:
+    return int((run.record or {}).get("seed") or -1)
+
+
+def objective(run: Run, metric: str) -> float:
+    """The value a sweeper optimised (``optimized_metric``) for one run, as ``qin_lightning.train`` returns it."""
+    record = run.record or {}
+    key = "best_val_auc" if metric == "val/auc" else metric.replace("/", "_")
+    value = record.get(key)
+    return float(value) if value is not None else math.nan
+
+
+def render_trials(collected: Collected, sweep_dir: Path) -> list[str]:
+    """An Optuna sweep: every trial ranked by the objective (best first), its parameters beside it."""
+    metric = str(collected.sweep.get("optimized_metric", "val/auc"))
+    maximize = str(collected.sweep.get("hydra", {}).get("sweeper", {}).get("direction", "maximize")) != "minimize"
+    runs = [r for row in collected.rows for r in row.runs]
+    finished = sorted((r for r in runs if r.problem is None), key=lambda r: objective(r, metric), reverse=maximize)
+    params = collected.varying
+    lines = [
+        f"Optuna trials ranked by the objective `{metric}` ({'max' if maximize else 'min'}imised), best first.",
+        "",
+        "| rank | run | " + " | ".join([metric, *params, "best epoch", "epochs", "stop reason"]) + " |",
+        "| " + " | ".join(["---"] * (len(params) + 6)) + " |",
+    ]
+    for rank, run in enumerate(finished, 1):
+        record = run.record or {}
+        cells = [str(rank), f"`{run.name}`", _fmt(objective(run, metric), 6),
+                 *(run.overrides.get(k, "–") for k in params),
+                 str(record.get("best_epoch")), str(record.get("epochs_trained")), run.stop_reason]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    best = read_yaml(sweep_dir / "optimization_results.yaml")
+    if isinstance(best, dict) and best.get("best_params"):
+        shown = ", ".join(f"`{k}={v}`" for k, v in best["best_params"].items())
+        value = _fmt(best.get("best_value"), 6)
+        lines += ["", f"Best parameters (`optimization_results.yaml`, value {value}): {shown}"]
+    return lines
+
+
+def render_markdown(collected: Collected, sweep_dir: Path, baseline: str = "qin") -> str:
+    """The report as Markdown: the table (or the Optuna trials), the figures, the runs not in the table."""
+    lines = [f"# Report: {sweep_dir.name}", ""]
+    if collected.is_optuna:
+        lines += render_trials(collected, sweep_dir)
+    else:
+        split = ", ".join(f"`{k}`" for k in collected.varying)
+        lines += [
+            "Best validation AUC per run (mean ± std over seeds); one row per experiment"
+            + (f" and value of {split} (the overrides that vary in this sweep)" if split else "")
+            + f"; Δ is to `{baseline}` with the same settings.",
+            "Paper AUC: MicroLens_1M_MMCTR validation (QIN paper Tables 2 and 3), for reference only: "
+            "other data gives other absolute numbers, compare the ordering and the deltas.",
+            "The last column counts the row's runs that stopped early, ran to `trainer.max_epochs`, or failed"
+            " (records without `stop_reason` are classified by their number of epochs).",
+            "",
+            *render_table(collected, baseline),
+        ]
+    if any(row.completed for row in collected.rows):
+        lines += ["", "![best validation AUC per row](report.png)"]
+    if any(row.histories() for row in collected.rows):
+        lines += ["", "![validation AUC by epoch, mean over seeds, band = ± std](report_curves.png)"]
+    lines += ["", "## Runs not in the table", ""]
+    if collected.problems:
+        lines += [f"- `{run}`: {what}" for run, what in collected.problems]
+    else:
+        lines.append("None: every run completed.")
+    return "\n".join(lines) + "\n"
