@@ -292,12 +292,20 @@ def test_fast_paths_of_the_new_networks():
                             first_k_cols=3, dnn_units=[8], head_units=[4], cross_rank=4).double()
     assert fast_path_state(alpha) == {"fast": True, "items.fast": True, "attention.fast": True}
     assert fast_path_state(winner) == {"items.fast": True, "transformer.fast": True}
-    batch = tiny_batch()
-    for net in (alpha, winner):
+    batch = tiny_batch()  # history spans 7, 3, 1, 0 (keeps 1), 5, 2: three span buckets
+    paths = {  # (fast, literal) path of each net, as the probes see it
+        "alpha": ({"fast_attention": True, "folded_qnn": False, "packed": True, "item_table": True},
+                  {"fast_attention": False, "folded_qnn": False, "packed": False, "item_table": False}),
+        "winner": ({"by_span": True, "item_table": True}, {"by_span": False, "item_table": False}),
+    }
+    for name, net in (("alpha", alpha), ("winner", winner)):
         with torch.no_grad(), inference_form(net):
             assert prepared(net.items)
-            fast = net(*batch)
+            with path_taken(net) as fast_path:
+                fast = net(*batch)
             set_fast_paths(net, False)
-            literal = net(*batch)
+            with path_taken(net) as literal_path:
+                literal = net(*batch)
             set_fast_paths(net, True)
+        assert (fast_path, literal_path) == paths[name], name  # the switch reaches every part
         torch.testing.assert_close(fast, literal, rtol=1e-9, atol=1e-10)
