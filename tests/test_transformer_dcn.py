@@ -8,6 +8,7 @@ import copy
 import numpy as np
 import pytest
 import torch
+from probes import encoder_grids
 from test_models import count, tiny_batch, tiny_tables
 
 from qin_lightning.errors import ConfigError
@@ -49,7 +50,9 @@ def test_shapes_empty_history_and_gradients() -> None:
     logits = model(item_seq, item_id, likes, views)
     assert logits.shape == (6,) and torch.isfinite(logits).all()
     logits.sum().backward()
-    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    no_grad = [name for name, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not no_grad, f"parameters detached from the logits: {no_grad}"
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
 
 
 def test_masking_rules() -> None:
@@ -102,11 +105,13 @@ def test_transformer_on_each_span_is_the_dense_grid(train: bool) -> None:
     assert (item_seq == 0).all(1).any() and (item_seq[:, -1] == 0).any()
     _, item_id, likes, views = tiny_batch()
     batch = (item_seq, item_id.repeat(7)[:40], likes.repeat(7)[:40], views.repeat(7)[:40])
-    spans = []
-    encode = fast.transformer.encoder.forward
-    fast.transformer.encoder.forward = lambda src, **kw: spans.append(src.shape[1]) or encode(src, **kw)
     fast.train(train), dense.train(train)
-    out_fast, out_dense = fast(*batch), dense(*batch)
+    with encoder_grids(fast.transformer) as fast_grids, encoder_grids(dense.transformer) as dense_grids:
+        out_fast, out_dense = fast(*batch), dense(*batch)
+    width = 2 * fast.items.out_dim
+    assert [shapes[0] for shapes in dense_grids] == [(40, 23, width)]  # the dense form: the whole grid, once
+    spans = [shapes[0][1] for shapes in fast_grids]
+    assert sum(shapes[0][0] for shapes in fast_grids) == 40  # each row in one bucket
     torch.testing.assert_close(out_fast, out_dense, rtol=1e-10, atol=1e-12)
     out_fast.square().sum().backward()
     out_dense.square().sum().backward()
