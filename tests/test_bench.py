@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+import torch
+from probes import path_taken
+from torch import nn
 
-from qin_lightning.bench import BenchArgs, configurations, main, parse_args, percentile, run, run_all, table
+from qin_lightning.bench import BenchArgs, configurations, eager, main, parse_args, percentile, run, run_all, table
+from qin_lightning.data.datamodule import Batch
 from qin_lightning.errors import ConfigError
+from qin_lightning.models.inference import fast_path_state
 
 from conftest import tiny_model_overrides
 
@@ -29,7 +35,29 @@ def tiny_args(tmp: Path, model: str = "qin", **changes) -> BenchArgs:
     return args
 
 
-def test_cli_writes_json_with_parity(tmp_path: Path, capsys: pytest.CaptureFixture):
+LITERAL = {"fast_attention": False, "folded_qnn": False, "packed": False, "item_table": False}
+FAST = {"fast_attention": True, "folded_qnn": True, "packed": True, "item_table": True}
+
+
+def test_cli_writes_json_with_parity(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                     monkeypatch: pytest.MonkeyPatch):
+    # what really ran: the switches of every training step, the path of every eager prediction (probes)
+    step_switches: set[tuple[bool, ...]] = set()
+    predicted_paths: list[dict[str, bool | None]] = []
+    step, predict = eager.Trainer.step, eager.predict
+
+    def recorded_step(self: eager.Trainer, batch: Batch) -> None:
+        step_switches.add(tuple(fast_path_state(self.module.net).values()))
+        step(self, batch)
+
+    def recorded_predict(net: nn.Module, batch: Batch, precision: str, device: torch.device) -> torch.Tensor:
+        with path_taken(net) as taken:
+            probs = predict(net, batch, precision, device)
+        predicted_paths.append(taken)
+        return probs
+
+    monkeypatch.setattr(eager.Trainer, "step", recorded_step)
+    monkeypatch.setattr(eager, "predict", recorded_predict)
     out = tmp_path / "bench" / "bench.json"
     argv = ["--data-scale", "tiny", "--train-rows", "256", "--eval-rows", "192", "--batch-size", "64",
             "--rounds", "2", "--train-steps", "1", "--infer-batches", "1", "--requests", "30", "--threads", "1",
@@ -45,11 +73,19 @@ def test_cli_writes_json_with_parity(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert len(record["train_rounds_samples_per_s"]["plain"]) == 2
     assert record["max_abs_prob_diff"] < 1e-5 and record["auc_abs_diff"] < 1e-6
     assert record["model"]["fast_paths"]["attention.fast"] is True
-    if "onnx_skipped" not in record:
-        assert record["onnx_latency_p99_ms"] > 0 and record["onnx_max_abs_prob_diff"] < 1e-5
-        assert record["onnx_auc"] == pytest.approx(record["auc_fast"], abs=1e-6)
-        assert record["onnx_int8_latency_p99_ms"] > 0 and record["onnx_int8_mean_abs_prob_diff"] < 1e-2
-        assert "ONNX int8 latency" in table(record)
+    # "plain" trained and predicted with every switch off, "fast" with every one on (nothing in between)
+    assert step_switches == {(False,) * 4, (True,) * 4}
+    assert LITERAL in predicted_paths and FAST in predicted_paths
+    assert all(path in (LITERAL, FAST) for path in predicted_paths), predicted_paths
+    # the serve extra (installed by `make test`) present: the ONNX keys must be there, not skipped
+    if importlib.util.find_spec("onnxruntime") is None:
+        assert "onnxruntime not installed" in record["onnx_skipped"]
+        return
+    assert "onnx_skipped" not in record
+    assert record["onnx_latency_p99_ms"] > 0 and record["onnx_max_abs_prob_diff"] < 1e-5
+    assert record["onnx_auc"] == pytest.approx(record["auc_fast"], abs=1e-6)
+    assert record["onnx_int8_latency_p99_ms"] > 0 and record["onnx_int8_mean_abs_prob_diff"] < 1e-2
+    assert "ONNX int8 latency" in table(record)
     assert not list(out.parent.glob(".*.tmp"))
 
 
