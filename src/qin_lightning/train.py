@@ -37,7 +37,9 @@ from qin_lightning.training.build import build_datamodule, build_module, build_t
 from qin_lightning.training.callbacks import StopReason
 from qin_lightning.training.module import NonFiniteLossError
 from qin_lightning.training.resume import ExactResume, GracefulInterrupt, TrainingInterrupted, resolve_ckpt_path
-from qin_lightning.training.results import completed_record, output_dir, record_failure, resume_command, sweep_name
+from qin_lightning.training.results import (
+    completed_record, output_dir, record_failure, resume_command, score_test_split, sweep_name,
+)
 from qin_lightning.training.timing import EpochTiming
 from qin_lightning.training.tracking import finish_wandb, start_wandb
 
@@ -98,9 +100,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         log.info("reloaded the best weights (epoch %s, %s): %s", state.get("epoch"), ckpt_cb.monitor, best_path)
 
     test_metrics: dict[str, float] = {}
-    if cfg.get("test_after_fit"):
-        for k, v in trainer.test(module, datamodule=dm, verbose=False)[0].items():
-            test_metrics[k.replace("/", "_")] = float(v)
+    if cfg.get("test_after_fit") and trainer.is_global_zero:  # keeps test.preds.parquet beside results.json
+        test_metrics = score_test_split(module.net, dm, out_dir)
 
     results = completed_record(cfg, dm, module, trainer, stop.outcome(), best_path, test_metrics,
                                time.time() - started)
