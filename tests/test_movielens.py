@@ -25,6 +25,7 @@ from qin_lightning.prepare import main as prepare_main
 
 REPO = Path(__file__).resolve().parents[1]
 ML_SMALL = (REPO / ".." / "shared" / "data" / "ml-latest-small.zip").resolve()
+ML_100K = (REPO / ".." / "shared" / "data" / "ml-100k.zip").resolve()
 
 # ---- a tiny release, written in every layout ------------------------------------------------------------
 MOVIES = [  # (raw id, title, genres)
@@ -214,7 +215,7 @@ def test_rating_protocol(tmp_path: Path) -> None:
 # ---- histories and splits ------------------------------------------------------------------------------
 def test_history_order_padding_and_truncation(tmp_path: Path) -> None:
     src = make_source(tmp_path, "csv")
-    convert(src, tmp_path / "out", protocol="rating", max_len=4)
+    convert(src, tmp_path / "out", protocol="rating", history="rated", max_len=4)
     rows = pl.concat([read(tmp_path / "out", s) for s in ("train", "valid", "test")])
     u1 = rows.filter(pl.col("user_id") == 1)
     # user 1 in time order: items 1..6 (movies 10..60)
@@ -223,10 +224,91 @@ def test_history_order_padding_and_truncation(tmp_path: Path) -> None:
     assert seq[2] == [0, 0, 0, 1]
     assert seq[4] == [0, 1, 2, 3]
     assert seq[6] == [2, 3, 4, 5]  # truncated to the last 4, most recent last
-    # user 2: movies 20 and 70 share timestamp 200 -> tie broken by item index (item 2 before item 7)
+    # user 2: movies 20 and 70 share timestamp 200: neither is in the other's history; later rows hold both,
+    # in item-index order (item 2 before item 7)
     u2 = rows.filter(pl.col("user_id") == 2)
     seq2 = {i: s for i, s in zip(u2["item_id"].to_list(), u2["item_seq"].to_list())}
-    assert seq2[2] == [0, 0, 0, 0] and seq2[7] == [0, 0, 0, 2] and seq2[9] == [2, 7, 8, 1]
+    assert seq2[2] == [0, 0, 0, 0] and seq2[7] == [0, 0, 0, 0]
+    assert seq2[8] == [0, 0, 2, 7] and seq2[9] == [2, 7, 8, 1]
+    # history=positives (the default): only the items rated >= 4 under protocol rating; user 1 rated
+    # movies 10..60 with 5, 3, 4, 2, 5, 4
+    convert(src, tmp_path / "liked", protocol="rating", max_len=4)
+    rows = pl.concat([read(tmp_path / "liked", s) for s in ("train", "valid", "test")])
+    u1 = rows.filter(pl.col("user_id") == 1)
+    seq = {i: s for i, s in zip(u1["item_id"].to_list(), u1["item_seq"].to_list())}
+    assert seq[4] == [0, 0, 1, 3] and seq[6] == [0, 1, 3, 5]
+
+
+def random_ratings(seed: int, users: int = 12) -> list[tuple[int, int, int, int]]:
+    """(user, movie, rating, timestamp) of `users` users over MOVIES' rated ids, with many same-second ties."""
+    rng = np.random.default_rng(seed)
+    movies = [m for m, _, _ in MOVIES[:10]]
+    out = []
+    for u in range(1, users + 1):
+        for m in rng.choice(movies, size=int(rng.integers(1, 10)), replace=False):  # 1..9: sampling needs unrated items
+            out.append((u, int(m), int(rng.integers(1, 6)), int(1000 + rng.integers(0, 5))))
+    return out
+
+
+def expected_history(mine: list[tuple[int, int, int]], ts: int, eligible: str, max_len: int) -> list[int]:
+    """The history rule written plainly: `mine` = (timestamp, item, rating) of one user's ratings."""
+    earlier = sorted((t, i) for t, i, r in mine if t < ts and (eligible == "rated" or r >= 4))
+    items = [i for _, i in earlier][-max_len:]
+    return [0] * (max_len - len(items)) + items
+
+
+@pytest.mark.parametrize("protocol,history", [("rating", "positives"), ("rating", "rated"), ("sampled", "positives")])
+def test_history_holds_only_items_from_before_the_row(tmp_path: Path, protocol: str, history: str) -> None:
+    """No history ever holds an item rated at or after its row's timestamp (same-second ties included), nor a
+    liked-only history a disliked item: every row's history equals the rule computed plainly."""
+    ratings = random_ratings(seed=3)
+    src = make_source(tmp_path, "csv", ratings=ratings, tags=[])
+    convert(src, tmp_path / "out", protocol=protocol, history=history, holdout=2, max_len=5)
+    movies = sorted({m for _, m, _, _ in ratings})
+    users = sorted({u for u, _, _, _ in ratings})
+    per_user: dict[int, list[tuple[int, int, int]]] = {}
+    for u, m, r, t in ratings:
+        per_user.setdefault(users.index(u) + 1, []).append((t, movies.index(m) + 1, r))
+    eligible = "rated" if protocol == "sampled" else history
+    checked = ties = 0
+    for split in ("train", "valid", "test"):
+        df = read(tmp_path / "out", split).filter(pl.col("label") == 1) if protocol == "sampled" else read(tmp_path / "out", split)
+        for u, i, seq in zip(df["user_id"].to_list(), df["item_id"].to_list(), df["item_seq"].to_list()):
+            ts = next(t for t, item, _ in per_user[u] if item == i)
+            assert seq == expected_history(per_user[u], ts, eligible, 5), (split, u, i)
+            ties += sum(t == ts for t, item, _ in per_user[u] if item != i)
+            checked += 1
+    assert checked == len(ratings) and ties > 20  # every rating checked; the file has many same-second ties
+
+
+def test_per_user_holdout_split(tmp_path: Path) -> None:
+    """holdout k: a user's last k ratings (timestamp, then item index) -> test, the k before -> valid, the rest
+    -> train; a user with at most 2k ratings -> train whole."""
+    ratings = random_ratings(seed=5, users=30)
+    src = make_source(tmp_path, "csv", ratings=ratings, tags=[])
+    meta = convert(src, tmp_path / "out", protocol="rating", holdout=2)
+    movies = sorted({m for _, m, _, _ in ratings})
+    users = sorted({u for u, _, _, _ in ratings})
+    order: dict[int, list[tuple[int, int]]] = {}
+    for u, m, _, t in ratings:
+        order.setdefault(users.index(u) + 1, []).append((t, movies.index(m) + 1))
+    got = {s: {} for s in ("train", "valid", "test")}
+    for s in got:
+        df = read(tmp_path / "out", s)
+        for u, i in zip(df["user_id"].to_list(), df["item_id"].to_list()):
+            got[s].setdefault(u, set()).add(i)
+    scored = 0
+    for u, mine in order.items():
+        items = [i for _, i in sorted(mine)]
+        if len(items) <= 4:
+            assert u not in got["valid"] and u not in got["test"] and got["train"][u] == set(items)
+            continue
+        scored += 1
+        assert got["test"][u] == set(items[-2:]) and got["valid"][u] == set(items[-4:-2])
+        assert got["train"][u] == set(items[:-4])
+    assert 0 < scored < len(order)  # both kinds of user occur
+    assert meta["holdout"] == 2 and meta["counts"]["users_scored"] == scored
+    assert meta["counts"]["rows"]["test"] == meta["counts"]["rows"]["valid"] == 2 * scored
 
 
 def test_per_user_split(tmp_path: Path) -> None:
@@ -412,10 +494,16 @@ def test_minilm_data_is_found_without_the_text_extra(tmp_path: Path, monkeypatch
 
 
 # ---- the real ml-latest-small --------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def real_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One text-embedding cache for the real-release tests of this module (the hashing encoder's ~10 s once)."""
+    return tmp_path_factory.mktemp("embeddings")
+
+
 @pytest.mark.skipif(not ML_SMALL.is_file(), reason=f"{ML_SMALL} not present (MovieLens ml-latest-small zip)")
-def test_ml_latest_small(tmp_path: Path) -> None:
+def test_ml_latest_small(tmp_path: Path, real_cache: Path) -> None:
     t0 = time.perf_counter()
-    meta = convert(ML_SMALL, tmp_path / "ml", encoder="hashing")
+    meta = convert(ML_SMALL, tmp_path / "ml", encoder="hashing", cache_dir=real_cache)
     assert time.perf_counter() - t0 < 60
     summary = validate_dataset(tmp_path / "ml", max_len=64)
     c = meta["counts"]
@@ -436,3 +524,52 @@ def test_converting_at_a_shorter_max_len_loads_the_same_histories(tmp_path: Path
         assert wide.history_len == 64 and short.history_len == 3
         for name in ("user_id", "item_seq", "item_id", "likes_level", "views_level", "label"):
             assert np.array_equal(getattr(wide, name), getattr(short, name)), (split, name)
+
+
+# (release, users, test rows) under the rating protocol's plan settings: every user of both releases has at least
+# 20 ratings, so holdout 9 (2 x 9 + 1 <= 20) scores every user on 9 test and 9 validation ratings
+RATING_PLAN = {"ml-latest-small": (ML_SMALL, 610, 5_490), "ml-100k": (ML_100K, 943, 8_487)}
+
+
+@pytest.mark.parametrize("release", sorted(RATING_PLAN))
+def test_rating_protocol_on_the_real_releases(tmp_path: Path, real_cache: Path, release: str) -> None:
+    """The plans' protocol (rating labels, holdout 9, liked-only histories) on the real zips, read in place:
+    enough test rows from enough users, none dominating; every history strictly before its row."""
+    src, n_users, n_test = RATING_PLAN[release]
+    if not src.is_file():
+        pytest.skip(f"{src} not present (MovieLens {release} zip)")
+    meta = convert(src, tmp_path / "ml", protocol="rating", holdout=9, max_len=20, cache_dir=real_cache)
+    rows = {s: read(tmp_path / "ml", s) for s in ("train", "valid", "test")}
+    test_users = rows["test"]["user_id"].value_counts()["count"].to_numpy()
+    assert meta["counts"]["users"] == meta["counts"]["users_scored"] == test_users.size == n_users
+    assert rows["test"].height == rows["valid"].height == n_test and n_test >= 5_000 and n_users >= 500
+    assert test_users.max() / n_test <= 0.02  # 9 rows each: 0.16% (ml-latest-small), 0.11% (ml-100k)
+    assert sum(r.height for r in rows.values()) == meta["counts"]["ratings"]
+    # each rating's (user, item) -> timestamp, rating from the release itself (latest rating of a repeated pair)
+    raw = load_movielens(src).ratings.sort("ts").unique(["user", "movie"], keep="last")
+    movies, users = np.unique(raw["movie"].to_numpy()), np.unique(raw["user"].to_numpy())
+    keys = (np.searchsorted(users, raw["user"].to_numpy()) + 1) * (movies.size + 1) + np.searchsorted(movies, raw["movie"].to_numpy()) + 1
+    order = np.argsort(keys)
+    keys, ts, rating = keys[order], raw["ts"].to_numpy()[order], raw["rating"].to_numpy()[order]
+
+    def lookup(user: np.ndarray, item: np.ndarray, values: np.ndarray) -> np.ndarray:
+        pos = np.searchsorted(keys, user * (movies.size + 1) + item)
+        assert (keys[pos] == user * (movies.size + 1) + item).all()
+        return values[pos]
+
+    latest = {}
+    for split, df in rows.items():
+        user, item = df["user_id"].to_numpy(), df["item_id"].to_numpy()
+        seq = np.stack(df["item_seq"].to_numpy())  # (rows, 20)
+        row_ts = lookup(user, item, ts)
+        has = seq > 0
+        hist_user = np.broadcast_to(user[:, None], seq.shape)[has]
+        assert (lookup(hist_user, seq[has], ts) < np.broadcast_to(row_ts[:, None], seq.shape)[has]).all(), split
+        assert (lookup(hist_user, seq[has], rating) >= 4).all()  # history=positives: the liked items only
+        assert (seq[:, 1:] >= (seq[:, :-1] > 0)).all()  # left padding: no hole after the first item
+        latest[split] = pl.DataFrame({"user": user, "ts": row_ts}).group_by("user").agg(
+            pl.col("ts").min().alias("first"), pl.col("ts").max().alias("last"))
+    # per-user time order: train before valid before test (same-second ties may straddle a boundary)
+    joined = latest["train"].join(latest["valid"], on="user", suffix="_valid").join(latest["test"], on="user", suffix="_test")
+    assert joined.height == n_users
+    assert (joined["last"] <= joined["first_valid"]).all() and (joined["last_valid"] <= joined["first_test"]).all()

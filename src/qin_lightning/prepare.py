@@ -1,7 +1,8 @@
 """Dataset preparation CLI.
 
     python -m qin_lightning.prepare movielens --src ml-latest-small.zip --out data/movielens \
-        [--protocol sampled|rating] [--split per_user|global_time] [--encoder auto|minilm|hashing] \
+        [--protocol sampled|rating] [--split per_user|global_time] [--holdout K] [--history positives|rated] \
+        [--encoder auto|minilm|hashing] \
         [--seed N] [--max-len 64] [--negatives 3] [--cache-dir DIR] [--overwrite]
 
     python -m qin_lightning.prepare describe --root DIR [--json]
@@ -31,7 +32,11 @@ def build_parser() -> argparse.ArgumentParser:
     ml.add_argument("--protocol", choices=("sampled", "rating"), default="sampled",
                     help="sampled: ratings + N unrated negatives each (default); rating: label = rating >= 4")
     ml.add_argument("--split", choices=("per_user", "global_time"), default="per_user",
-                    help="per_user: last -> test, second-to-last -> valid (default); global_time: 80/10/10 by time")
+                    help="per_user: last K -> test, the K before -> valid (default); global_time: 80/10/10 by time")
+    ml.add_argument("--holdout", type=int, default=1,
+                    help="K of --split per_user (default 1); a user with at most 2K ratings goes to train whole")
+    ml.add_argument("--history", choices=("positives", "rated"), default="positives",
+                    help="items of a history: earlier positives (default) or every earlier rated item")
     ml.add_argument("--encoder", choices=("auto", "minilm", "hashing"), default="auto",
                     help="text encoder for item_emb_d128 (auto: minilm when the `text` extra is installed)")
     ml.add_argument("--seed", type=int, default=20242025, help="seed of negative sampling and the hashing encoder")
@@ -65,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
         from qin_lightning.data.movielens.convert import convert_movielens
 
         meta = convert_movielens(
-            args.src, args.out, protocol=args.protocol, split=args.split, encoder=args.encoder, seed=args.seed,
+            args.src, args.out, protocol=args.protocol, split=args.split, holdout=args.holdout, history=args.history,
+            encoder=args.encoder, seed=args.seed,
             max_len=args.max_len, negatives=args.negatives, cache_dir=args.cache_dir, overwrite=args.overwrite,
         )  # fmt: skip
     except QinError as exc:

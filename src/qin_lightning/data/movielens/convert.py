@@ -4,11 +4,17 @@ Conversion rules (all vectorised with polars / numpy: sorts and group offsets, n
 1. Ratings: a repeated (user, movie) pair keeps its latest rating. Items = movies with at least one rating,
    re-indexed 1..N by ascending movie id (0 = padding); users re-indexed 1..U by ascending user id.
    Row i of item_info is item i; row 0 is the padding item (all-zero tags and vector).
-2. Time order: each user's ratings sorted by (timestamp, item index); ties are broken by item index.
-3. History of an interaction = the user's earlier interactions (all of them, whatever their split or
-   rating), most recent last, truncated to the last `max_len` and left-padded with 0 to `max_len`.
-4. Split: ``per_user`` (default): a user's last interaction -> test, second-to-last -> valid, the rest ->
-   train (a user with 1 rating only has a test row, with 2 a valid and a test row). ``global_time``: all
+2. Time order: each user's ratings sorted by (timestamp, item index): ratings in the same second are
+   ordered by item index. This order decides the split (rule 4); it never puts an item into a history.
+3. History of a row = the user's items with a timestamp strictly before the row's, most recent last (ties
+   by item index), truncated to the last `max_len` and left-padded with 0 to `max_len`. A rating in the
+   same second as the row is not "before" it and never enters its history. Which items: ``history``
+   ``positives`` (default, as in MMCTR, where item_seq holds a user's earlier clicks, i.e. the earlier
+   positives): the items that carry label 1 under the protocol (``sampled``: every rated item; ``rating``:
+   the items rated >= 4); ``rated``: every rated item, whatever its rating. Either way whatever its split.
+4. Split: ``per_user`` (default): a user's last `holdout` (k, default 1) ratings in rule 2's order -> test,
+   the k before them -> valid, the rest -> train. A user with at most 2k ratings goes to train whole (no
+   valid or test rows: every scored user has at least one training rating). ``global_time``: all
    interactions ordered by (timestamp, user, item); the first 80% -> train, next 10% -> valid, last 10% ->
    test.
 5. Labels: protocol ``sampled`` (default): every rating is a positive row; each positive is followed by
@@ -34,7 +40,8 @@ Conversion rules (all vectorised with polars / numpy: sorts and group offsets, n
 9. Output: train/valid/test/item_info.parquet + meta.json (source, layout, protocol, split, encoder, seed,
    counts, tag vocabulary), written into a temporary folder beside the target and renamed into place:
    a failure leaves no partial folder. A non-empty target is refused unless overwrite=True.
-The result is a function of (source, protocol, split, encoder, seed, max_len, negatives) only.
+The result is a function of (source, protocol, split, holdout, history, encoder, seed, max_len, negatives)
+only.
 """
 
 from __future__ import annotations
@@ -61,12 +68,13 @@ from qin_lightning.files import FileWriteError
 
 PROTOCOLS = ("sampled", "rating")
 SPLIT_MODES = ("per_user", "global_time")
+HISTORIES = ("positives", "rated")
 GLOBAL_FRACTIONS = (0.8, 0.1)  # train, valid (test = the rest)
 TAGS_PER_ITEM = 5
 MAX_GENRES_FIRST = 3
 POSITIVE_RATING = 4.0
 CHUNK_EVENTS = 32_768  # interactions per written chunk (bounds memory: rows x max_len ids)
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: histories strictly before the row's timestamp; holdout, history
 
 
 @dataclass(frozen=True)
@@ -109,21 +117,49 @@ def reindexed_events(ratings: pl.DataFrame) -> Events:
 
 
 # ---- rule 3: histories -------------------------------------------------------------------------------------
-def _histories(items: np.ndarray, start: np.ndarray, lo: int, hi: int, max_len: int) -> np.ndarray:
-    """(hi-lo, max_len) left-padded histories of events lo..hi-1 (items sorted by user, time)."""
-    idx = np.arange(lo, hi)[:, None] - max_len + np.arange(max_len)[None, :]  # (m, L) earlier positions
-    valid = idx >= start[lo:hi, None]
-    return np.where(valid, items[np.maximum(idx, 0)], 0)
+@dataclass(frozen=True)
+class HistoryIndex:
+    """Where every event's history lies: items[begin[e]:end[e]] are the history of event e (rule 3)."""
+
+    items: np.ndarray  # (H+1,) history-eligible items in (user, time, item) order after a leading 0
+    begin: np.ndarray  # (E,) first eligible item of the event's user
+    end: np.ndarray  # (E,) one past the user's last eligible item with a timestamp before the event's
+
+
+def history_index(events: Events, eligible: np.ndarray) -> HistoryIndex:
+    """The `eligible` events (bool, (E,)) that precede each event in time, as slices (rule 3)."""
+    _, ts_rank = np.unique(events.ts, return_inverse=True)
+    stride = int(ts_rank.max()) + 2 if ts_rank.size else 1
+    key = events.user.astype(np.int64) * stride + ts_rank  # ascending: events are in (user, time) order
+    eligible_key = key[eligible]
+    begin = np.searchsorted(eligible_key, events.user.astype(np.int64) * stride, side="left")
+    end = np.searchsorted(eligible_key, key, side="left")  # strictly smaller (user, timestamp)
+    return HistoryIndex(np.concatenate([[0], events.item[eligible]]), begin + 1, end + 1)
+
+
+def _histories(index: HistoryIndex, lo: int, hi: int, max_len: int) -> np.ndarray:
+    """(hi-lo, max_len) left-padded histories of events lo..hi-1, most recent last."""
+    idx = index.end[lo:hi, None] - max_len + np.arange(max_len)[None, :]  # (m, L) positions in index.items
+    return np.where(idx >= index.begin[lo:hi, None], index.items[np.maximum(idx, 0)], 0)
+
+
+def history_eligible(events: Events, protocol: str, history: str) -> np.ndarray:
+    """(E,) bool: the events whose item may enter a later history (rule 3's `history`)."""
+    if history == "rated" or protocol == "sampled":
+        return np.ones(events.item.size, dtype=bool)
+    return events.rating >= POSITIVE_RATING
 
 
 # ---- rule 4: split ---------------------------------------------------------------------------------------
-def split_ids(events: Events, split: str) -> np.ndarray:
+def split_ids(events: Events, split: str, holdout: int = 1) -> np.ndarray:
     """(E,) int8 split of every event: 0 train, 1 valid, 2 test (rule 4)."""
     n_events = events.item.size
     if split == "per_user":
-        pos = np.arange(n_events) - events.start
-        last = events.count[events.user] - 1
-        return np.where(pos == last, 2, np.where(pos == last - 1, 1, 0)).astype(np.int8)
+        n_user = events.count[events.user]
+        from_end = n_user - (np.arange(n_events) - events.start)  # 1 for the user's last rating
+        scored = n_user > 2 * holdout
+        return np.where(scored & (from_end <= holdout), 2,
+                        np.where(scored & (from_end <= 2 * holdout), 1, 0)).astype(np.int8)  # fmt: skip
     rank = np.empty(n_events, dtype=np.int64)
     rank[np.lexsort((events.item, events.user, events.ts))] = np.arange(n_events)
     n_train = int(np.floor(GLOBAL_FRACTIONS[0] * n_events))
@@ -289,8 +325,8 @@ def _replace_dir(tmp: Path, out: Path) -> None:
         os.rename(tmp, out)
 
 
-def write_dataset(out: Path, events: Events, split_id: np.ndarray, neg: np.ndarray | None, likes_level: np.ndarray,
-                  views_level: np.ndarray, tags: np.ndarray, emb: np.ndarray, max_len: int,
+def write_dataset(out: Path, events: Events, split_id: np.ndarray, neg: np.ndarray | None, history: HistoryIndex,
+                  likes_level: np.ndarray, views_level: np.ndarray, tags: np.ndarray, emb: np.ndarray, max_len: int,
                   meta: dict, started: float) -> None:  # fmt: skip
     """Write the four parquet files + meta.json into a temporary folder beside `out`, then rename it into place.
 
@@ -306,7 +342,7 @@ def write_dataset(out: Path, events: Events, split_id: np.ndarray, neg: np.ndarr
             for lo in range(0, events.item.size, CHUNK_EVENTS):
                 hi = min(lo + CHUNK_EVENTS, events.item.size)
                 event, items, label = labelled_rows(events, neg, lo, hi)
-                hist = _histories(events.item, events.start, lo, hi, max_len)[event]  # (m, L)
+                hist = _histories(history, lo, hi, max_len)[event]  # (m, L)
                 users, sid = events.user[lo:hi][event], split_id[lo:hi][event]
                 for s_i, s in enumerate(layout.SPLITS):
                     m = sid == s_i
@@ -334,15 +370,18 @@ def write_dataset(out: Path, events: Events, split_id: np.ndarray, neg: np.ndarr
 
 # ---- all rules -------------------------------------------------------------------------------------------
 def convert(raw: RawMovieLens, out: Path | str, protocol: str = "sampled", split: str = "per_user",
-            encoder: str = "auto", seed: int = 20242025, max_len: int = 64, negatives: int = 3,
+            holdout: int = 1, history: str = "positives", encoder: str = "auto", seed: int = 20242025,
+            max_len: int = 64, negatives: int = 3,
             cache_dir: Path | str | None = None, overwrite: bool = False, source: str = "") -> dict:  # fmt: skip
     """Convert canonical frames into the MMCTR layout at `out` (atomically); returns the meta.json dict."""
     if protocol not in PROTOCOLS:
         raise ConfigError(f"protocol '{protocol}' is unknown, expected one of {', '.join(PROTOCOLS)}")
     if split not in SPLIT_MODES:
         raise ConfigError(f"split '{split}' is unknown, expected one of {', '.join(SPLIT_MODES)}")
-    if max_len < 1 or negatives < 1:
-        raise ConfigError(f"max_len={max_len}, negatives={negatives}: expected positive integers")
+    if history not in HISTORIES:
+        raise ConfigError(f"history '{history}' is unknown, expected one of {', '.join(HISTORIES)}")
+    if max_len < 1 or negatives < 1 or holdout < 1:
+        raise ConfigError(f"max_len={max_len}, negatives={negatives}, holdout={holdout}: expected positive integers")
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise ConfigError(f"{out}: already exists and is not empty; pass --overwrite (overwrite=True) to replace it")
@@ -350,7 +389,7 @@ def convert(raw: RawMovieLens, out: Path | str, protocol: str = "sampled", split
     enc = resolve_encoder(encoder, seed=seed)
 
     events = reindexed_events(raw.ratings)  # rules 1, 2
-    split_id = split_ids(events, split)  # rule 4
+    split_id = split_ids(events, split, holdout)  # rule 4
     train = split_id == 0
     likes_level, views_level, seen = item_levels(events, train)  # rule 6
     titles, genres = item_texts(raw, events.item_movies)
@@ -363,26 +402,32 @@ def convert(raw: RawMovieLens, out: Path | str, protocol: str = "sampled", split
     emb = item_vectors(titles, genres, enc, cache)  # rule 8
     k = negatives if protocol == "sampled" else 0
     neg = sampled_negatives(events, k, seed) if k else None  # rule 5
+    hist_index = history_index(events, history_eligible(events, protocol, history))  # rule 3
 
     meta = {
         "format": "MicroLens_1M_MMCTR", "version": FORMAT_VERSION, "source": source, "layout": raw.layout,
-        "protocol": protocol, "split": split, "encoder_requested": encoder, "encoder": enc.name, "seed": seed,
-        "max_len": max_len, "negatives": k,
+        "protocol": protocol, "split": split, "holdout": holdout if split == "per_user" else None,
+        "history": history, "encoder_requested": encoder, "encoder": enc.name, "seed": seed, "max_len": max_len,
+        "negatives": k,
         "counts": {
             "users": events.n_users, "items": events.n_items, "ratings": int(events.item.size), "tag_vocab": len(vocab),
             "rows": {}, "positive_rate": {}, "items_in_train": int(seen.sum()),
+            "users_scored": int(np.unique(events.user[split_id > 0]).size),
         },
         "seconds": 0.0,
         "tag_vocab": vocab,
     }  # fmt: skip
-    write_dataset(out, events, split_id, neg, likes_level, views_level, tags, emb, max_len, meta, t0)  # rules 3, 9
+    write_dataset(out, events, split_id, neg, hist_index, likes_level, views_level, tags, emb, max_len, meta,
+                  t0)  # rule 9  # fmt: skip
     return meta
 
 
 def convert_movielens(src: Path | str, out: Path | str, protocol: str = "sampled", split: str = "per_user",
-                      encoder: str = "auto", seed: int = 20242025, max_len: int = 64, negatives: int = 3,
+                      holdout: int = 1, history: str = "positives", encoder: str = "auto", seed: int = 20242025,
+                      max_len: int = 64, negatives: int = 3,
                       cache_dir: Path | str | None = None, overwrite: bool = False) -> dict:  # fmt: skip
     """Read the release at `src` and write the MMCTR layout to `out`; returns meta.json's content."""
     raw = load_movielens(src)
-    return convert(raw, out, protocol=protocol, split=split, encoder=encoder, seed=seed, max_len=max_len,
-                   negatives=negatives, cache_dir=cache_dir, overwrite=overwrite, source=str(src))  # fmt: skip
+    return convert(raw, out, protocol=protocol, split=split, holdout=holdout, history=history, encoder=encoder,
+                   seed=seed, max_len=max_len, negatives=negatives, cache_dir=cache_dir, overwrite=overwrite,
+                   source=str(src))  # fmt: skip

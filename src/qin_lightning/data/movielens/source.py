@@ -24,6 +24,8 @@ class MovieLensSource:
     src: str
     protocol: str = "sampled"
     split: str = "per_user"
+    holdout: int = 1
+    history: str = "positives"
     encoder: str = "auto"
     seed: int = 20242025
     negatives: int = 3
@@ -61,7 +63,7 @@ class MovieLensSource:
                 "(set data.source.src=PATH or QIN_MOVIELENS_SRC, or use a prepared folder: "
                 "data.root=FOLDER data.source=null)"
             )
-        convert_movielens(src, out_dir, protocol=self.protocol, split=self.split, encoder=self.encoder,
-                          seed=self.seed, max_len=self.max_len, negatives=self.negatives,
-                          cache_dir=self.cache_dir, overwrite=False)  # fmt: skip
+        convert_movielens(src, out_dir, protocol=self.protocol, split=self.split, holdout=self.holdout,
+                          history=self.history, encoder=self.encoder, seed=self.seed, max_len=self.max_len,
+                          negatives=self.negatives, cache_dir=self.cache_dir, overwrite=False)  # fmt: skip
         return out_dir
