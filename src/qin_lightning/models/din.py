@@ -12,6 +12,15 @@ from qin_lightning.models.items import ItemEncoder, level_embeddings
 from qin_lightning.models.ragged import Ragged, row_sum
 
 
+def relu_dropout(h: Tensor, dropout: nn.Dropout) -> Tensor:
+    """dropout(relu(h)) as one product h * mask, for 0 < p < 1 in training: the mask is the noise nn.Dropout draws
+    for relu(h) on the CPU (bernoulli(1 - p) over h's shape, divided by 1 - p) times (h > 0). The same draws,
+    values and gradients as the two modules, with one elementwise pass less forward and backward."""
+    keep = 1.0 - dropout.p
+    mask = torch.empty_like(h).bernoulli_(keep).div_(keep)  # (..., H), as F.dropout draws it for relu(h)
+    return h * mask.mul_(h > 0)
+
+
 class DINAttention(nn.Module):
     """DIN attention (FuxiCTR DIN_Attention): MLP on [t, x, t - x, t * x] -> one score per history item.
 
@@ -42,9 +51,22 @@ class DINAttention(nn.Module):
         first layer is split (`first_layer`): half the multiply-adds per position.
         """
         t = target.index_select(0, ragged.rows)  # (P, d)
-        hidden = self.mlp.net[1:](self.first_layer(target, t, values, ragged))  # (P, H_last)
+        hidden = self.hidden_layers(self.first_layer(target, t, values, ragged))  # (P, H_last)
         weights = self.score(hidden).squeeze(-1)  # (P,)
         return row_sum(weights, values, ragged)  # (B, d)
+
+    def hidden_layers(self, x: Tensor) -> Tensor:
+        """The attention MLP after its first Linear (`mlp.net[1:]`, the literal reference), each ReLU -> Dropout
+        pair run as `relu_dropout` in training (the same function and draws)."""
+        layers = list(self.mlp.net)[1:]
+        index = 0
+        while index < len(layers):
+            layer, after = layers[index], layers[index + 1] if index + 1 < len(layers) else None
+            if self.training and isinstance(layer, nn.ReLU) and isinstance(after, nn.Dropout) and 0 < after.p < 1:
+                x, index = relu_dropout(x, after), index + 2
+            else:
+                x, index = layer(x), index + 1
+        return x
 
     def first_layer(self, target: Tensor, t: Tensor, values: Tensor, ragged: Ragged) -> Tensor:
         """The MLP's first Linear on [t, x, t - x, t * x] without the (P, 4d) features (exact algebra):

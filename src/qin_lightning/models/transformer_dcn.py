@@ -16,7 +16,9 @@ Shrink options (faithful defaults): `first_k_cols`, `cross_rank` (DCN-V2's low-r
 `transformer_layers` / `feedforward_dim` / `num_heads` (the width d_model = 2I follows embedding_dim and
 mm_projection_dim). `fast` (exact, on by default): the item encoder's prepared item table at inference
 (models.inference), and on the CPU the transformer run on each row's span of the grid instead of all S positions
-(`SequenceTransformer.encode_by_span`; the dense grid on a GPU, in an ONNX export and under torch.compile).
+(`SequenceTransformer.encode_by_span`; the dense grid on a GPU, in an ONNX export and under torch.compile), each
+span batch-first with the target's half of the first in-projection once per row (`PairEncoder`; the same dropout
+draws as nn.TransformerEncoder when the spans are the whole grid).
 """
 
 from __future__ import annotations
@@ -59,6 +61,45 @@ class CrossNetV2(nn.Module):
         return x
 
 
+class PairEncoder(nn.TransformerEncoder):
+    """nn.TransformerEncoder (batch-first, post-norm, ReLU, no final norm) over positions [history item | target].
+
+    Called with the target (b, T) as well, it computes the same function batch-first, without the (S, b)
+    transposes and copies of nn.MultiheadAttention: one in-projection, `scaled_dot_product_attention` on
+    (b, heads, S, W / heads) views, the layers' own out-projection, dropouts and norms in the same order. In the
+    first layer the target's half of the in-projection is computed once per row instead of at every position:
+    W [x_j; x_t] + b = W_x x_j + (W_t x_t + b). Without the target it is nn.TransformerEncoder's own forward: the
+    literal reference (tests/test_transformer_dcn_fast.py holds the two to float64 rounding, logits and gradients).
+    """
+
+    def forward(self, src: Tensor, src_key_padding_mask: Tensor, target: Tensor | None = None) -> Tensor:
+        # src (b, S, W) with W = I + T, src_key_padding_mask (b, S) True = padding, target (b, T) -> (b, S, W)
+        if target is None:
+            return super().forward(src, src_key_padding_mask=src_key_padding_mask)
+        b, s, width = src.shape
+        history_width = width - target.shape[1]
+        keep = ~src_key_padding_mask.view(b, 1, 1, s)  # (b, 1, 1, S) True = attend to that key
+        x = src
+        for index, layer in enumerate(self.layers):
+            attention = layer.self_attn
+            heads = attention.num_heads
+            if index == 0:
+                w_history, w_target = attention.in_proj_weight.split([history_width, target.shape[1]], dim=1)
+                per_row = F.linear(target, w_target, attention.in_proj_bias)  # (b, 3W)
+                qkv = F.linear(src[..., :history_width], w_history) + per_row.unsqueeze(1)  # (b, S, 3W)
+            else:
+                qkv = F.linear(x, attention.in_proj_weight, attention.in_proj_bias)  # (b, S, 3W)
+            q, k, v = qkv.view(b, s, 3, heads, width // heads).permute(2, 0, 3, 1, 4)  # 3 x (b, h, S, W / h)
+            dropout = attention.dropout if self.training else 0.0
+            attended = F.scaled_dot_product_attention(q, k, v, attn_mask=keep, dropout_p=dropout)  # (b, h, S, W/h)
+            # out-projection in (S, b) order as nn.MultiheadAttention has it: dropout1 then draws the same mask
+            attended = attention.out_proj(attended.permute(2, 0, 1, 3).reshape(s * b, width))  # (S b, W)
+            attended = attended.view(s, b, width).transpose(0, 1)  # (b, S, W), stored (S, b, W)
+            x = layer.norm1(x + layer.dropout1(attended))
+            x = layer.norm2(x + layer.dropout2(layer.linear2(layer.dropout(F.relu(layer.linear1(x))))))
+        return x
+
+
 class SequenceTransformer(nn.Module):
     """[history item | target] sequence -> last `first_k_cols` outputs flattened + projected masked max-pool."""
 
@@ -86,7 +127,7 @@ class SequenceTransformer(nn.Module):
             width, num_heads, feedforward_dim, dropout, activation="relu", batch_first=True, norm_first=False
         )
         # no nested tensors: the same dense computation in training, eval and the ONNX graph
-        self.encoder = nn.TransformerEncoder(layer, num_layers, enable_nested_tensor=False)
+        self.encoder = PairEncoder(layer, num_layers, enable_nested_tensor=False)
         self.pool_projection = nn.Linear(width, width)
         for module in self.modules():  # FuxiCTR's init: exact nn.Linear only (not MHA's out_proj subclass)
             if type(module) is nn.Linear:
@@ -100,35 +141,43 @@ class SequenceTransformer(nn.Module):
         padding = ~mask & ~(last & ~mask.any(1, keepdim=True))  # (B, S): an empty history keeps its last position
         tracing = torch.jit.is_tracing() or torch.compiler.is_compiling()  # ONNX export traces: the dense grid
         if self.fast and not history.is_cuda and not tracing:
-            z = self.encode_by_span(sequence, padding)  # (B, S, 2I), zeros before each row's first kept position
+            z = self.encode_by_span(sequence, padding, target)  # (B, S, 2I), zeros before each row's first kept
         else:
             z = self.encoder(sequence, src_key_padding_mask=padding)  # (B, S, 2I)
         z = z.masked_fill(padding.unsqueeze(-1), 0.0)
-        recent = F.pad(z, (0, 0, self.first_k_cols, 0))[:, -self.first_k_cols :]  # (B, k, 2I), zeros if S < k
+        k = self.first_k_cols
+        recent = z[:, -k:] if s >= k else F.pad(z, (0, 0, k - s, 0))  # (B, k, 2I), zeros in front if S < k
         pooled = z.masked_fill(padding.unsqueeze(-1), -1e9).amax(1)  # (B, 2I)
         return torch.cat([recent.flatten(1), self.pool_projection(pooled)], dim=-1)  # (B, (k + 1) 2I)
 
-    def encode_by_span(self, sequence: Tensor, padding: Tensor) -> Tensor:
+    def encode_by_span(self, sequence: Tensor, padding: Tensor, target: Tensor) -> Tensor:
         """The encoder over the dense grid, computed exactly on less of it. A position before a row's first kept
         position is padding: masked as a key in every layer, so it never reaches a kept position, and its own
         output is zeroed. Dropping those leading columns therefore changes no kept output. Rows are grouped by
         span (S - first kept position) into buckets (S/2, S], (S/4, S/2], ..., (0, 1]; each bucket runs on its
         last `upper` columns only, so a row costs at most twice its span instead of S positions. In training,
-        dropout then draws masks over fewer positions: the same distribution, other draws."""
-        # sequence (B, S, W), padding (B, S) bool -> (B, S, W)
+        dropout then draws masks over fewer positions: the same distribution, other draws. Each bucket runs the
+        encoder's batch-first form (`PairEncoder`, given the rows' targets)."""
+        # sequence (B, S, W), padding (B, S) bool, target (B, I) -> (B, S, W)
         s = sequence.shape[1]
         first_kept = (~padding).to(torch.int8).argmax(1)  # (B,); every row keeps at least one position
         span = s - first_kept  # (B,) in 1..S
-        z = sequence.new_zeros(sequence.shape)
+        parts, order = [], []  # each bucket's outputs zero-padded in front to S columns, and its rows
         upper = s
         while upper >= 1:
             lower = upper // 2 if upper > 1 else 0
             rows = ((span > lower) & (span <= upper)).nonzero().squeeze(1)  # (b_k,)
             if rows.numel():
-                part = self.encoder(sequence[rows, s - upper :], src_key_padding_mask=padding[rows, s - upper :])
-                z = z.index_put((rows.unsqueeze(1), torch.arange(s - upper, s, device=z.device)), part)
+                part = self.encoder(sequence[rows, s - upper :], padding[rows, s - upper :], target[rows])
+                parts.append(F.pad(part, (0, 0, s - upper, 0)) if upper < s else part)  # (b_k, S, W)
+                order.append(rows)
             upper = lower
-        return z
+        z = torch.cat(parts) if len(parts) > 1 else parts[0]  # (B, S, W), rows in bucket order
+        rows = torch.cat(order)  # (B,) the row of each entry of z
+        if torch.equal(rows, torch.arange(len(rows), device=rows.device)):
+            return z
+        place = torch.empty_like(rows).scatter_(0, rows, torch.arange(len(rows), device=rows.device))
+        return z.index_select(0, place)  # (B, S, W) in row order
 
 
 class TransformerDCN(nn.Module):

@@ -1,0 +1,74 @@
+"""DIN's fast training form (packed histories, the attention MLP's ReLU -> Dropout pairs fused) against the literal
+dense form in float64: the same logits and gradients, with dropout on (the same mask draws when every position is
+a real item) and with padding (dropout off)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from test_models import tiny_tables
+
+from qin_lightning.models import din as din_module
+from qin_lightning.models.din import DIN
+
+
+def din_pair(dropout: float) -> tuple[DIN, DIN]:
+    """(fast, literal) copies of one float64 DIN in training mode."""
+    tags, mm, num_tags = tiny_tables()
+    torch.manual_seed(0)
+    fast = DIN(tags, mm, num_tags, embedding_dim=4, mm_projection_dim=4, attention_units=[16, 8],
+               attention_dropout=dropout, dnn_units=[16, 8], dnn_dropout=dropout).double().train()
+    literal = copy.deepcopy(fast)
+    literal.fast = False  # dense histories, the attention MLP's own modules
+    return fast, literal
+
+
+def batch(rows: int, length: int, padded: bool) -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(3)
+    item_seq = torch.randint(1, 30, (rows, length), generator=g)
+    if padded:  # left padding of every length, an empty history, gaps
+        item_seq = item_seq * (torch.arange(length) >= torch.randint(0, length + 1, (rows, 1), generator=g))
+        item_seq[0] = 0
+        item_seq[1, 2] = 0
+    return (item_seq, torch.randint(1, 30, (rows,), generator=g), torch.randint(0, 11, (rows,), generator=g),
+            torch.randint(0, 11, (rows,), generator=g))
+
+
+def logits_and_gradients(net: DIN, inputs: tuple[torch.Tensor, ...], seed: int) -> tuple[torch.Tensor, dict]:
+    torch.manual_seed(seed)
+    logits = net(*inputs)
+    logits.square().sum().backward()
+    return logits.detach(), {name: p.grad for name, p in net.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("dropout, padded", [(0.3, False), (0.0, True)])
+def test_fast_training_step_is_the_literal_one(dropout: float, padded: bool) -> None:
+    fast, literal = din_pair(dropout)
+    inputs = batch(12, 6, padded)
+    fused = []
+    original = din_module.relu_dropout
+    din_module.relu_dropout = lambda h, d: fused.append(h.shape) or original(h, d)  # count the fused calls
+    try:
+        out_fast, grads_fast = logits_and_gradients(fast, inputs, seed=7)
+    finally:
+        din_module.relu_dropout = original
+    out_literal, grads_literal = logits_and_gradients(literal, inputs, seed=7)
+    assert len(fused) == (2 if dropout else 0)  # both hidden layers of the attention MLP ran fused
+    torch.testing.assert_close(out_fast, out_literal, rtol=1e-12, atol=1e-12)
+    assert grads_fast.keys() == grads_literal.keys()
+    for name, grad in grads_fast.items():
+        torch.testing.assert_close(grad, grads_literal[name], rtol=1e-10, atol=1e-12, msg=name)
+
+
+def test_relu_dropout_is_relu_then_dropout() -> None:
+    h = torch.randn(50, 40, dtype=torch.float64, requires_grad=True)
+    dropout = torch.nn.Dropout(0.25).train()
+    torch.manual_seed(1)
+    expected = dropout(torch.relu(h))
+    torch.manual_seed(1)
+    fused = din_module.relu_dropout(h, dropout)
+    assert torch.equal(fused, expected)
+    g = torch.randn_like(h)
+    assert torch.equal(*(torch.autograd.grad(y, h, g)[0] for y in (fused, expected)))
