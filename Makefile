@@ -6,8 +6,9 @@ STAMP := $(VENV)/.installed-base
 DEV_STAMP := $(VENV)/.installed-dev
 # torch is pinned in the same pip call: here it resolves to the CPU wheel on disk (no multi-GB CUDA download).
 TORCH_PIN := torch==2.13.0
-# the test suite exercises the sweep (Optuna) and serve (ONNX) extras too; `make train` needs none of them
-DEV_EXTRAS ?= dev,sweep,serve
+# the test suite exercises the sweep (Optuna), postgres-server (a PostgreSQL server for the shared-study tests)
+# and serve (ONNX) extras too; `make train` needs none of them
+DEV_EXTRAS ?= dev,sweep,postgres-server,serve
 # wandb: offline unless `logger.wandb.offline=false` (conf/logger/wandb.yaml); WANDB_MODE is deliberately not
 # exported here, since it would override that setting
 export PYTHONDONTWRITEBYTECODE := 1

@@ -56,7 +56,8 @@ def test_optuna_two_trials(tmp_path: Path) -> None:
     proc = _run_train(tmp_path, ["hparams_search=qin_optuna", "hydra.sweeper.n_trials=2",
                                  "hydra.sweeper.sampler.n_startup_trials=2", *overrides, *tiny_model_overrides(),
                                  "trainer.max_epochs=1"])
-    sweep = _sweep_dir(tmp_path)
+    (sweep,) = list((_sweep_dir(tmp_path)).iterdir())  # the study's folder holds one folder per worker
+    assert _sweep_dir(tmp_path).name == "qin_optuna"
     results = [json.loads(p.read_text()) for p in sweep.rglob("results.json")]
     assert len(results) == 2 and all(r["status"] == "completed" for r in results)
     best = json.loads(json.dumps(__import__("yaml").safe_load((sweep / "optimization_results.yaml").read_text())))

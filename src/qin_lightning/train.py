@@ -112,8 +112,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
-def main(cfg: DictConfig) -> float:
-    """Hydra entry point; returns ``cfg.optimized_metric`` (best validation AUC) for sweepers."""
+def main(cfg: DictConfig) -> float | None:
+    """Hydra entry point; returns ``cfg.optimized_metric`` (best validation AUC) for sweepers, None for a failed
+    job of a sweep."""
     debug = bool(cfg.get("debug"))
     try:
         results = train(cfg)
@@ -124,9 +125,10 @@ def main(cfg: DictConfig) -> float:
     except BaseException as err:
         record_failure(cfg, err)
         if sweep_name() is not None and not isinstance(err, (KeyboardInterrupt, SystemExit)):
-            # one failed job must not kill a sweep: it is recorded and reported as failed
+            # one failed job must not kill a sweep: it is recorded and reported as failed, and the sweeper gets
+            # no value (the Optuna sweeper tells the trial FAIL; a NaN made it raise and stop the worker)
             log.error("run failed: %s", "".join(traceback.format_exception_only(type(err), err)).strip())
-            return float("nan")
+            return None
         if isinstance(err, QinError) and not debug:
             exit_with_error(err)
         raise
