@@ -13,6 +13,8 @@ from types import ModuleType
 import yaml
 from conftest import REPO_ROOT, tiny_model_overrides, tiny_overrides
 
+from qin_lightning.report.collect import Run
+
 SWEEP = REPO_ROOT / "experiments" / "converged" / "sweep.py"
 TABLE = REPO_ROOT / "experiments" / "converged" / "table.py"
 
@@ -109,18 +111,18 @@ def test_table_marks_machines_only_when_its_runs_are_mixed() -> None:
         return {**run, "machine": machine} if machine else run
 
     avx512 = {"cpu_capability": "AVX512"}
-    same = table.table([record(1, avx512), record(2, avx512)], ["qin"], None)
-    mixed = table.table([record(1, avx512), record(2, None)], ["qin"], None)
+    same = table.table([Run("1", record(1, avx512), {}), Run("2", record(2, avx512), {})], ["qin"], None)[0]
+    mixed = table.table([Run("1", record(1, avx512), {}), Run("2", record(2, None), {})], ["qin"], None)[0]
     assert "| 10.0 |" in same and "AVX512" not in same
     assert "| 10.0 (1x AVX512, 1x machine not recorded) |" in mixed
 
 
 def test_table_compares_with_a_row_of_another_plan(tmp_path: Path) -> None:
     """A plan's `baseline: {plan, experiment}` pairs its rows with that row of another plan's records."""
-    def record(experiment: str, seed: int, auc: float) -> dict[str, object]:
-        return {"experiment": experiment, "seed": seed, "best_val_auc": auc, "best_val_logloss": 0.5,
-                "best_epoch": 1, "n_params": 10, "epochs_trained": 2, "train_seconds": 20.0,
-                "stop_reason": "early_stopping"}
+    def record(experiment: str, seed: int, auc: float, test_shift: float) -> dict[str, object]:
+        return {"status": "completed", "experiment": experiment, "seed": seed, "best_val_auc": auc,
+                "best_val_logloss": 0.5, "test_auc": auc - test_shift, "best_epoch": 1, "n_params": 10,
+                "epochs_trained": 2, "train_seconds": 20.0, "stop_reason": "early_stopping"}
 
     def write_plan(name: str, extra: dict[str, object], runs: list[dict[str, object]]) -> Path:
         path = tmp_path / f"{name}.yaml"
@@ -130,19 +132,21 @@ def test_table_compares_with_a_row_of_another_plan(tmp_path: Path) -> None:
             (tmp_path / name / "runs" / f"{run['experiment']}_seed{run['seed']}.json").write_text(json.dumps(run))
         return path
 
-    write_plan("published", {}, [record("qnn_alpha", s, a) for s, a in [(1, 0.60), (2, 0.62), (3, 0.61)]])
+    write_plan("published", {}, [record("qnn_alpha", s, a, 0.0) for s, a in [(1, 0.60), (2, 0.62), (3, 0.61)]])
     plan = write_plan("bce", {"baseline": {"plan": "published.yaml", "experiment": "qnn_alpha"}},
-                      [record("qnn_alpha", s, a) for s, a in [(1, 0.70), (2, 0.73), (3, 0.71)]])
+                      [record("qnn_alpha", s, a, 0.02) for s, a in [(1, 0.70), (2, 0.73), (3, 0.71)]])
     assert load(TABLE).main([str(plan)]) == 0
     text = (tmp_path / "bce" / "table.md").read_text()
-    assert "| Δ val AUC vs published/qnn_alpha | paired t vs published/qnn_alpha |" in text
-    assert "against published/qnn_alpha" in text
+    assert "| Δ val AUC vs published/qnn_alpha | Δ test AUC vs published/qnn_alpha | 95% CI | p | p (Holm) |" in text
+    assert "against published/qnn_alpha on the test split: seed-paired t-test" in text  # no kept predictions
     row = next(line for line in text.splitlines() if line.startswith("| qnn_alpha |"))
-    assert "| +0.1033 | t = +31.00 (significant) |" in row  # d = 0.10, 0.11, 0.10
+    # validation d = 0.10, 0.11, 0.10 (shown only); test d = 0.08, 0.09, 0.08: t = 25.0 with 2 degrees of
+    # freedom, p = 0.0016 (one comparison: Holm = p)
+    assert "| +0.1033 | +0.0833 | [+0.0690, +0.0977] | 0.002 | 0.002 | significant |" in row
 
 
 def test_table_without_a_baseline_row_leaves_the_comparison_empty() -> None:
     run = {"experiment": "din", "seed": 1, "best_val_auc": 0.7, "best_val_logloss": 0.5, "best_epoch": 1,
            "n_params": 10, "epochs_trained": 2, "train_seconds": 20.0, "stop_reason": "early_stopping"}
-    row = load(TABLE).table([run], ["din"], None).splitlines()[-1]
-    assert row.endswith("| – | – |") and "nan" not in row
+    row = load(TABLE).table([Run("din_seed1", run, {})], ["din"], None)[0].splitlines()[-1]
+    assert row.endswith("| – | – | – | – | – | – |") and "nan" not in row

@@ -145,3 +145,78 @@ def test_curve_labels_name_only_the_overrides_a_row_sets() -> None:
     setting = (("model.net.cross_rank", "64"),)
     assert Row("transformer_dcn", setting).label == "transformer_dcn cross_rank=64"
     assert Row("qin", (("model.net.cross_rank", "–"),)).label == "qin"
+
+
+@pytest.mark.parametrize(("key", "value", "expected"), [
+    ("best_val_auc", "0.7", "expected a number, got str \"0.7\""),
+    ("best_val_auc", [0.7], "expected a number, got list [0.7]"),
+    ("best_val_auc", None, "expected a number, got null null"),
+    ("seed", 1.5, "expected an integer, got float 1.5"),
+])
+def test_records_with_wrong_field_types_are_listed_and_the_report_goes_on(tmp_path: Path, key: str, value: object,
+                                                                          expected: str) -> None:
+    _run(tmp_path, "0_qin_seed1", _ok("qin", 1, 0.80))
+    _run(tmp_path, "1_qin_seed2", {**_ok("qin", 2, 0.82), key: value})
+    collected = write_report(tmp_path)
+    assert collected.rows[0].aucs == [0.80]
+    ((name, problem),) = collected.problems
+    assert name == "1_qin_seed2"
+    assert problem == f"unreadable: {tmp_path / '1_qin_seed2' / 'results.json'}: key '{key}': {expected}"
+    assert f"`1_qin_seed2`: {problem}" in (tmp_path / "report.md").read_text()
+
+
+def test_a_run_config_with_an_integer_trainer_is_unreadable(tmp_path: Path) -> None:
+    _run(tmp_path, "0_qin_seed1", _ok("qin", 1, 0.80))
+    _run(tmp_path, "1_qin_seed2", _ok("qin", 2, 0.82))
+    (tmp_path / "1_qin_seed2" / ".hydra" / "config.yaml").write_text("trainer: 3\n")
+    collected = write_report(tmp_path)
+    config = tmp_path / "1_qin_seed2" / ".hydra" / "config.yaml"
+    assert collected.problems == [("1_qin_seed2", f"unreadable: {config}: key 'trainer': expected a mapping, got int 3")]
+
+
+def test_an_oversized_record_is_refused_unread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _run(tmp_path, "0_qin_seed1", _ok("qin", 1, 0.80))
+    _run(tmp_path, "1_qin_seed2", {**_ok("qin", 2, 0.82), "padding": "x" * (1 << 20)})
+
+    def no_reading(self: Path) -> str:
+        raise AssertionError(f"{self} was read")
+
+    monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: no_reading(self) if self.name == "results.json"
+                        and self.parent.name == "1_qin_seed2" else Path.read_bytes(self).decode())
+    collected = write_report(tmp_path)
+    ((_, problem),) = collected.problems
+    assert problem.endswith("1_qin_seed2/results.json: 1,048,710 bytes: expected at most 1,048,576 (refused unread)")
+
+
+def _split_with_predictions(tmp_path: Path, seeds: int) -> None:
+    """A test split (200 users x 5 rows) and kept predictions of qin and a better row for every seed."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from qin_lightning.training.results import write_predictions
+
+    rng = np.random.default_rng(0)
+    users, labels = np.repeat(np.arange(200), 5), rng.random(1000) < 0.3
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    pq.write_table(pa.table({"user_id": users, "label": labels.astype(np.float32)}), data_dir / "test.parquet")
+    job = 0
+    for experiment, signal in (("qin", 1.0), ("ablation_softmax", 2.0)):
+        for seed in range(1, seeds + 1):
+            probs = 1 / (1 + np.exp(-(labels * signal + rng.normal(size=1000))))
+            record = {**_ok(experiment, seed, 0.8), "test_auc": 0.7, "data_dir": str(data_dir)}
+            _run(tmp_path, f"{job}_{experiment}_seed{seed}", record)
+            write_predictions(tmp_path / f"{job}_{experiment}_seed{seed}" / "test.preds.parquet", probs)
+            job += 1
+
+
+def test_kept_predictions_give_the_paired_user_bootstrap(tmp_path: Path) -> None:
+    _split_with_predictions(tmp_path, seeds=2)
+    md = write_report(tmp_path) and (tmp_path / "report.md").read_text()
+    assert "Significance: paired bootstrap over the test split's users (2000 resamples" in md
+    row = next(line for line in md.splitlines() if line.startswith("| ablation_softmax |"))
+    cells = [c.strip() for c in row.split("|")]
+    difference, (low, high) = float(cells[8]), (float(v) for v in cells[9].strip("[]").split(", "))
+    assert 0.1 < low < difference < high and cells[10:13] == ["< 0.001", "< 0.001", "significant"]
+    assert "| qin |" in md and "| baseline | – |" in md

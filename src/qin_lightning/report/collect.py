@@ -1,5 +1,12 @@
 """Collect a sweep's runs into rows: every ``<run>/results.json`` below a folder and every ``runs/<run>.json``
-record copied out of a sweep, grouped by experiment and by every non-seed override that varies between runs."""
+record copied out of a sweep, grouped by experiment and by every non-seed override that varies between runs.
+
+Records are read strictly: a file over MAX_RECORD_BYTES is refused before it is read, and a field of the wrong
+type (a string AUC, a list where a number belongs, a `trainer` that is not a mapping, a null AUC) makes the run
+unreadable, listed with one line (file, key, expected, got) while the report goes on. A run's kept test
+predictions are ``<run>/test.preds.parquet`` (training) or ``<run>/eval_test.preds.parquet`` (qin-eval), or for a
+record ``runs/<run>.preds.parquet``.
+"""
 
 from __future__ import annotations
 
@@ -40,6 +47,69 @@ ORDER = list(PAPER_ROW)
 # `ckpt_path` only says that a run was resumed (an exact resume continues the same run)
 NOT_A_ROW_KEY = ("seed", "experiment", "ckpt_path")
 DEFAULT_MAX_EPOCHS = 100  # conf/trainer/default.yaml
+MAX_RECORD_BYTES = 1 << 20  # a results.json is ~10 KB; anything past 1 MiB is refused unread
+PREDICTION_FILES = ("test.preds.parquet", "eval_test.preds.parquet")  # in a run folder, in this order
+
+
+class Unreadable(Exception):
+    """A record or config the report cannot use; the message is the one line it lists."""
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+# key of a record -> (what it must be, the check); a missing key is fine (older records), null only where allowed
+RECORD_FIELDS: dict[str, tuple[str, Any]] = {
+    "status": ("a string", lambda v: isinstance(v, str)),
+    "experiment": ("a string", lambda v: isinstance(v, str)),
+    "error": ("a string", lambda v: isinstance(v, str)),
+    "seed": ("an integer", _integer),
+    "best_val_auc": ("a number", _number),
+    "best_val_logloss": ("a number", _number),
+    "best_epoch": ("an integer", _integer),
+    "epochs_trained": ("an integer", _integer),
+    "stop_reason": ("a string", lambda v: isinstance(v, str)),
+    "test_auc": ("a number", _number),
+    "overrides": ("a list of strings", lambda v: isinstance(v, list) and all(isinstance(o, str) for o in v)),
+    "val_history": ("a list of {epoch, auc: number}",
+                    lambda v: isinstance(v, list) and all(isinstance(h, dict) and _number(h.get("auc")) for h in v)),
+    "test_eval": ("a mapping with a number 'auc'", lambda v: isinstance(v, dict) and _number(v.get("auc"))),
+    "data_dir": ("a string", lambda v: isinstance(v, str)),
+}
+NULLABLE = {"experiment", "error", "seed", "best_epoch", "stop_reason", "overrides", "val_history", "data_dir",
+            "best_val_logloss"}
+
+
+def _shown(value: Any) -> str:
+    text = json.dumps(value)
+    return f"{type(value).__name__ if value is not None else 'null'} {text[:40]}{'...' if len(text) > 40 else ''}"
+
+
+def check_record(record: Any, path: Path) -> None:
+    """Raise Unreadable naming the first key of ``record`` whose value has the wrong type."""
+    if not isinstance(record, dict):
+        raise Unreadable(f"{path}: expected a JSON object, got {_shown(record)}")
+    for key, (expected, ok) in RECORD_FIELDS.items():
+        if key not in record or (record[key] is None and key in NULLABLE):
+            continue
+        if not ok(record[key]):
+            raise Unreadable(f"{path}: key '{key}': expected {expected}, got {_shown(record[key])}")
+
+
+def read_bounded(path: Path) -> str:
+    """The text of a record or config, refused unread beyond MAX_RECORD_BYTES."""
+    try:
+        size = path.stat().st_size
+        if size > MAX_RECORD_BYTES:
+            raise Unreadable(f"{path}: {size:,} bytes: expected at most {MAX_RECORD_BYTES:,} (refused unread)")
+        return path.read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        raise Unreadable(f"{path}: cannot read ({err})") from None
 
 
 @dataclass
@@ -51,6 +121,24 @@ class Run:
     overrides: dict[str, str]
     problem: str | None = None  # why the run is not in the table (failed, incomplete, unreadable)
     max_epochs: int | None = None  # from the run's .hydra/config.yaml, when there is one
+    predictions: Path | None = None  # the kept test predictions, when there are any
+
+    @property
+    def seed(self) -> int | None:
+        return (self.record or {}).get("seed")
+
+    @property
+    def test_auc(self) -> float | None:
+        """The test AUC of the best weights: qin-eval's (`test_eval`) where the sweep ran it, else test_after_fit's."""
+        record = self.record or {}
+        value = (record.get("test_eval") or {}).get("auc", record.get("test_auc"))
+        return float(value) if value is not None else None
+
+    @property
+    def data_dir(self) -> str | None:
+        """The data folder the test AUC was computed on."""
+        record = self.record or {}
+        return (record.get("test_eval") or {}).get("data_dir") or record.get("data_dir")
 
     @property
     def experiment(self) -> str:
@@ -134,27 +222,59 @@ def parse_overrides(overrides: list[str]) -> dict[str, str]:
 
 
 def read_yaml(path: Path) -> Any:
+    """A YAML file as data; None when it is absent, unreadable or over MAX_RECORD_BYTES."""
     try:
-        return yaml.safe_load(path.read_text()) if path.is_file() else None
-    except (OSError, yaml.YAMLError):
+        return yaml.safe_load(read_bounded(path)) if path.is_file() else None
+    except (Unreadable, yaml.YAMLError):
         return None
+
+
+def _max_epochs(config: Any, path: Path) -> int | None:
+    """``trainer.max_epochs`` of a run's .hydra/config.yaml (None when absent)."""
+    if config is None:
+        return None
+    if not isinstance(config, dict):
+        raise Unreadable(f"{path}: expected a mapping, got {_shown(config)}")
+    trainer = config.get("trainer")
+    if trainer is None:
+        return None
+    if not isinstance(trainer, dict):
+        raise Unreadable(f"{path}: key 'trainer': expected a mapping, got {_shown(trainer)}")
+    value = trainer.get("max_epochs")
+    if value is not None and not _integer(value):
+        raise Unreadable(f"{path}: key 'trainer.max_epochs': expected an integer, got {_shown(value)}")
+    return value
+
+
+def _kept_predictions(record_path: Path, run_dir: Path | None) -> Path | None:
+    candidates = [run_dir / name for name in PREDICTION_FILES] if run_dir else [
+        record_path.with_name(record_path.stem + ".preds.parquet")]
+    return next((p for p in candidates if p.is_file()), None)
 
 
 def _load_run(name: str, record_path: Path, run_dir: Path | None) -> Run:
     hydra_overrides = read_yaml(run_dir / ".hydra" / "overrides.yaml") if run_dir else None
-    config = read_yaml(run_dir / ".hydra" / "config.yaml") if run_dir else None
-    max_epochs = (config or {}).get("trainer", {}).get("max_epochs") if isinstance(config, dict) else None
-    if not record_path.exists():
-        overrides = parse_overrides(hydra_overrides or [])
-        return Run(name, None, overrides, "incomplete: no results.json (still running, killed or crashed)", max_epochs)
+    if not isinstance(hydra_overrides, list):
+        hydra_overrides = None
     try:
-        record = json.loads(record_path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        return Run(name, None, parse_overrides(hydra_overrides or []), f"unreadable results.json: {err}", max_epochs)
-    run = Run(name, record, parse_overrides(record.get("overrides") or hydra_overrides or []), None, max_epochs)
+        max_epochs = _max_epochs(read_yaml(run_dir / ".hydra" / "config.yaml") if run_dir else None,
+                                 run_dir / ".hydra" / "config.yaml" if run_dir else record_path)
+        if not record_path.exists():
+            overrides = parse_overrides(hydra_overrides or [])
+            return Run(name, None, overrides, "incomplete: no results.json (still running, killed or crashed)",
+                       max_epochs)
+        try:
+            record = json.loads(read_bounded(record_path))
+        except json.JSONDecodeError as err:
+            raise Unreadable(f"{record_path}: not JSON ({err})") from None
+        check_record(record, record_path)
+    except Unreadable as err:
+        return Run(name, None, parse_overrides(hydra_overrides or []), f"unreadable: {err}")
+    run = Run(name, record, parse_overrides(record.get("overrides") or hydra_overrides or []), None, max_epochs,
+              _kept_predictions(record_path, run_dir))
     if record.get("status") != "completed":
         run.problem = f"{record.get('status', 'unknown')}: {record.get('error', 'no error message')}"
-    elif record.get("best_val_auc") is None or not math.isfinite(float(record["best_val_auc"])):
+    elif record.get("best_val_auc") is None or not math.isfinite(record["best_val_auc"]):
         run.problem = "completed without a validation AUC (e.g. fast_dev_run)"
     return run
 

@@ -7,19 +7,58 @@ import statistics
 from pathlib import Path
 
 from qin_lightning.report.collect import PAPER_AUC, PAPER_ROW, Collected, Run, read_yaml
+from qin_lightning.report.compare import TableTests, compare
+from qin_lightning.report.stats import ALPHA, Comparison
 
 
 def _fmt(value: float | None, digits: int = 4) -> str:
     return f"{value:.{digits}f}" if value is not None and math.isfinite(value) else "–"
 
 
-def render_table(collected: Collected, baseline: str) -> list[str]:
-    """The Table 3 layout: one line per row (experiment x varying overrides)."""
-    lines = [
-        "| " + " | ".join(["experiment", *collected.varying, "paper row", "AUC (mean ± std)", "logloss", "seeds",
-                           f"Δ AUC vs {baseline}", "paper AUC", "paper Δ", "early stop / epoch cap / failed"]) + " |",
-        "| " + " | ".join(["---"] * (len(collected.varying) + 9)) + " |",
-    ]  # fmt: skip
+def comparison_header(baseline: str) -> list[str]:
+    """The column names of a row's test comparison with `baseline` (comparison_cells)."""
+    return [f"Δ test AUC vs {baseline}", "95% CI", "p", "p (Holm)", f"verdict (Holm p < {ALPHA})"]
+
+
+def comparison_cells(comparison: Comparison | None, is_baseline: bool = False) -> list[str]:
+    """Difference, interval, p, Holm-adjusted p and the verdict ("significant" only when Holm p < ALPHA)."""
+    if comparison is None:
+        return ["baseline" if is_baseline else "–"] + ["–"] * 4
+    c = comparison
+    verdict = "–" if c.p_holm != c.p_holm else "significant" if c.significant else "not significant"
+    return [f"{c.difference:+.4f}", f"[{c.low:+.4f}, {c.high:+.4f}]" if c.low == c.low else "–",
+            _p(c.p), _p(c.p_holm), verdict]
+
+
+def _p(value: float) -> str:
+    if value != value:
+        return "–"
+    return f"{value:.3f}" if value >= 0.001 else "< 0.001"
+
+
+def _mean_std(values: list[float]) -> str:
+    if not values:
+        return "–"
+    return f"{statistics.fmean(values):.4f} ± {statistics.stdev(values) if len(values) > 1 else 0.0:.4f}"
+
+
+def table_tests(collected: Collected, baseline: str) -> TableTests:
+    """Every row against the baseline row with the same setting, on the test split (report.compare)."""
+    pairs = []
+    for row in collected.rows:
+        base = collected.row(baseline, row.setting)
+        if base is not None and base is not row:
+            pairs.append((row.label, row.completed, base.completed))
+    return compare(pairs)
+
+
+def render_table(collected: Collected, baseline: str, tests: TableTests) -> list[str]:
+    """The Table 3 layout: one line per row (experiment x varying overrides); validation columns, then the test
+    columns and the row's paired test against the baseline (the only column significance is read from)."""
+    header = ["experiment", *collected.varying, "paper row", "val AUC (mean ± std)", "val logloss", "seeds",
+              f"Δ val AUC vs {baseline}", "test AUC (mean ± std)", *comparison_header(baseline), "paper AUC",
+              "paper Δ", "early stop / epoch cap / failed"]
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(["---"] * len(header)) + " |"]
     paper_base = PAPER_AUC.get(baseline)
     for row in collected.rows:
         base = collected.row(baseline, row.setting)
@@ -32,11 +71,13 @@ def render_table(collected: Collected, baseline: str) -> list[str]:
             delta = f"{row.mean - base.mean:+.4f}" if base is not None and base.completed else "n/a"
         else:
             auc, logloss, seeds, delta = "–", "–", "0", "–"
+        test = _mean_std([r.test_auc for r in done if r.test_auc is not None])
         paper = PAPER_AUC.get(row.experiment)
         paper_delta = f"{paper - paper_base:+.4f}" if paper is not None and paper_base is not None else "–"
         counts = f"{row.count('early_stopping')} / {row.count('max_epochs')} / {row.count('failed')}"
         cells = [row.experiment, *(v for _, v in row.setting), PAPER_ROW.get(row.experiment, "–"), auc, logloss,
-                 seeds, delta, _fmt(paper), paper_delta, counts]  # fmt: skip
+                 seeds, delta, test, *comparison_cells(tests.comparisons.get(row.label), row is base),
+                 _fmt(paper), paper_delta, counts]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -87,16 +128,20 @@ def render_markdown(collected: Collected, sweep_dir: Path, baseline: str = "qin"
         lines += render_trials(collected, sweep_dir)
     else:
         split = ", ".join(f"`{k}`" for k in collected.varying)
+        tests = table_tests(collected, baseline)
         lines += [
             "Best validation AUC per run (mean ± std over seeds); one row per experiment"
             + (f" and value of {split} (the overrides that vary in this sweep)" if split else "")
-            + f"; Δ is to `{baseline}` with the same settings.",
+            + f"; Δ is to `{baseline}` with the same settings. Validation numbers are shown, never tested: they"
+            " chose each run's best epoch.",
+            f"Test columns: the best-validation weights on the test split. Significance: {tests.note}; p-values"
+            f" Holm-adjusted across the table's comparisons, significant only where the adjusted p < {ALPHA}.",
             "Paper AUC: MicroLens_1M_MMCTR validation (QIN paper Tables 2 and 3), for reference only: "
             "other data gives other absolute numbers, compare the ordering and the deltas.",
             "The last column counts the row's runs that stopped early, ran to `trainer.max_epochs`, or failed"
             " (records without `stop_reason` are classified by their number of epochs).",
             "",
-            *render_table(collected, baseline),
+            *render_table(collected, baseline, tests),
         ]
     if any(row.completed for row in collected.rows):
         lines += ["", "![best validation AUC per row](report.png)"]
