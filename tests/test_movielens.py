@@ -526,16 +526,17 @@ def test_converting_at_a_shorter_max_len_loads_the_same_histories(tmp_path: Path
             assert np.array_equal(getattr(wide, name), getattr(short, name)), (split, name)
 
 
-# (release, users, test rows) under the rating protocol's plan settings: every user of both releases has at least
-# 20 ratings, so holdout 9 (2 x 9 + 1 <= 20) scores every user on 9 test and 9 validation ratings
-RATING_PLAN = {"ml-latest-small": (ML_SMALL, 610, 5_490), "ml-100k": (ML_100K, 943, 8_487)}
+# (release, users, test rows, ratings in the same second as the user's previous one) under the rating plans'
+# settings: every user of both releases has at least 20 ratings, so holdout 9 (2 x 9 + 1 <= 20) scores every
+# user on 9 test and 9 validation ratings
+RATING_PLAN = {"ml-latest-small": (ML_SMALL, 610, 5_490, 15_790), "ml-100k": (ML_100K, 943, 8_487, 50_561)}
 
 
 @pytest.mark.parametrize("release", sorted(RATING_PLAN))
 def test_rating_protocol_on_the_real_releases(tmp_path: Path, real_cache: Path, release: str) -> None:
     """The plans' protocol (rating labels, holdout 9, liked-only histories) on the real zips, read in place:
     enough test rows from enough users, none dominating; every history strictly before its row."""
-    src, n_users, n_test = RATING_PLAN[release]
+    src, n_users, n_test, n_same_second = RATING_PLAN[release]
     if not src.is_file():
         pytest.skip(f"{src} not present (MovieLens {release} zip)")
     meta = convert(src, tmp_path / "ml", protocol="rating", holdout=9, max_len=20, cache_dir=real_cache)
@@ -549,6 +550,9 @@ def test_rating_protocol_on_the_real_releases(tmp_path: Path, real_cache: Path, 
     raw = load_movielens(src).ratings.sort("ts").unique(["user", "movie"], keep="last")
     movies, users = np.unique(raw["movie"].to_numpy()), np.unique(raw["user"].to_numpy())
     keys = (np.searchsorted(users, raw["user"].to_numpy()) + 1) * (movies.size + 1) + np.searchsorted(movies, raw["movie"].to_numpy()) + 1
+    by_time = raw.sort(["user", "ts"])
+    same_second = (by_time["user"].diff() == 0) & (by_time["ts"].diff() == 0)
+    assert same_second.sum() == n_same_second  # why a history must stop before the row's second, not its rank
     order = np.argsort(keys)
     keys, ts, rating = keys[order], raw["ts"].to_numpy()[order], raw["rating"].to_numpy()[order]
 

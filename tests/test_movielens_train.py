@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO_ROOT, compose_train
 from hydra.utils import instantiate
-from test_movielens import make_source
+from test_movielens import make_source, random_ratings
 
 from qin_lightning.data.datamodule import MMCTRDataModule
 from qin_lightning.data.movielens.source import MovieLensSource
@@ -76,6 +76,22 @@ def test_prepares_on_first_use_into_fingerprint_folder(tmp_path: Path) -> None:
     mtime = (dm.data_dir / "train.parquet").stat().st_mtime_ns
     instantiate(cfg.data).prepare_data()  # second use: reused, not converted again
     assert (dm.data_dir / "train.parquet").stat().st_mtime_ns == mtime
+
+
+def test_holdout_and_history_reach_the_conversion(tmp_path: Path) -> None:
+    """data.source.holdout / history are conversion options: they reach meta.json and name a new folder."""
+    src = make_source(tmp_path, "csv", ratings=random_ratings(seed=5, users=30), tags=[])
+    base = movielens_overrides(tmp_path) + [f"data.source.src={src}", "data.source.protocol=rating"]
+    folders = set()
+    for extra in ([], ["data.source.holdout=2"], ["data.source.holdout=2", "data.source.history=rated"]):
+        dm: MMCTRDataModule = instantiate(compose_train(base + extra, tmp_path).data)
+        dm.prepare_data()
+        meta = json.loads((dm.data_dir / "meta.json").read_text())
+        assert meta["holdout"] == (2 if extra else 1)
+        assert meta["history"] == ("rated" if len(extra) == 2 else "positives")
+        folders.add(dm.data_dir)
+    assert len(folders) == 3
+    assert meta["counts"]["rows"]["test"] == 2 * meta["counts"]["users_scored"]
 
 
 def test_missing_source_is_a_clear_config_error(tmp_path: Path) -> None:
