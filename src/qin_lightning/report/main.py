@@ -4,9 +4,10 @@ Reads every run below the folder (``<run>/results.json``, or ``runs/<run>.json``
 and writes, into that folder:
 - ``report.md``: the Table 3 layout, one row per experiment *and* per value of every other override that varies
   in the sweep (seeds are what a row averages): mean +- std of the best validation AUC, seeds, delta to the
-  baseline experiment, the paper's AUC beside ours, and how many runs stopped early, hit the epoch cap or
-  failed; an Optuna sweep gets a trials table ranked by its objective instead; then every run that failed or
-  never finished;
+  baseline experiment (shown, never tested), the test AUC and the row's test-split comparison with the
+  baseline (difference, 95% interval, p, Holm-adjusted p, verdict: report.compare), the paper's AUC beside
+  ours, and how many runs stopped early, hit the epoch cap or failed; an Optuna sweep gets a trials table
+  ranked by its objective instead; then every run that failed, never finished or has an unreadable record;
 - ``report.png``: the mean best AUC per row with std error bars and the paper's values;
 - ``report_curves.png``: validation AUC by epoch per row (mean over seeds, band = +- std).
 """
