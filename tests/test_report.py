@@ -194,6 +194,7 @@ def _split_with_predictions(tmp_path: Path, seeds: int) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from qin_lightning.training.metrics import split_metrics
     from qin_lightning.training.results import write_predictions
 
     rng = np.random.default_rng(0)
@@ -204,8 +205,9 @@ def _split_with_predictions(tmp_path: Path, seeds: int) -> None:
     job = 0
     for experiment, signal in (("qin", 1.0), ("ablation_softmax", 2.0)):
         for seed in range(1, seeds + 1):
-            probs = 1 / (1 + np.exp(-(labels * signal + rng.normal(size=1000))))
-            record = {**_ok(experiment, seed, 0.8), "test_auc": 0.7, "data_dir": str(data_dir)}
+            probs = (1 / (1 + np.exp(-(labels * signal + rng.normal(size=1000))))).astype(np.float32)
+            test_auc = split_metrics(probs, labels.astype(np.float32), users)["auc"]
+            record = {**_ok(experiment, seed, 0.8), "test_auc": test_auc, "data_dir": str(data_dir)}
             _run(tmp_path, f"{job}_{experiment}_seed{seed}", record)
             write_predictions(tmp_path / f"{job}_{experiment}_seed{seed}" / "test.preds.parquet", probs)
             job += 1
@@ -220,3 +222,14 @@ def test_kept_predictions_give_the_paired_user_bootstrap(tmp_path: Path) -> None
     difference, (low, high) = float(cells[8]), (float(v) for v in cells[9].strip("[]").split(", "))
     assert 0.1 < low < difference < high and cells[10:13] == ["< 0.001", "< 0.001", "significant"]
     assert "| qin |" in md and "| baseline | – |" in md
+
+
+def test_stale_kept_predictions_fall_back_to_the_seed_test_and_say_why(tmp_path: Path) -> None:
+    """A predictions file whose AUC is not its record's (stale, another run's) is not used for the bootstrap."""
+    _split_with_predictions(tmp_path, seeds=2)
+    record_path = tmp_path / "0_qin_seed1" / "results.json"
+    record = json.loads(record_path.read_text())
+    record_path.write_text(json.dumps({**record, "test_auc": record["test_auc"] - 0.01}))
+    md = write_report(tmp_path) and (tmp_path / "report.md").read_text()
+    assert "Significance: seed-paired t-test on the recorded test AUCs" in md
+    assert "0_qin_seed1/test.preds.parquet: its AUC on" in md and "the record's test AUC" in md

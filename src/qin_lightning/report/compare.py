@@ -19,11 +19,14 @@ import pyarrow.parquet as pq
 from qin_lightning.data import layout
 from qin_lightning.errors import QinError
 from qin_lightning.report.collect import Run
-from qin_lightning.report.stats import Comparison, Pairing, SortedRun, UserSplit, paired_bootstrap, seed_t_test, with_holm
+from qin_lightning.report.stats import (
+    N_RESAMPLES, Comparison, Pairing, SortedRun, UserSplit, paired_bootstrap, seed_t_test, with_holm,
+)
 from qin_lightning.training.results import read_predictions
 
 BOOTSTRAP_NOTE = ("paired bootstrap over the test split's users ({resamples} resamples, the same for every row,"
                   " baseline and seed) of the seed-mean test AUC difference; 95% percentile interval")
+AUC_TOLERANCE = 1e-5  # the record's AUC is torchmetrics' float32 result of the same probabilities
 T_TEST_NOTE = ("seed-paired t-test on the recorded test AUCs (95% t interval): {why}, so no paired test over users"
                " could be computed")
 
@@ -64,8 +67,12 @@ def _bootstrap_inputs(pairs: list[tuple[str, dict[int, Run], dict[int, Run]]]) -
             raise QinError(f"the runs were scored on different test splits ({data_dirs[0]} and {data_dir})")
     sorted_runs: dict[int, SortedRun] = {}
     for key, run in runs.items():
-        assert run.predictions is not None
+        assert run.predictions is not None and run.test_auc is not None
         sorted_runs[key] = SortedRun(split, read_predictions(run.predictions, len(split.labels)))
+        kept_auc = float(sorted_runs[key].aucs(np.ones((1, split.n_users)))[0])
+        if abs(kept_auc - run.test_auc) > AUC_TOLERANCE:  # a stale or foreign file, or another split
+            raise QinError(f"{run.predictions}: its AUC on {data_dirs[0]} is {kept_auc:.6f}, the record's test AUC"
+                           f" {run.test_auc:.6f}")
     pairings = []
     for label, row, base in pairs:
         seeds = tuple(sorted(set(row) & set(base)))
@@ -74,7 +81,7 @@ def _bootstrap_inputs(pairs: list[tuple[str, dict[int, Run], dict[int, Run]]]) -
     return split, pairings
 
 
-def compare(pairs: Sequence[tuple[str, Sequence[Run], Sequence[Run]]], resamples: int = 2000) -> TableTests:
+def compare(pairs: Sequence[tuple[str, Sequence[Run], Sequence[Run]]], resamples: int = N_RESAMPLES) -> TableTests:
     """(row label, row runs, baseline runs) -> each row's test comparison with its baseline, Holm across all."""
     seeded = [(label, _seeded(row), _seeded(base)) for label, row, base in pairs]
     seeded = [(label, row, base) for label, row, base in seeded if set(row) & set(base)]
@@ -83,8 +90,9 @@ def compare(pairs: Sequence[tuple[str, Sequence[Run], Sequence[Run]]], resamples
     try:
         split, pairings = _bootstrap_inputs(seeded)
     except QinError as why:
-        tests = [seed_t_test(label, {s: float(r.test_auc or 0.0) for s, r in row.items()},
-                             {s: float(r.test_auc or 0.0) for s, r in base.items()}) for label, row, base in seeded]
+        tests = [seed_t_test(label, {s: float(r.test_auc) for s, r in row.items() if r.test_auc is not None},
+                             {s: float(r.test_auc) for s, r in base.items() if r.test_auc is not None})
+                 for label, row, base in seeded]
         return TableTests({c.row: c for c in with_holm(tests)}, T_TEST_NOTE.format(why=why))
     tests = with_holm(paired_bootstrap(split, pairings, n_resamples=resamples))
     return TableTests({c.row: c for c in tests}, BOOTSTRAP_NOTE.format(resamples=resamples))
