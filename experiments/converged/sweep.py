@@ -2,20 +2,25 @@
 
     python experiments/converged/sweep.py experiments/converged/synthetic.yaml [--jobs 2] [--hours 2.5]
     python experiments/converged/sweep.py PLAN --dry-run          # the commands, nothing runs
-    python experiments/converged/sweep.py PLAN --only E --seeds 1,2   # a part of the plan (e.g. one per core)
+    python experiments/converged/sweep.py PLAN --only E --seeds 1,2   # a part of the plan
+    python experiments/converged/sweep.py PLAN --jobs 16 --partition gpu --gpus-per-job 1   # on a SLURM cluster
 
 A plan (YAML) names the experiments, the seeds and the overrides shared by every row (the one reduced
 configuration), plus per-experiment shrink options where a model needs them. Each job runs
-`python -m qin_lightning.train +experiment=E seed=S <overrides> hydra.run.dir=<runs>/<E>_seed<S>`:
+`python -m qin_lightning.train +experiment=E seed=S <overrides> hydra.run.dir=<runs>/<E>_seed<S>`.
+Job selection is this script's:
 - a job whose committed record (`<plan dir>/<name>/runs/<E>_seed<S>.json`) or run folder's `results.json`
   says `completed` is skipped (a record is collected again when missing);
 - a folder with `checkpoints/last.ckpt` (interrupted, or killed) resumes with `ckpt_path=last`;
 - otherwise the job starts fresh.
-At `--hours` the driver stops launching jobs and sends SIGTERM to the running ones: training saves
-`last.ckpt` after the current batch, and the next invocation continues from there. So a sweep longer than a
-session runs in chunks without redoing finished work. After a job completes, its best checkpoint is scored on
-the test split by `qin_lightning.eval` (AUC, logloss, gAUC) and `<plan dir>/<name>/runs/<E>_seed<S>.json`
-receives the run's results.json with that test evaluation under `test_eval`.
+Scheduling is submitit's (`submitit.AutoExecutor`): on a SLURM cluster the remaining jobs are one job array
+(one array task per job, `--jobs` of them at a time); elsewhere they run as local processes, in `--jobs`
+lanes that each train their share one after another. At `--hours` no further job starts and the running
+ones get SIGTERM (so does a job that SLURM cancels): training saves `last.ckpt` after the current batch, and
+the next invocation continues from there. So a sweep longer than a session runs in chunks without redoing
+finished work. After a job completes, its best checkpoint is scored on the test split by `qin_lightning.eval`
+(AUC, logloss, gAUC) and `<plan dir>/<name>/runs/<E>_seed<S>.json` receives the run's results.json with that
+test evaluation under `test_eval`, and `<E>_seed<S>.preds.parquet` beside it the kept test predictions.
 """
 
 from __future__ import annotations
@@ -23,14 +28,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 
+import submitit
 from omegaconf import OmegaConf
+
+from qin_lightning.files import atomic_writer
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -96,46 +106,88 @@ def collect(job: Job, records: Path) -> None:
             results["test_eval_error"] = (proc.stderr.strip().splitlines() or ["eval failed"])[-1]
     if eval_json.is_file():
         results["test_eval"] = json.loads(eval_json.read_text())
-    records.mkdir(parents=True, exist_ok=True)
-    tmp = records / f".{job.name}.json.tmp"
-    tmp.write_text(json.dumps(results, indent=2) + "\n")
-    os.replace(tmp, records / f"{job.name}.json")
+    preds = eval_json.with_suffix(".preds.parquet")  # the kept test predictions qin_lightning.eval writes
+    if preds.is_file():
+        with preds.open("rb") as src, atomic_writer(records / f"{job.name}.preds.parquet") as dst:
+            shutil.copyfileobj(src, dst)
+    with atomic_writer(records / f"{job.name}.json", "w") as f:
+        f.write(json.dumps(results, indent=2) + "\n")
 
 
-def run(jobs: list[Job], records: Path, parallel: int, deadline: float, log_dir: Path) -> int:
-    """Run the jobs that are not completed, `parallel` at a time, until done or `deadline` (time.time())."""
+INTERRUPTED = (128 + signal.SIGTERM, 128 + signal.SIGINT)  # exit codes of a training stopped by a signal
+
+
+def train_until(job: Job, deadline: float, log_dir: Path) -> int:
+    """Train `job` (fresh or resumed) and return its exit code. At `deadline` (time.time()), or when this process
+    gets SIGTERM (scancel, a local cancel), the training gets SIGTERM and saves last.ckpt after its batch."""
+    job.run_dir.mkdir(parents=True, exist_ok=True)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "WANDB_MODE": os.environ.get("WANDB_MODE", "offline")}
+    with open(log_dir / f"{job.name}.log", "ab") as log:
+        proc = subprocess.Popen(job.train_command(), cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
+
+        def pass_on(signum: int, frame: FrameType | None) -> None:
+            proc.send_signal(signal.SIGTERM)
+
+        previous = signal.signal(signal.SIGTERM, pass_on)  # submitit's own handler ignores SIGTERM
+        try:
+            proc.wait(timeout=max(0.0, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGTERM)
+        finally:
+            code = proc.wait()
+            signal.signal(signal.SIGTERM, previous)
+    return code
+
+
+def run_lane(jobs: list[Job], records: Path, deadline: float, log_dir: Path) -> dict[str, int]:
+    """One submitit job: its jobs one after another until `deadline`; each that completes is collected.
+    Returns {job name: exit code} of the trainings it started; an interrupted one ends the lane."""
+    exits: dict[str, int] = {}
+    for job in jobs:
+        if time.time() >= deadline or job.state() == "completed":
+            continue
+        print(f"start {job.name} ({job.state()})", flush=True)
+        exits[job.name] = train_until(job, deadline, log_dir)
+        print(f"end {job.name}: exit {exits[job.name]}, {job.state()}", flush=True)
+        if job.state() == "completed":
+            collect(job, records)
+        if exits[job.name] in INTERRUPTED:
+            break
+    return exits
+
+
+def run(jobs: list[Job], records: Path, executor: submitit.AutoExecutor, parallel: int, deadline: float,
+        log_dir: Path) -> int:
+    """Hand the jobs that are not completed to `executor`, at most `parallel` at a time, and wait for them."""
     pending = [j for j in jobs if j.state() != "completed"]
     for job in jobs:
         if job.state() == "completed" and not job.record.is_file():
             collect(job, records)
     print(f"{len(jobs) - len(pending)} of {len(jobs)} jobs completed; {len(pending)} to run", flush=True)
-    running: dict[Job, subprocess.Popen[bytes]] = {}
     failed = 0
-    log_dir.mkdir(parents=True, exist_ok=True)
-    while pending or running:
-        while pending and len(running) < parallel and time.time() < deadline:
-            job = pending.pop(0)
+    if pending:
+        # SLURM: one array task per job, `parallel` at a time; local processes: `parallel` lanes
+        n_lanes = len(pending) if executor.cluster == "slurm" else min(parallel, len(pending))
+        lanes = [pending[i::n_lanes] for i in range(n_lanes)]
+        executor.update_parameters(slurm_array_parallelism=parallel,
+                                   timeout_min=max(1, round((deadline - time.time()) / 60)) + 10)
+        for job in pending:
             print(f"start {job.name} ({job.state()})", flush=True)
-            job.run_dir.mkdir(parents=True, exist_ok=True)
-            with open(log_dir / f"{job.name}.log", "ab") as log:
-                running[job] = subprocess.Popen(job.train_command(), cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                                                env={**os.environ, "WANDB_MODE": os.environ.get("WANDB_MODE", "offline")})
-        if time.time() >= deadline:
-            pending.clear()
-            for proc in running.values():
-                if proc.poll() is None:
-                    proc.send_signal(signal.SIGTERM)  # saves last.ckpt after the current batch
-        for job, proc in list(running.items()):
-            if proc.poll() is None:
-                continue
-            del running[job]
-            state = job.state()
-            print(f"end {job.name}: exit {proc.returncode}, {state}", flush=True)
-            if state == "completed" and (job.run_dir / "results.json").is_file():
-                collect(job, records)
-            elif proc.returncode not in (128 + signal.SIGTERM, 128 + signal.SIGINT):
+        submitted = executor.map_array(run_lane, lanes, [records] * n_lanes, [deadline] * n_lanes,
+                                       [log_dir] * n_lanes)
+        for lane, sub in zip(lanes, submitted):
+            try:
+                exits = sub.result()
+            except (submitit.core.utils.FailedJobError, submitit.core.utils.UncompletedJobError) as err:
+                print(f"submitit job {sub.job_id} ({', '.join(j.name for j in lane)}) failed: "
+                      f"{(str(err).strip().splitlines() or ['no message'])[-1]}; its log: {sub.paths.stderr}", flush=True)
                 failed += 1
-        time.sleep(1.0)
+                continue
+            for job in lane:
+                if job.name in exits:
+                    print(f"end {job.name}: exit {exits[job.name]}, {job.state()}", flush=True)
+                    failed += exits[job.name] not in (0, *INTERRUPTED)
     left = sum(j.state() != "completed" for j in jobs)
     print(f"{len(jobs) - left} of {len(jobs)} jobs completed" + (f"; rerun to continue ({left} left)" if left else ""))
     return 1 if failed else 0
@@ -145,8 +197,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("plan", type=Path, help="plan YAML (experiments, seeds, overrides, per_experiment)")
     parser.add_argument("--runs-dir", type=Path, default=None, help="run folders (default logs/converged/<name>)")
-    parser.add_argument("--jobs", type=int, default=1, help="jobs at a time (give each threads=1 in the plan)")
+    parser.add_argument("--jobs", type=int, default=1, help="jobs at a time (locally: give each threads=1 in the "
+                                                          "plan)")
     parser.add_argument("--hours", type=float, default=2.5, help="stop (and checkpoint) the sweep after this long")
+    parser.add_argument("--cluster", choices=("slurm", "local"), default=None,
+                        help="where the jobs run (default: SLURM where sbatch exists, else local processes)")
+    parser.add_argument("--partition", default=None, help="SLURM partition")
+    parser.add_argument("--gpus-per-job", type=int, default=0, help="GPUs of a SLURM job (trainer=gpu in the plan)")
+    parser.add_argument("--cpus-per-job", type=int, default=1, help="CPUs of a SLURM job")
     parser.add_argument("--only", default=None, help="comma-separated experiments to run (default: all)")
     parser.add_argument("--seeds", default=None, help="comma-separated seeds to run (default: the plan's); two "
                                                       "drivers with disjoint seeds share one plan's work")
@@ -159,7 +217,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{job.state():9s} {' '.join(job.train_command()[1:])}")
         return 0
     started = time.time()
-    code = run(jobs, records, max(1, args.jobs), started + args.hours * 3600, jobs[0].run_dir.parent / "logs")
+    runs = jobs[0].run_dir.parent
+    executor = submitit.AutoExecutor(folder=runs / "submitit" / "%j", cluster=args.cluster)
+    executor.update_parameters(name=f"converged-{name}", cpus_per_task=args.cpus_per_job,
+                               gpus_per_node=args.gpus_per_job, slurm_partition=args.partition)
+    code = run(jobs, records, executor, max(1, args.jobs), started + args.hours * 3600, runs / "logs")
     print(f"sweep {name}: {time.time() - started:.0f} s in this invocation", flush=True)
     return code
 
