@@ -233,3 +233,13 @@ def test_stale_kept_predictions_fall_back_to_the_seed_test_and_say_why(tmp_path:
     md = write_report(tmp_path) and (tmp_path / "report.md").read_text()
     assert "Significance: seed-paired t-test on the recorded test AUCs" in md
     assert "0_qin_seed1/test.preds.parquet: its AUC on" in md and "the record's test AUC" in md
+
+
+def test_hostile_sweep_files_do_not_stop_the_report(tmp_path: Path) -> None:
+    """A `hydra` node that is not a mapping, best_params that is a list, a null logloss: the report is written."""
+    (tmp_path / "multirun.yaml").write_text("hydra: 3\noptimized_metric: [1]\n")
+    (tmp_path / "optimization_results.yaml").write_text("best_params: [1, 2]\nbest_value: x\n")
+    _run(tmp_path, "0_qin_seed1", {**_ok("qin", 1, 0.80), "best_val_logloss": None})
+    collected = write_report(tmp_path)
+    assert not collected.is_optuna and collected.rows[0].aucs == [0.80]
+    assert "| qin |" in (tmp_path / "report.md").read_text()

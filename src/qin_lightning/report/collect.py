@@ -206,7 +206,14 @@ class Collected:
 
     @property
     def is_optuna(self) -> bool:
-        return "optuna" in str(self.sweep.get("hydra", {}).get("sweeper", {}).get("_target_", "")).lower()
+        return "optuna" in str(self.sweeper.get("_target_", "")).lower()
+
+    @property
+    def sweeper(self) -> dict[str, Any]:
+        """The sweep's ``hydra.sweeper`` node ({} where absent or not a mapping)."""
+        hydra = self.sweep.get("hydra")
+        sweeper = hydra.get("sweeper") if isinstance(hydra, dict) else None
+        return sweeper if isinstance(sweeper, dict) else {}
 
     def row(self, experiment: str, setting: tuple[tuple[str, str], ...]) -> Row | None:
         return next((r for r in self.rows if r.experiment == experiment and r.setting == setting), None)

@@ -65,7 +65,7 @@ def render_table(collected: Collected, baseline: str, tests: TableTests) -> list
         done = row.completed
         if done:
             auc = f"{row.mean:.4f} ± {row.std:.4f}"
-            loglosses = [float(r.record.get("best_val_logloss", math.nan)) for r in done if r.record]
+            loglosses = [float(r.record.get("best_val_logloss") or math.nan) for r in done if r.record]
             logloss = _fmt(statistics.fmean(loglosses))
             seeds = f"{len(done)} ({', '.join(str(r.record.get('seed')) for r in sorted(done, key=_seed) if r.record)})"
             delta = f"{row.mean - base.mean:+.4f}" if base is not None and base.completed else "n/a"
@@ -91,13 +91,13 @@ def objective(run: Run, metric: str) -> float:
     record = run.record or {}
     key = "best_val_auc" if metric == "val/auc" else metric.replace("/", "_")
     value = record.get(key)
-    return float(value) if value is not None else math.nan
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
 
 
 def render_trials(collected: Collected, sweep_dir: Path) -> list[str]:
     """An Optuna sweep: every trial ranked by the objective (best first), its parameters beside it."""
     metric = str(collected.sweep.get("optimized_metric", "val/auc"))
-    maximize = str(collected.sweep.get("hydra", {}).get("sweeper", {}).get("direction", "maximize")) != "minimize"
+    maximize = str(collected.sweeper.get("direction", "maximize")) != "minimize"
     runs = [r for row in collected.rows for r in row.runs]
     finished = sorted((r for r in runs if r.problem is None), key=lambda r: objective(r, metric), reverse=maximize)
     params = collected.varying
@@ -114,9 +114,9 @@ def render_trials(collected: Collected, sweep_dir: Path) -> list[str]:
                  str(record.get("best_epoch")), str(record.get("epochs_trained")), run.stop_reason]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
     best = read_yaml(sweep_dir / "optimization_results.yaml")
-    if isinstance(best, dict) and best.get("best_params"):
+    if isinstance(best, dict) and isinstance(best.get("best_params"), dict) and best["best_params"]:
         shown = ", ".join(f"`{k}={v}`" for k, v in best["best_params"].items())
-        value = _fmt(best.get("best_value"), 6)
+        value = _fmt(best["best_value"] if isinstance(best.get("best_value"), (int, float)) else None, 6)
         lines += ["", f"Best parameters (`optimization_results.yaml`, value {value}): {shown}"]
     return lines
 
