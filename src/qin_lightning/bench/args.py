@@ -36,7 +36,9 @@ class BenchArgs:
               "names are measured in turn into one JSON; only the experiment's model config is used (data and batch "
               "size stay the bench's)")
     data_scale: str = option("bench", "bench: MicroLens vocab with --train-rows rows; microlens: 3.6M train rows; "
-                                      "tiny: tests", choices=("bench", "microlens", "tiny"))
+                                      "converged: the converged MovieLens shapes (ml-latest-small vocabulary, "
+                                      "20-long histories, 88%% full); tiny: tests",
+                             choices=("bench", "microlens", "converged", "tiny"))
     train_rows: int = option(100_000, "training rows of the bench dataset")
     eval_rows: int = option(10_000, "validation rows (AUC parity, inference)")
     batch_size: int = option(2048, "batch size of training and inference")
@@ -61,7 +63,8 @@ class BenchArgs:
                            metadata={"help": "where the bench datasets are generated ($QIN_CACHE_DIR/synthetic)"})
     seed: int = option(20242025, "seed of the data and the weights")
     overrides: list[str] = field(default_factory=list, metadata={
-        "help": "Hydra override of the composed config, e.g. model.net.embedding_dim=64 (repeatable)",
+        "help": "Hydra override of the composed config, e.g. model.net.embedding_dim=64 (repeatable); "
+                "NAME:key=value applies to --experiment NAME only, e.g. transformer_dcn:model.net.cross_rank=64",
         "flag": "--override"})
 
 
@@ -99,6 +102,21 @@ class Config:
     fast: bool
     precision: str  # 32 | bf16
     prefix: str  # "plain_" | "" | "bf16_": e.g. {prefix}train_samples_per_s
+
+
+def overrides_for(args: BenchArgs, names: list[str]) -> dict[str, list[str]]:
+    """Experiment name -> its Hydra overrides: every plain --override, then the `NAME:key=value` ones of that name."""
+    shared, own = [], {name: [] for name in names}
+    for text in args.overrides:
+        head, sep, rest = text.partition(":")
+        if not sep or "=" in head:  # key=value (a value may hold ':', e.g. ${oc.env:X})
+            shared.append(text)
+        elif head in own:
+            own[head].append(rest)
+        else:
+            raise ConfigError(f"--override {text}: {head!r} is not one of the measured experiments "
+                              f"({', '.join(names) or 'none: give --experiment'})")
+    return {name: [*shared, *own[name]] for name in names}
 
 
 def precisions_of(args: BenchArgs) -> tuple[str, ...]:

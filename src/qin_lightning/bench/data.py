@@ -16,12 +16,22 @@ from qin_lightning.data.synthetic import SyntheticConfig
 
 # MicroLens-1M's vocabulary, the padding id 0 included: 91,717 items and 11,739 tags
 MICROLENS_ITEMS, MICROLENS_TAGS = 91_718, 11_740
+# ml-latest-small as converted for the converged sweep (experiments/movielens/README.md), padding included
+MOVIELENS_ITEMS, MOVIELENS_TAGS, MOVIELENS_USERS = 9_725, 1_019, 610
 
 
 def synthetic_config(args: BenchArgs) -> SyntheticConfig:
-    """bench: the MicroLens vocabulary, histories of mean length 8 left-padded to 64; microlens: full scale."""
+    """bench: the MicroLens vocabulary, histories of mean length 8 left-padded to 64; microlens: full scale;
+    converged: the converged MovieLens sweep's shapes (experiments/movielens/converged.yaml)."""
     if args.data_scale == "microlens":
         return SyntheticConfig.microlens(seed=args.seed)
+    if args.data_scale == "converged":  # histories geometric with mean 150 capped at 20: mean 18.7, 88% full, as
+        # ml-latest-small's 398,464 training rows (mean 18.71 items, 87.8% full: min(k, 20) for a user's k-th rating)
+        return SyntheticConfig(
+            num_items=MOVIELENS_ITEMS, num_tags=MOVIELENS_TAGS, num_users=MOVIELENS_USERS, train_rows=args.train_rows,
+            valid_rows=args.eval_rows, test_rows=1_000, max_len=20, mean_history_len=150.0, num_topics=32,
+            seed=args.seed, name="converged",
+        )
     if args.data_scale == "tiny":
         return dataclasses.replace(SyntheticConfig.tiny(seed=args.seed), train_rows=args.train_rows,
                                    valid_rows=args.eval_rows, test_rows=64)

@@ -16,7 +16,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf
 
-from qin_lightning.bench.args import PROG, BenchArgs, check, configurations, parse_args, precisions_of
+from qin_lightning.bench.args import PROG, BenchArgs, check, configurations, overrides_for, parse_args, precisions_of
 from qin_lightning.bench.data import (DeviceBatches, cycle_batches, eval_batches, load_data, loader_epochs,
                                      single_requests)
 from qin_lightning.bench.eager import (Trainer, measure_epoch, measure_inference, measure_latency, measure_parity,
@@ -140,13 +140,20 @@ def run_all(args: BenchArgs, out: str | Path | None = None, command: str | None 
     """`run` for every name of `--experiment A,B` in turn (one name, or none: exactly `run`). Several names
     write one JSON `{"command": ..., "experiments": {name: record}}`, rewritten after each experiment."""
     names = [n.strip() for n in args.experiment.split(",")] if args.experiment else []
+    overrides = overrides_for(args, names)
     if len(names) <= 1:
-        return run(dataclasses.replace(args, experiment=names[0] if names else None), out, command)
+        one = names[0] if names else None
+        return run(dataclasses.replace(args, experiment=one, overrides=overrides.get(one, args.overrides)), out,
+                   command)
     combined: dict[str, Any] = {"command": None, "experiments": {}}
     for name in names:  # the file is rewritten after every experiment: a stopped series keeps what it measured
-        record = run(dataclasses.replace(args, experiment=name), None, command)
+        record = run(dataclasses.replace(args, experiment=name, overrides=overrides[name]), None, command)
         combined["command"] = record["command"]
         combined["experiments"][name] = record
+        first = combined["experiments"][names[0]]
+        # seconds per training step (fast paths) relative to the first experiment's, from the samples/s
+        combined["train_step_time_vs_first"] = {
+            n: first["train_samples_per_s"] / r["train_samples_per_s"] for n, r in combined["experiments"].items()}
         if out is not None:
             atomic_write_json(out, combined)
     return combined
