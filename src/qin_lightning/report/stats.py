@@ -25,7 +25,8 @@ CONFIDENCE = 0.95
 ALPHA = 0.05  # a row is called significant when its Holm-adjusted p is below this
 N_RESAMPLES = 2000
 SEED = 20240607
-BATCH = 200  # replicates per batch: memory ~ BATCH x rows x 8 bytes per array
+BATCH = 200  # replicates per batch at most ...
+ROWS_PER_BATCH = 4_000_000  # ... and at most this many replicate-rows (~32 MB per float64 array) at a time
 
 
 @dataclass(frozen=True)
@@ -131,7 +132,8 @@ def paired_bootstrap(split: UserSplit, pairings: Sequence[Pairing], n_resamples:
 
     users = np.arange(split.n_users)
     observed = statistic(users[None, :])[:, 0]
-    result = scipy.stats.bootstrap((users,), statistic, n_resamples=n_resamples, vectorized=True, batch=BATCH,
+    batch = max(1, min(BATCH, ROWS_PER_BATCH // max(1, len(split.labels))))
+    result = scipy.stats.bootstrap((users,), statistic, n_resamples=n_resamples, vectorized=True, batch=batch,
                                    confidence_level=confidence, method="percentile", rng=np.random.default_rng(seed))
     replicates = result.bootstrap_distribution  # (pairings, B)
     out = []
