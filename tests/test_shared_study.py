@@ -70,6 +70,28 @@ def check_shared_study(tmp_path: Path, storage: str, workers: int, n_trials: int
     results = run_results(tmp_path)
     assert len(results) == workers * n_trials and all(r["status"] == "completed" for r in results)
     assert study.best_value == pytest.approx(max(float(r["best_val_auc"]) for r in results))  # type: ignore[arg-type]
+    check_reports(tmp_path, storage, study.best_value, workers * n_trials)
+
+
+def ranked_rows(markdown: str) -> list[str]:
+    """The ranked rows of a trials table: those whose first cell is a rank (study.md lists the others below)."""
+    ranked = markdown.split("## Trials not ranked")[0]
+    return [line for line in ranked.splitlines() if line.startswith("| ") and line.split("|")[1].strip().isdigit()]
+
+
+def check_reports(tmp_path: Path, storage: str, best_value: float, n_trials: int) -> None:
+    """qin-report gives one trials table for the whole study, best first: from all workers' sweep folders and
+    from the storage URL."""
+    from qin_lightning.report import main as report_main
+    from qin_lightning.report import write_report
+
+    study_dir = tmp_path / "logs" / "train" / "multiruns" / STUDY
+    assert write_report(study_dir).is_optuna
+    from_folders = ranked_rows((study_dir / "report.md").read_text())
+    assert len(from_folders) == n_trials and f"{best_value:.6f}" in from_folders[0]
+    report_main(["--storage", storage, "--study", STUDY, str(tmp_path)])
+    from_storage = ranked_rows((tmp_path / "study.md").read_text())
+    assert len(from_storage) == n_trials and f"| {best_value:.6f} |" in from_storage[0]
 
 
 def test_sqlite_study_shared_by_two_workers_at_once(tmp_path: Path) -> None:
@@ -91,6 +113,12 @@ def test_a_later_worker_continues_the_study_and_its_failed_trials_are_told_fail(
     results = run_results(tmp_path)
     assert sorted(str(r["status"]) for r in results) == ["completed", "failed", "failed"]
     assert all("learning rate" in str(r["error"]) for r in results if r["status"] == "failed")
+    from qin_lightning.report import main as report_main
+
+    report_main(["--storage", storage, "--study", STUDY, str(tmp_path)])
+    study_md = (tmp_path / "study.md").read_text()
+    assert len(ranked_rows(study_md)) == 1 and "3 trials (1 complete, 2 fail)" in study_md
+    assert study_md.split("## Trials not ranked")[1].count("| fail |") == 2
     assert len(list((tmp_path / "logs" / "train" / "multiruns" / STUDY).iterdir())) == 2
 
 

@@ -23,6 +23,7 @@ from qin_lightning.errors import QinError
 from qin_lightning.files import atomic_write_bytes, atomic_write_text
 from qin_lightning.report.collect import PAPER_AUC, Collected, collect
 from qin_lightning.report.plots import render_chart, render_curves
+from qin_lightning.report.study import workers_sweep_config, write_study_report
 from qin_lightning.report.tables import render_markdown
 
 
@@ -32,6 +33,8 @@ def write_report(sweep_dir: str | Path, baseline: str = "qin") -> Collected:
     if not sweep_dir.is_dir():
         raise QinError(f"sweep folder '{sweep_dir}' does not exist or is not a folder")
     collected = collect(sweep_dir)
+    if not collected.sweep:  # a shared Optuna study's folder: one sweep folder per worker below it
+        collected.sweep = workers_sweep_config(sweep_dir)
     if not collected.rows:
         raise QinError(f"no runs found below '{sweep_dir}': expected run folders with results.json")
     atomic_write_text(sweep_dir / "report.md", render_markdown(collected, sweep_dir, baseline))
@@ -45,9 +48,21 @@ def write_report(sweep_dir: str | Path, baseline: str = "qin") -> Collected:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m qin_lightning.report", description=__doc__.split("\n")[0])
-    parser.add_argument("sweep_dir", help="a multirun folder (logs/train/multiruns/<date>) or any folder of runs")
+    parser.add_argument("sweep_dir", nargs="?", help="a multirun folder (logs/train/multiruns/<date>), a shared "
+                        "Optuna study's folder of worker folders, or any folder of runs (with --storage: where "
+                        "study.md goes, default the current folder)")
     parser.add_argument("--baseline", default="qin", help="experiment the deltas are taken against")
+    parser.add_argument("--storage", help="an Optuna study's database URL: report that study's trials (with --study)")
+    parser.add_argument("--study", help="the study's name (hydra.sweeper.study_name)")
     args = parser.parse_args(argv)
+    if args.storage or args.study:
+        if not (args.storage and args.study):
+            parser.error("--storage and --study go together")
+        out_dir = Path(args.sweep_dir or ".")
+        print(run_reporting_errors(lambda: write_study_report(args.storage, args.study, out_dir)))
+        return
+    if args.sweep_dir is None:
+        parser.error("give a sweep folder, or --storage URL --study NAME")
     collected = run_reporting_errors(lambda: write_report(args.sweep_dir, args.baseline))
     print((Path(args.sweep_dir) / "report.md").read_text())
     if collected.problems:
