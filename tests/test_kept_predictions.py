@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 from qin_lightning.data import layout
 from qin_lightning.errors import QinError
 from qin_lightning.eval import evaluate
+from qin_lightning.report import write_report
 from qin_lightning.train import train
 from qin_lightning.training.metrics import split_metrics
 from qin_lightning.training.results import TEST_PREDICTIONS, predictions_path, read_predictions, write_predictions
@@ -69,3 +70,17 @@ def test_predictions_path_and_strict_reading(tmp_path: Path) -> None:
     write_predictions(path, np.array([0.5, 1.5]))
     with pytest.raises(QinError, match=r"column 'prob', row 1: expected a probability in \[0, 1\], got 1.5"):
         read_predictions(path, 2)
+
+
+def test_qin_report_pairs_two_trained_runs_over_users(trained: tuple[Path, dict]) -> None:
+    """End to end: a second run (softmax attention, same seed and data) beside the first; qin-report finds both
+    kept prediction files and the data's test split, and computes the paired user bootstrap."""
+    run, results = trained
+    sweep = run.parent
+    overrides = tiny_overrides(sweep) + tiny_model_overrides() + ["+experiment=ablation_softmax", "test_after_fit=true"]
+    train(compose_train(overrides, sweep / "softmax"))
+    write_report(sweep)
+    md = (sweep / "report.md").read_text()
+    assert "Significance: paired bootstrap over the test split's users" in md
+    row = next(line for line in md.splitlines() if line.startswith("| ablation_softmax |"))
+    assert "[" in row and row.split(" | ")[-4] in ("significant", "not significant")
