@@ -171,7 +171,8 @@ def test_a_run_config_with_an_integer_trainer_is_unreadable(tmp_path: Path) -> N
     (tmp_path / "1_qin_seed2" / ".hydra" / "config.yaml").write_text("trainer: 3\n")
     collected = write_report(tmp_path)
     config = tmp_path / "1_qin_seed2" / ".hydra" / "config.yaml"
-    assert collected.problems == [("1_qin_seed2", f"unreadable: {config}: key 'trainer': expected a mapping, got int 3")]
+    expected = f"unreadable: {config}: key 'trainer': expected a mapping, got int 3"
+    assert collected.problems == [("1_qin_seed2", expected)]
 
 
 def test_an_oversized_record_is_refused_unread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
