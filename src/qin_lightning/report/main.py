@@ -10,6 +10,8 @@ and writes, into that folder:
   ranked by its objective instead; then every run that failed, never finished or has an unreadable record;
 - ``report.png``: the mean best AUC per row with std error bars and the paper's values;
 - ``report_curves.png``: validation AUC by epoch per row (mean over seeds, band = +- std).
+A shared Optuna study's folder (one sweep folder per worker) gets one trials table for all its workers;
+``--storage URL --study NAME`` reads the study from its database instead (``study.md``, ``report/study.py``).
 """
 
 
