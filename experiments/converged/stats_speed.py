@@ -1,9 +1,11 @@
 """How long the report's statistics take for a 55-run table: `python experiments/converged/stats_speed.py`.
 
-11 rows x 5 seeds of simulated predictions on one 10,000-row test split of 1,000 users; every row against the
-first in the paired user bootstrap (report.stats, 2,000 resamples) + Holm, as `qin-report` runs it. Writes
-`stats_speed.json` beside this script (wall seconds, the sizes, the CPU count). Measured on 2 cores shared with
-other jobs: 30.7 s wall, 11.7 s of CPU.
+11 experiments x 5 seeds of simulated kept predictions on one 10,000-row test split of 1,000 users, written as a
+sweep folder of records (`runs/<E>_seed<S>.json` + `.preds.parquet`, the data's `test.parquet`) in a temporary
+folder; then the report's whole comparison path on it, as `qin-report` runs it: collect the records, read and
+check every kept prediction file and the split, the paired user bootstrap of every row against `qin` (2,000
+resamples) and Holm. Writes `stats_speed.json` beside this script: wall and CPU seconds, the sizes, the CPU count
+and the load average before the run (the machine is shared).
 """
 
 from __future__ import annotations
@@ -11,32 +13,57 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
+import resource
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from qin_lightning.files import atomic_write_text
-from qin_lightning.report.stats import N_RESAMPLES, Pairing, SortedRun, UserSplit, paired_bootstrap, with_holm
+from qin_lightning.report.collect import ORDER, collect
+from qin_lightning.report.stats import N_RESAMPLES
+from qin_lightning.report.tables import table_tests
+from qin_lightning.training.metrics import split_metrics
+from qin_lightning.training.results import write_predictions
 
-ROWS, SEEDS, TEST_ROWS, USERS = 11, 5, 10_000, 1_000
+EXPERIMENTS, SEEDS, TEST_ROWS, USERS = ORDER[:11], 5, 10_000, 1_000
+
+
+def write_sweep(folder: Path) -> None:
+    """The test split and 55 records with kept predictions (each row a little better than the last)."""
+    rng = np.random.default_rng(0)
+    users, labels = rng.integers(0, USERS, TEST_ROWS), (rng.random(TEST_ROWS) < 0.3).astype(np.float32)
+    data_dir = folder / "data"
+    data_dir.mkdir()
+    pq.write_table(pa.table({"user_id": users, "label": labels}), data_dir / "test.parquet")
+    (folder / "runs").mkdir()
+    for row, experiment in enumerate(EXPERIMENTS):
+        for seed in range(1, SEEDS + 1):
+            probs = (1 / (1 + np.exp(-(labels * (1 + 0.05 * row) + rng.normal(size=TEST_ROWS))))).astype(np.float32)
+            name = folder / "runs" / f"{experiment}_seed{seed}"
+            write_predictions(name.with_suffix(".preds.parquet"), probs)
+            record = {"status": "completed", "experiment": experiment, "seed": seed, "best_val_auc": 0.8,
+                      "test_auc": split_metrics(probs, labels, users)["auc"], "data_dir": str(data_dir)}
+            name.with_suffix(".json").write_text(json.dumps(record))
 
 
 def main(argv: list[str] | None = None) -> None:
     argparse.ArgumentParser(description=__doc__.split("\n")[0]).parse_args(argv)
-    rng = np.random.default_rng(0)
-    split = UserSplit.of(rng.integers(0, USERS, TEST_ROWS), rng.random(TEST_ROWS) < 0.3)
-    started = time.perf_counter()
-    runs = [[SortedRun(split, (split.labels * (1 + 0.05 * row) + rng.normal(size=TEST_ROWS)).astype(np.float32))
-             for _ in range(SEEDS)] for row in range(ROWS)]
-    sorted_s = time.perf_counter() - started
-    pairings = [Pairing(f"row{row}", tuple(range(SEEDS)), tuple(runs[row]), tuple(runs[0])) for row in range(1, ROWS)]
-    comparisons = with_holm(paired_bootstrap(split, pairings))
-    total_s = time.perf_counter() - started
-    result = {"runs": ROWS * SEEDS, "comparisons": len(comparisons), "test_rows": TEST_ROWS, "users": USERS,
-              "resamples": N_RESAMPLES, "sort_seconds": round(sorted_s, 2), "total_seconds": round(total_s, 2),
-              "cpus": os.cpu_count(), "machine": platform.processor() or platform.machine()}
+    load = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        write_sweep(folder)
+        cpu, started = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+        tests = table_tests(collect(folder), "qin")
+        wall, after = time.perf_counter() - started, resource.getrusage(resource.RUSAGE_SELF)
+    assert len(tests.comparisons) == len(EXPERIMENTS) - 1 and tests.note.startswith("paired bootstrap"), tests.note
+    result = {"runs": len(EXPERIMENTS) * SEEDS, "comparisons": len(tests.comparisons), "test_rows": TEST_ROWS,
+              "users": USERS, "resamples": N_RESAMPLES, "wall_seconds": round(wall, 1),
+              "cpu_seconds": round(after.ru_utime + after.ru_stime - cpu.ru_utime - cpu.ru_stime, 1),
+              "cpus": os.cpu_count(), "load_average_before": round(load, 2)}
     atomic_write_text(Path(__file__).with_name("stats_speed.json"), json.dumps(result, indent=2) + "\n")
     print(json.dumps(result))
 
