@@ -3,6 +3,7 @@ and a full disk (README "Security" and "Reliability")."""
 
 from __future__ import annotations
 
+import copy
 import errno
 import json
 import os
@@ -20,8 +21,13 @@ import pytest
 import torch
 from conftest import CONFIG_DIR, REPO_ROOT, compose_train, tiny_model_overrides, tiny_overrides
 from hydra import compose, initialize_config_dir
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from qin_lightning.data import layout, reader
+from qin_lightning.data.datamodule import MMCTRDataModule
+from qin_lightning.data.movielens.source import MovieLensSource
+from qin_lightning.data.synthetic import SyntheticConfig
 from qin_lightning.errors import ConfigError, DataValidationError, QinError
 from qin_lightning.eval import evaluate
 from qin_lightning.export import main as export_main
@@ -29,6 +35,9 @@ from qin_lightning.files import FileWriteError
 from qin_lightning.predict import predict
 from qin_lightning.serving.export import export_checkpoint
 from qin_lightning.serving.load import UnsafeCheckpointError, load_network, read_checkpoint
+from qin_lightning.serving.scorer import data_config, load_for_inference
+from qin_lightning.serving.stored_config import DATA_MODULES, DATA_PARTS, NETWORK_PARTS, NETWORKS, StoredConfigError
+from qin_lightning.serving.stored_config import build_datamodule as build_stored_datamodule
 from qin_lightning.train import train
 from qin_lightning.training import checkpoint_io, memory
 from qin_lightning.training.build import build_datamodule, build_module
@@ -182,24 +191,226 @@ def test_safe_checkpoint_io_is_strict_unless_trusted(last: Path, tmp_path: Path)
     assert "state_dict" in checkpoint_io.SafeCheckpointIO(trust=True).load_checkpoint(evil)
 
 
-@pytest.mark.parametrize("where", ["model.net", "data"])
-def test_a_config_target_outside_our_classes_is_refused(last: Path, tmp_path: Path, where: str) -> None:
-    """qin_config is instantiated by eval/predict/export: a `_target_` there is code, so only our classes."""
-    marker = tmp_path / "PWNED"
+# ---- a stored config is data: no shape of payload runs, in either subtree, through any entry point ----------
+def _touch(marker: Path) -> dict[str, Any]:
+    """A config node that Hydra instantiates without complaint and that creates `marker` (a live payload)."""
+    return {"_target_": "pathlib.Path.touch", "_args_": [{"_target_": "pathlib.Path", "_args_": [str(marker)]}]}
+
+
+def _interpolation(marker: Path) -> str:
+    return ("${oc.create:{_target_: pathlib.Path.touch, _args_: [{_target_: pathlib.Path, _args_: ['"
+            f"{marker}']}}]}}}}")
+
+
+SHAPES = {
+    "dict": lambda m: {"extra": _touch(m)},
+    "list": lambda m: {"extra": [_touch(m)]},
+    "tuple": lambda m: {"extra": (_touch(m),)},
+    "interpolation": lambda m: {"extra": _interpolation(m)},
+    "nested": lambda m: {"extra": {"deeper": [{"deepest": (_touch(m),)}]}},
+    "in_a_part": lambda m: {"attention": {"extra": (_touch(m),)}},  # inside an allowed class's node
+}
+
+
+def _hostile(last: Path, tmp_path: Path, where: str, shape: str) -> tuple[Path, Path]:
+    """(a copy of a real checkpoint whose qin_config `where` subtree carries the payload `shape`, its marker)."""
+    marker = tmp_path / f"PWNED_{where}_{shape}"
     ckpt = torch.load(last, map_location="cpu", weights_only=True)
     node = ckpt["qin_config"]["model"]["net"] if where == "model.net" else ckpt["qin_config"]["data"]
-    node["extra"] = {"_target_": "builtins.exec", "_args_": [f"open({str(marker)!r}, 'w')"]}
-    path = tmp_path / "evil_config.ckpt"
+    for key, value in SHAPES[shape](marker).items():
+        if key == "attention" and where == "data":
+            node["synthetic"]["extra"] = value["extra"]
+        elif key == "attention":
+            node["attention"].update(value)
+        else:
+            node[key] = value
+    path = tmp_path / f"hostile_{where}_{shape}.ckpt"
     torch.save(ckpt, path)
-    with pytest.raises(UnsafeCheckpointError, match=rf"qin_config {where}\.extra\._target_='builtins.exec'"):
-        load_network(path)
-    imported = "qin_lightning.models.items.Tensor" if where == "model.net" else "qin_lightning.data.movielens.source.Path"
-    node["extra"] = {"_target_": imported}  # a class imported into one of our modules, not one of ours
-    torch.save(ckpt, path)
-    with pytest.raises(UnsafeCheckpointError, match="not a class defined in"):
-        load_network(path)
-    assert not marker.exists()
+    return path, marker
 
+
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+@pytest.mark.parametrize("where", ["model.net", "data"])
+def test_a_stored_config_payload_runs_nowhere(last: Path, tmp_path: Path, where: str, shape: str,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """Every payload shape is live (the trusted control runs it), and refused by eval, predict and export."""
+    path, marker = _hostile(last, tmp_path, where, shape)
+    with pytest.raises(Exception):  # the control: trusted loading instantiates the stored config with Hydra
+        load_for_inference(path, None, "validate", trust_checkpoint=True)
+    assert marker.exists(), "the payload is not live: this test could not fail"
+    marker.unlink()
+
+    def refused(run: Any) -> str:
+        with pytest.raises(QinError) as info:
+            run()
+        message = str(info.value)
+        assert str(path) in message and "\n" not in message and "trust_checkpoint=true" in message.replace(
+            "--trust-checkpoint", "trust_checkpoint=true"), message
+        return message
+
+    message = refused(lambda: evaluate(_compose("eval", [f"ckpt_path={path}", "device=cpu"])))
+    assert f"qin_config {where}" in message, message
+    refused(lambda: predict(_compose("predict", [f"ckpt_path={path}", f"output={tmp_path / 'p.csv'}",
+                                                 "device=cpu"])))
+    refused(lambda: export_checkpoint(path, tmp_path / "m.onnx"))
+    with pytest.raises(SystemExit) as exit_info:  # the CLI: one line, exit 2
+        export_main([str(path), "--out", str(tmp_path / "m.onnx")])
+    assert exit_info.value.code == 2 and capsys.readouterr().err.count("error: ") == 1
+    assert not marker.exists(), "the payload ran"
+    assert not (tmp_path / "p.csv").exists() and not (tmp_path / "m.onnx").exists()
+
+
+@pytest.mark.parametrize("target", ["builtins.exec", "qin_lightning.models.items.Tensor", 7, None,
+                                    "qin_lightning.training.module.CTRModule", "qin_lightning.models.qin.QIN.forward"])
+def test_only_our_listed_classes_may_be_named(last: Path, tmp_path: Path, target: Any) -> None:
+    """A _target_ that is not the exact name of an allowed class (any type: a number is one line, not a
+    TypeError) is refused naming the key, what was expected and what was found."""
+    ckpt = torch.load(last, map_location="cpu", weights_only=True)
+    ckpt["qin_config"]["model"]["net"]["attention"]["_target_"] = target
+    path = tmp_path / "other_target.ckpt"
+    torch.save(ckpt, path)
+    with pytest.raises(StoredConfigError) as info:
+        load_network(path)
+    message = str(info.value)
+    assert f"qin_config model.net.attention._target_: expected one of [" in message and repr(target) in message
+
+
+@pytest.mark.parametrize("key", ["_args_", "_call_", "_convert_", "_recursive_", "_partial_"])
+def test_hydra_instructions_are_refused(last: Path, tmp_path: Path, key: str) -> None:
+    ckpt = torch.load(last, map_location="cpu", weights_only=True)
+    ckpt["qin_config"]["model"]["net"][key] = [1] if key == "_args_" else True
+    path = tmp_path / "instruction.ckpt"
+    torch.save(ckpt, path)
+    with pytest.raises(StoredConfigError, match=rf"qin_config model\.net\.{key}"):
+        load_network(path)
+
+
+def test_environment_and_hydra_interpolations_are_never_resolved(last: Path, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """`${oc.env:...}` and `${hydra:...}` stay unresolved: refused, and their values appear in no message."""
+    monkeypatch.setenv("QIN_SECRET", "s3cr3t-value")
+    for value in ("${oc.env:QIN_SECRET}", "${hydra:runtime.cwd}"):
+        ckpt = torch.load(last, map_location="cpu", weights_only=True)
+        ckpt["qin_config"]["experiment_name"] = value
+        path = tmp_path / "interpolation.ckpt"
+        torch.save(ckpt, path)
+        with pytest.raises(StoredConfigError) as info:
+            load_network(path)
+        assert "qin_config experiment_name: expected a plain string, got an interpolation" in str(info.value)
+        assert "s3cr3t-value" not in str(info.value) and str(Path.cwd()) not in str(info.value)
+
+
+def test_sizes_in_the_stored_network_config_are_checked_before_allocation(last: Path, tmp_path: Path) -> None:
+    """A stored width beyond every stored tensor is refused before the network is built; one within that
+    bound is built on the meta device first, so a mismatch costs no memory."""
+    import tracemalloc
+
+    for key, value, expected in (("embedding_dim", 10**9, "an integer of at most"),
+                                 ("embedding_dim", 16, "expected shape"),
+                                 ("embedding_dim", 8.0, "expected an integer, got float 8.0")):
+        ckpt = torch.load(last, map_location="cpu", weights_only=True)
+        ckpt["qin_config"]["model"]["net"][key] = value
+        path = tmp_path / "sizes.ckpt"
+        torch.save(ckpt, path)
+        tracemalloc.start()
+        with pytest.raises(QinError, match=expected):
+            load_network(path)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert peak < 20 * 2**20, f"{key}={value}: {peak / 2**20:.1f} MiB"
+
+
+def test_a_huge_synthetic_dataset_in_a_stored_config_is_refused_before_generation(last: Path, tmp_path: Path) -> None:
+    """`data.synthetic.train_rows=10**10` (as an int; 1e10 as a float is refused by type) would make eval
+    generate until the machine gives out; it is refused with one line, nothing generated."""
+    for value, expected in ((10**10, "expected a dataset that fits in memory"),
+                            (1e10, "expected an integer, got float 10000000000.0")):
+        ckpt = torch.load(last, map_location="cpu", weights_only=True)
+        ckpt["qin_config"]["data"]["synthetic"]["train_rows"] = value
+        ckpt["qin_config"]["data"]["root"] = str(tmp_path / "generated")
+        path = tmp_path / "huge.ckpt"
+        torch.save(ckpt, path)
+        with pytest.raises(QinError, match=expected):
+            evaluate(_compose("eval", [f"ckpt_path={path}", "device=cpu"]))
+        assert not (tmp_path / "generated").exists()
+
+
+def test_a_resumed_run_never_carries_a_stored_config_forward(last: Path, run: Path, tmp_path: Path) -> None:
+    """Resuming from a checkpoint whose qin_config carries payloads (both subtrees, tuple and interpolation
+    shapes) runs nothing, and the new run's checkpoints hold its own config: loading them runs nothing either."""
+    ckpt = torch.load(last, map_location="cpu", weights_only=True)
+    marker = tmp_path / "PWNED_resume"
+    ckpt["qin_config"]["model"]["net"]["extra"] = (_touch(marker),)
+    ckpt["qin_config"]["data"]["extra"] = _interpolation(marker)
+    hostile = tmp_path / "hostile_resume.ckpt"
+    torch.save(ckpt, hostile)
+    run_dir = tmp_path / "resumed"
+    train(compose_train(tiny_overrides(run.parent) + tiny_model_overrides() + ["trainer.max_epochs=3",
+                                                                               f"ckpt_path={hostile}"], run_dir))
+    written = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert written["epoch"] == 2, "not resumed"
+    assert "extra" not in written["qin_config"]["model"]["net"] and "extra" not in written["qin_config"]["data"]
+    for trust in (False, True):  # even a trusted load of the new file finds nothing to run
+        load_for_inference(run_dir / "checkpoints" / "last.ckpt", None, "validate", trust_checkpoint=trust)
+    assert not marker.exists(), "the payload ran"
+
+
+# ---- property: any stored config either builds exactly our classes or is one line; nothing ever runs ---------
+KEYS = ["_target_", "_args_", "_partial_", "_recursive_", "_convert_", "_call_", "extra", "activation",
+        "embedding_dim", "num_layers", "synthetic", "source", "train_rows", "attention", "interaction", "fast", "root"]
+TARGETS = [*NETWORKS, *NETWORK_PARTS, *DATA_MODULES, *DATA_PARTS, "pathlib.Path.touch", "builtins.exec",
+           "qin_lightning.training.module.CTRModule", "sympy.sympify"]
+
+
+def _stored_values(marker: Path) -> st.SearchStrategy[Any]:
+    """Plain and hostile values: scalars, interpolations, payloads, class nodes, tuples, nested containers."""
+    leaves = st.one_of(
+        st.none(), st.booleans(), st.integers(-3, 10**12), st.floats(allow_nan=True), st.text(max_size=6),
+        st.sampled_from(["${oc.env:HOME}", "${hydra:runtime.cwd}", "a ${b}", "relu", "softmax", "mean"]),
+        st.just(_touch(marker)), st.just(_interpolation(marker)),
+        st.sampled_from(TARGETS).map(lambda target: {"_target_": target}),
+    )
+    return st.recursive(leaves, lambda inner: st.one_of(
+        st.lists(inner, max_size=3), st.tuples(inner), st.dictionaries(st.sampled_from(KEYS), inner, max_size=3),
+    ), max_leaves=6)
+
+
+def _dicts_in(node: Any) -> list[dict[str, Any]]:
+    found = [node] if isinstance(node, dict) else []
+    for value in (node.values() if isinstance(node, dict) else node if isinstance(node, list) else []):
+        found += _dicts_in(value)
+    return found
+
+
+def test_property_a_stored_config_builds_our_classes_or_is_one_line(last: Path,
+                                                                     tmp_path_factory: pytest.TempPathFactory) -> None:
+    tmp = tmp_path_factory.mktemp("property")
+    marker = tmp / "PWNED"
+    original = torch.load(last, map_location="cpu", weights_only=True)
+
+    @settings(max_examples=60, deadline=None, database=None, derandomize=True)
+    @given(st.lists(st.tuples(st.booleans(), st.integers(0, 50), st.sampled_from(KEYS), _stored_values(marker)),
+                    min_size=1, max_size=3))
+    def check(edits: list[tuple[bool, int, str, Any]]) -> None:
+        ckpt = copy.deepcopy(original)
+        for in_net, pick, key, value in edits:
+            subtree = ckpt["qin_config"]["model"]["net"] if in_net else ckpt["qin_config"]["data"]
+            dicts = _dicts_in(subtree)
+            dicts[pick % len(dicts)][key] = value
+        path = tmp / "generated.ckpt"
+        torch.save(ckpt, path)
+        try:
+            net, cfg = load_network(path)
+            dm = build_stored_datamodule(data_config(cfg, None, path), path, "trust_checkpoint=true")
+        except QinError as err:
+            assert "\n" not in str(err) and str(path) in str(err), str(err)
+        else:
+            assert type(net) in NETWORKS.values() and type(dm) is MMCTRDataModule
+            assert dm.synthetic is None or type(dm.synthetic) is SyntheticConfig
+            assert dm.source is None or type(dm.source) is MovieLensSource
+        assert not marker.exists(), f"the payload ran: {edits}"
+
+    check()
 
 
 def test_a_moved_data_class_still_loads(last: Path, tmp_path: Path) -> None:

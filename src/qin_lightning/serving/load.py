@@ -1,20 +1,19 @@
 """Read checkpoints safely and rebuild a trained network from one (train's resume, eval, predict, export).
 
 A checkpoint is untrusted input: it may come from anyone. It is read with ``torch.load(weights_only=True)``
-(tensors, numbers, strings, lists, dicts: unpickling cannot run code), and the Hydra config stored in it
-(``qin_config``) may only name our own network and data classes (``check_config_targets``), since
-instantiating an arbitrary ``_target_`` would run code as well. ``trust=True`` (``trust_checkpoint=true``,
-``--trust-checkpoint``) lifts both restrictions for a file the user trusts.
+(tensors, numbers, strings, lists, dicts: unpickling cannot run code), and the config stored in it
+(``qin_config``) is data, never instantiated or resolved: the network is rebuilt by
+``qin_lightning.serving.stored_config`` from plain values naming only our own classes. ``trust=True``
+(``trust_checkpoint=true``, ``--trust-checkpoint``) lifts both restrictions for a file the user trusts (then the
+stored config is instantiated with Hydra).
 
 A checkpoint holds `state_dict` (CTRModule keys: `net.<param>`, item tables included as buffers) and
-`qin_config`, the resolved Hydra config of the run. The network is instantiated from `qin_config["model"]["net"]`
+`qin_config`, the resolved Hydra config of the run. The network is built from `qin_config["model"]["net"]`
 with zero item tables shaped like the stored buffers, then the state dict is loaded (strict).
 """
 
 from __future__ import annotations
 
-import importlib
-import inspect
 import pickle
 import re
 from pathlib import Path
@@ -28,6 +27,7 @@ from torch import nn
 
 from qin_lightning.errors import QinError
 from qin_lightning.models.inference import rename_old_switches
+from qin_lightning.serving.stored_config import MOVED_TARGETS, build_network, plain_config
 
 NET_PREFIX = "net."
 TAGS_KEY = "items.item_tags"
@@ -36,11 +36,6 @@ TAG_EMBEDDING_KEY = "items.tag_embedding.weight"
 TRUST_HINT = "trust_checkpoint=true"
 ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format
 PICKLE_PROTO = b"\x80"  # legacy torch.save (a pickle, protocol >= 2)
-# the packages whose classes a checkpoint's qin_config may instantiate, per config subtree
-NET_PACKAGE = "qin_lightning.models"
-DATA_PACKAGE = "qin_lightning.data"
-# Classes that moved after checkpoints naming them were written: old qin_config `_target_` -> where it is now.
-MOVED_TARGETS = {"qin_lightning.data.movielens.MovieLensSource": "qin_lightning.data.movielens.source.MovieLensSource"}
 
 
 class UnsafeCheckpointError(QinError):
@@ -112,45 +107,8 @@ def _disallowed(err: BaseException) -> str:
         "Python objects beyond plain data"
 
 
-def check_config_targets(node: Any, package: str, where: str, path: str | Path,
-                         trust_hint: str = TRUST_HINT) -> None:
-    """Every ``_target_`` under ``node`` must be a class defined in ``package`` (our networks / data classes).
-
-    A checkpoint's ``qin_config`` is instantiated by eval/predict/export; an arbitrary ``_target_`` (say
-    ``os.system``) would run code, so an untrusted checkpoint may only name our own classes.
-    """
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if key == "_target_":
-                _check_target(value, package, where, path, trust_hint)
-            else:
-                check_config_targets(value, package, f"{where}.{key}", path, trust_hint)
-    elif isinstance(node, list):
-        for i, value in enumerate(node):
-            check_config_targets(value, package, f"{where}[{i}]", path, trust_hint)
-
-
-def _check_target(target: Any, package: str, where: str, path: str | Path, trust_hint: str) -> None:
-    problem = f"{path}: qin_config {where}._target_={target!r}"
-    if not isinstance(target, str) or not target.startswith(package + "."):
-        raise UnsafeCheckpointError(
-            f"{problem} is not a class of {package}; a checkpoint may only name the project's own classes "
-            f"(instantiating anything else could run code); if you trust the file, pass {trust_hint}"
-        )
-    module_name, _, name = target.rpartition(".")
-    try:
-        obj = getattr(importlib.import_module(module_name), name)
-    except (ImportError, AttributeError):
-        raise QinError(f"{problem}: no such class (checkpoint from another version of qin_lightning?)") from None
-    if not inspect.isclass(obj) or not obj.__module__.startswith(package + "."):
-        raise UnsafeCheckpointError(
-            f"{problem} is not a class defined in {package}; a checkpoint may only name the project's own classes; "
-            f"if you trust the file, pass {trust_hint}"
-        )
-
-
 def _update_moved_targets(node: Any) -> None:
-    """Rewrite, in place, every ``_target_`` of MOVED_TARGETS to the class's current path."""
+    """Rewrite, in place, every ``_target_`` of MOVED_TARGETS to the class's current path (trusted loading)."""
     if isinstance(node, dict):
         if node.get("_target_") in MOVED_TARGETS:
             node["_target_"] = MOVED_TARGETS[node["_target_"]]
@@ -174,10 +132,12 @@ def network_state(ckpt: dict[str, Any], path: str | Path) -> dict[str, torch.Ten
 
 def load_network(path: str | Path, trust: bool = False,
                  trust_hint: str = TRUST_HINT) -> tuple[nn.Module, dict[str, Any]]:
-    """(network in eval mode on the CPU, resolved run config) from a checkpoint written by our training.
+    """(network in eval mode on the CPU, run config) from a checkpoint written by our training.
 
-    Untrusted (the default): read with ``weights_only=True`` and every ``_target_`` of ``qin_config.model.net``
-    and ``qin_config.data`` checked to be one of our classes before anything is instantiated.
+    Untrusted (the default): read with ``weights_only=True``; the whole ``qin_config`` is copied as plain data
+    (``stored_config.plain_config``) and the network built from that copy of ``model.net`` by
+    ``stored_config.build_network`` (our classes only, sizes checked against the stored tensors). Trusted: the
+    stored ``model.net`` is instantiated with Hydra.
     """
     ckpt = read_checkpoint(path, trust=trust, trust_hint=trust_hint)
     cfg = ckpt.get("qin_config")
@@ -185,11 +145,12 @@ def load_network(path: str | Path, trust: bool = False,
         raise QinError(
             f"{path}: checkpoint has no 'qin_config' with model.net (it was not written by qin_lightning.train)"
         )
-    _update_moved_targets(cfg)
-    if not trust:
-        check_config_targets(cfg["model"]["net"], NET_PACKAGE, "model.net", path, trust_hint)
-        check_config_targets(cfg.get("data"), DATA_PACKAGE, "data", path, trust_hint)
     state = network_state(ckpt, path)
+    if not trust:
+        cfg = plain_config(cfg, "", path, trust_hint)
+        assert isinstance(cfg, dict)
+        return build_network(cfg["model"]["net"], state, path, trust_hint).eval(), cfg
+    _update_moved_targets(cfg)
     tags, mm = state[TAGS_KEY], state[MM_KEY]
     try:
         net = instantiate(

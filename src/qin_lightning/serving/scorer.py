@@ -1,7 +1,7 @@
 """Score a split with a trained model: the one scorer of eval, predict and the experiments/ scripts.
 
 `load_for_inference` rebuilds the network and the data from a training checkpoint (strict, safe loading:
-qin_lightning.serving.load); only where the data lives (``data.root``) and the batch size (``data.batch_size``)
+qin_lightning.serving.load; the stored config is plain data built by qin_lightning.serving.stored_config); only where the data lives (``data.root``) and the batch size (``data.batch_size``)
 may be overridden. The data's item tables must be the ones the model was trained with (same rows, same values),
 else the ids would silently mean other items (`check_item_tables`). `scored_batches` yields the probabilities of
 the checkpoint's network in torch, or of an exported model (qin_lightning.export) in onnxruntime.
@@ -22,7 +22,8 @@ from qin_lightning.data import layout
 from qin_lightning.data.datamodule import Batch, MMCTRDataModule, SplitDataset
 from qin_lightning.errors import ConfigError, QinError
 from qin_lightning.models.inference import inference_form
-from qin_lightning.serving.load import load_network
+from qin_lightning.serving.load import TRUST_HINT, load_network
+from qin_lightning.serving.stored_config import build_datamodule
 from qin_lightning.serving.runtime import feed, open_session
 
 DATA_OVERRIDES = ("root", "batch_size")  # the only data settings eval/predict may change
@@ -84,7 +85,10 @@ def load_for_inference(
         raise ConfigError("ckpt_path is required, e.g. ckpt_path=logs/train/runs/qin/<run>/checkpoints/last.ckpt")
     net, run_cfg = load_network(ckpt_path, trust=trust_checkpoint)
     data = data_config(run_cfg, data_overrides, ckpt_path)
-    dm = instantiate_reporting(OmegaConf.create(data), _convert_="object")
+    if trust_checkpoint:
+        dm = instantiate_reporting(OmegaConf.create(data), _convert_="object")
+    else:  # plain data of our own classes only, never instantiated with Hydra (serving.stored_config)
+        dm = build_datamodule(data, ckpt_path, TRUST_HINT)
     dm.prepare_data()
     dm.setup(stage)
     check_item_tables(net, dm, ckpt_path)

@@ -243,4 +243,5 @@ class CTRModule(LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.val_history = list(checkpoint.get("qin_val_history", []))
-        self.run_config = checkpoint.get("qin_config", self.run_config)
+        # the stored qin_config is never carried forward: a resumed run's checkpoints hold its own (composed)
+        # config, so a hostile stored config cannot be laundered into files this run writes (README "Security")

@@ -1,0 +1,292 @@
+"""The config stored in a checkpoint (`qin_config`) is data, never code: checked as plain values, built by us.
+
+A checkpoint may come from anyone, so nothing in its `qin_config` is instantiated, interpolated or resolved.
+Instead (`plain_config`, then `build_network` / `build_datamodule`):
+
+1. The stored value is copied into plain Python values: dicts with string keys, lists, str, int, float, bool,
+   None (a ``_target_`` of a class that moved is renamed, `MOVED_TARGETS`). Anything else (a tuple, a tensor, any other type) is refused, as is every string containing ``${``
+   (an OmegaConf interpolation or resolver: none is ever evaluated) and every Hydra key other than
+   ``_target_`` (``_args_``, ``_call_``, ``_convert_``, ``_recursive_``, ...; ``_partial_`` only as the
+   ``true`` that our own attention/interaction configs carry, and it changes nothing: see 2).
+2. That copy, and only it, is built by the walk that checks it: a ``_target_`` must be the exact name of a
+   class in the allowlists below (`NETWORKS` and `NETWORK_PARTS` for ``model.net``, `DATA_MODULES` and
+   `DATA_PARTS` for ``data``); a network's parts are always passed as partials (the network calls them with
+   its width); every other key must be a parameter of that class, with a value of the kind its default has
+   (an int where the default is an int, ...), and a class may only be named as the value of such a parameter.
+3. Sizes are checked before anything is allocated: every int and every list length of ``model.net`` is at
+   most the largest dimension (or the number) of the checkpoint's tensors, the network is first built on the
+   ``meta`` device (no storage) and every parameter and buffer shape must equal the stored one before it is
+   built for real; a synthetic dataset's declared rows must fit in the available memory.
+
+``trust_checkpoint=true`` (``--trust-checkpoint``) skips all of this and instantiates the stored config with
+Hydra, as a trusted config: for files the user trusts completely.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from pathlib import Path
+from typing import Any, Union
+
+import torch
+from torch import Tensor, nn
+
+from qin_lightning.data.datamodule import MMCTRDataModule
+from qin_lightning.data.movielens.source import MovieLensSource
+from qin_lightning.data.synthetic import SyntheticConfig
+from qin_lightning.errors import QinError
+from qin_lightning.models.attention import MeanPooling, TargetAttention
+from qin_lightning.models.din import DIN
+from qin_lightning.models.inference import rename_old_switches
+from qin_lightning.models.interaction import MLP, QuadraticAlphaNetwork, QuadraticNetwork
+from qin_lightning.models.qin import QIN
+from qin_lightning.models.transformer_dcn import TransformerDCN
+from qin_lightning.training.memory import cpu_available
+
+Plain = Union[dict[str, "Plain"], list["Plain"], str, int, float, bool, None]
+TARGET = "_target_"
+PARTIAL = "_partial_"
+MAX_DEPTH = 16  # our configs nest 3 deep
+
+
+def _names(*classes: type) -> dict[str, type]:
+    return {f"{cls.__module__}.{cls.__qualname__}": cls for cls in classes}
+
+
+# the only classes a stored config may name, per subtree; `*_PARTS` only as a parameter of a `NETWORKS` /
+# `DATA_MODULES` class
+NETWORKS = _names(QIN, DIN, TransformerDCN)
+NETWORK_PARTS = _names(TargetAttention, MeanPooling, QuadraticNetwork, QuadraticAlphaNetwork, MLP)
+DATA_MODULES = _names(MMCTRDataModule)
+DATA_PARTS = _names(SyntheticConfig, MovieLensSource)
+# classes that moved after checkpoints naming them were written: old name -> current name
+MOVED_TARGETS = {"qin_lightning.data.movielens.MovieLensSource": "qin_lightning.data.movielens.source.MovieLensSource"}
+# what the network takes from the checkpoint's tensors, never from its config
+NETWORK_TENSOR_ARGS = ("item_tags", "item_mm", "num_tags")
+
+
+class StoredConfigError(QinError):
+    """A checkpoint's stored config is not plain data of our own classes (refused unless trusted)."""
+
+
+def _refuse(path: str | Path, where: str, expected: str, got: str, trust_hint: str) -> StoredConfigError:
+    return StoredConfigError(
+        f"{path}: qin_config {where}: expected {expected}, got {got}; a checkpoint's config is read as plain "
+        f"data, never run (if you trust the file and whoever made it, pass {trust_hint})"
+    )
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text[:80] + '...' if len(text) > 80 else text}"
+
+
+# ---- 1. plain data -----------------------------------------------------------------------------------------
+def plain_config(value: Any, where: str, path: str | Path, trust_hint: str, depth: int = 0) -> Plain:
+    """A copy of `value` made of plain Python values only (module doc, step 1); StoredConfigError otherwise."""
+    if depth > MAX_DEPTH:
+        raise _refuse(path, where, f"at most {MAX_DEPTH} nested levels", "deeper nesting", trust_hint)
+    kind = type(value)
+    if value is None or kind in (bool, int, float):
+        return value
+    if kind is str:
+        if "${" in value:
+            raise _refuse(path, where, "a plain string", f"an interpolation {_shown(value)}", trust_hint)
+        return value
+    if kind is list:
+        return [plain_config(v, f"{where}[{i}]", path, trust_hint, depth + 1) for i, v in enumerate(value)]
+    if kind is dict:
+        copy: dict[str, Plain] = {}
+        for key, item in value.items():
+            if type(key) is not str or "${" in key:
+                raise _refuse(path, f"{where} key {key!r}", "a plain string key", _shown(key), trust_hint)
+            inner = f"{where}.{key}" if where else key
+            if key.startswith("_") and key.endswith("_") and key not in (TARGET, PARTIAL):
+                raise _refuse(path, inner, "no Hydra instruction but _target_", f"the key {key}", trust_hint)
+            copy[key] = plain_config(item, inner, path, trust_hint, depth + 1)
+            if key == TARGET and isinstance(copy[key], str) and copy[key] in MOVED_TARGETS:
+                copy[key] = MOVED_TARGETS[copy[key]]
+        return copy
+    raise _refuse(path, where, "a dict, list, str, int, float, bool or null", _shown(value), trust_hint)
+
+
+# ---- 2. built by the walk that checks it -------------------------------------------------------------------
+def _kind_of(default: Any) -> tuple[tuple[type, ...], str] | None:
+    """The value types a parameter with this default accepts (None: any plain scalar or a class node)."""
+    if isinstance(default, bool):
+        return (bool,), "true or false"
+    if isinstance(default, int):
+        return (int,), "an integer"
+    if isinstance(default, float):
+        return (int, float), "a number"
+    if isinstance(default, str):
+        return (str,), "a string"
+    if isinstance(default, list):
+        return (list,), "a list"
+    return None
+
+
+class _Builder:
+    """Builds one subtree (``model.net`` or ``data``) of a plain config from one allowlist."""
+
+    def __init__(self, roots: dict[str, type], parts: dict[str, type], partial_parts: bool,
+                 path: str | Path, trust_hint: str, fixed: dict[str, Any] | None = None) -> None:
+        self.roots, self.parts, self.partial_parts = roots, parts, partial_parts
+        self.path, self.trust_hint = path, trust_hint
+        self.fixed = fixed or {}  # arguments of the root class that come from elsewhere (the tensors)
+
+    def refuse(self, where: str, expected: str, got: str) -> StoredConfigError:
+        return _refuse(self.path, where, expected, got, self.trust_hint)
+
+    def build(self, node: Plain, where: str) -> Any:
+        return self._node(node, where, self.roots, is_part=False)
+
+    def _node(self, node: Plain, where: str, allowed: dict[str, type], is_part: bool) -> Any:
+        if not isinstance(node, dict):
+            raise self.refuse(where, "a mapping with a _target_", _shown(node))
+        target = node.get(TARGET)
+        if not isinstance(target, str) or target not in allowed:
+            raise self.refuse(f"{where}._target_", f"one of {sorted(allowed)}", _shown(target))
+        cls = allowed[target]
+        partial = node.get(PARTIAL)
+        if PARTIAL in node and not (is_part and self.partial_parts and partial is True):
+            raise self.refuse(f"{where}._partial_", "no _partial_ (only a network part may carry _partial_: true)",
+                              _shown(partial))
+        params = inspect.signature(cls).parameters
+        kwargs: dict[str, Any] = {}
+        for key, value in node.items():
+            if key in (TARGET, PARTIAL):
+                continue
+            inner = f"{where}.{key}"
+            param = params.get(key)
+            if param is None or key in self.fixed or param.kind not in (param.POSITIONAL_OR_KEYWORD,
+                                                                       param.KEYWORD_ONLY):
+                raise self.refuse(inner, f"a parameter of {target}", f"the key {key!r}")
+            kwargs[key] = self._value(value, inner, param.default)
+        try:
+            if is_part and self.partial_parts:
+                inspect.signature(cls).bind_partial(**kwargs)
+                return functools.partial(cls, **kwargs)
+            return cls(**kwargs, **(self.fixed if not is_part else {}))
+        except (TypeError, ValueError) as err:
+            raise QinError(f"{self.path}: qin_config {where}: cannot build {target} ({_first_line(err)})") from None
+
+    def _value(self, value: Plain, where: str, default: Any) -> Any:
+        if isinstance(value, dict):
+            return self._node(value, where, self.parts, is_part=True)
+        kind = _kind_of(default)
+        if isinstance(value, list):
+            if kind is not None and kind[0] != (list,):
+                raise self.refuse(where, kind[1], _shown(value))
+            for i, item in enumerate(value):
+                if isinstance(item, (dict, list)):
+                    raise self.refuse(f"{where}[{i}]", "a plain value", _shown(item))
+            return list(value)
+        if kind is not None and value is not None and (type(value) not in kind[0]):
+            raise self.refuse(where, kind[1], _shown(value))
+        return value
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return (text.splitlines()[0] if text else type(err).__name__)[:200]
+
+
+# ---- 3. sizes before allocation ----------------------------------------------------------------------------
+def _check_net_sizes(node: Plain, where: str, limit: int, count: int, path: str | Path, trust_hint: str) -> None:
+    """Every int <= `limit` (the largest stored tensor dimension) and every list <= `count` entries."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            _check_net_sizes(value, f"{where}.{key}", limit, count, path, trust_hint)
+    elif isinstance(node, list):
+        if len(node) > count:
+            raise _refuse(path, where, f"a list of at most {count} entries (the checkpoint holds {count} tensors)",
+                          f"{len(node)} entries", trust_hint)
+        for i, value in enumerate(node):
+            _check_net_sizes(value, f"{where}[{i}]", limit, count, path, trust_hint)
+    elif type(node) is int and abs(node) > limit:
+        raise _refuse(path, where, f"an integer of at most {limit:,} (the largest dimension of the checkpoint's "
+                                   "tensors)", f"{node:,}", trust_hint)
+
+
+def build_network(net_config: Any, state: dict[str, Tensor], path: str | Path, trust_hint: str) -> nn.Module:
+    """Our network described by a stored ``model.net`` (plain, checked: module doc), holding `state` (strict).
+
+    `state` is the network's state dict (item tables included), the only source of the item tables and the
+    tag vocabulary; the network is first built on the meta device and its shapes compared with `state`.
+    """
+    plain = rename_old_switches(plain_config(net_config, "model.net", path, trust_hint))
+    dims = [int(d) for t in state.values() for d in t.shape]
+    _check_net_sizes(plain, "model.net", max([len(state), *dims]), len(state), path, trust_hint)
+    tags, mm, tag_table = state["items.item_tags"], state["items.item_mm"], state["items.tag_embedding.weight"]
+    if tags.dtype != torch.long or not mm.dtype.is_floating_point or not tag_table.dtype.is_floating_point:
+        raise QinError(
+            f"{path}: state_dict net.items.*: expected int64 item_tags and float item_mm / tag_embedding.weight, "
+            f"got {tags.dtype}, {mm.dtype}, {tag_table.dtype}"
+        )
+    if tag_table.dim() != 2 or tags.dim() != 2 or mm.dim() != 2:
+        raise QinError(f"{path}: state_dict net.items.*: expected 2-D item tables, got shapes "
+                       f"{tuple(tags.shape)}, {tuple(mm.shape)}, {tuple(tag_table.shape)}")
+
+    def make(device: str) -> nn.Module:
+        with torch.device(device):
+            fixed = {"item_tags": torch.zeros(tags.shape, dtype=tags.dtype),
+                     "item_mm": torch.zeros(mm.shape, dtype=mm.dtype), "num_tags": int(tag_table.shape[0])}
+            try:
+                return _Builder(NETWORKS, NETWORK_PARTS, True, path, trust_hint, fixed).build(plain, "model.net")
+            except QinError:
+                raise
+            except (TypeError, ValueError, RuntimeError, IndexError) as err:
+                raise QinError(f"{path}: qin_config model.net: cannot build the network ({_first_line(err)})") \
+                    from None
+
+    _check_shapes(make("meta"), state, path)
+    net = make("cpu")
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise QinError(f"{path}: weights do not match qin_config.model.net ({_first_line(err)})") from None
+    return net
+
+
+def _check_shapes(meta_net: nn.Module, state: dict[str, Tensor], path: str | Path) -> None:
+    """The network described by the config has exactly the stored tensors' names and shapes."""
+    expected = meta_net.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        problem = f"missing net.{missing[0]}" if missing else f"unexpected net.{unexpected[0]}"
+        raise QinError(f"{path}: weights do not match qin_config.model.net ({problem}; "
+                       f"{len(missing)} missing, {len(unexpected)} unexpected)")
+    for key, tensor in expected.items():
+        if tuple(tensor.shape) != tuple(state[key].shape):
+            raise QinError(f"{path}: state_dict net.{key}: expected shape {tuple(tensor.shape)} (from "
+                           f"qin_config.model.net), got {tuple(state[key].shape)}")
+
+
+def build_datamodule(data_config: Any, path: str | Path, trust_hint: str) -> MMCTRDataModule:
+    """Our data module described by a stored ``data`` config (plain, checked: module doc); a synthetic dataset
+    whose declared rows would not fit in the available memory is refused before it is generated."""
+    plain = plain_config(data_config, "data", path, trust_hint)
+    dm = _Builder(DATA_MODULES, DATA_PARTS, False, path, trust_hint).build(plain, "data")
+    synthetic = dm.synthetic
+    if synthetic is not None:
+        needed = synthetic_bytes(synthetic)
+        free = cpu_available()
+        if free is not None and needed > free:
+            rows = synthetic.train_rows + synthetic.valid_rows + synthetic.test_rows
+            raise StoredConfigError(
+                f"{path}: qin_config data.synthetic: expected a dataset that fits in memory, got {rows:,} rows and "
+                f"{synthetic.num_items:,} items needing at least {needed / 2**30:,.1f} GiB to generate "
+                f"(available: {free / 2**30:,.1f} GiB)"
+            )
+    return dm
+
+
+def synthetic_bytes(synthetic: SyntheticConfig) -> int:
+    """A lower bound of the memory generating `synthetic` takes: its largest split's int64 histories and
+    per-row columns, and the float64 item vectors and tags (qin_lightning.data.synthetic)."""
+    rows = max(synthetic.train_rows, synthetic.valid_rows, synthetic.test_rows)
+    return 8 * (rows * (synthetic.max_len + 6) + synthetic.num_items * (synthetic.emb_dim + synthetic.tags_per_item)
+                + 2 * synthetic.num_users)
