@@ -8,7 +8,11 @@ Runs the same configurations as the tests (seeded: the values are deterministic 
 - test_onnx_int8.py: AUC / logloss of the eager, fp32 ONNX and int8 ONNX scores of the best checkpoint of that
   same learning run, and the largest probability difference of int8 single requests (batch 1) from PyTorch;
   the same for a deliberately coarser export (4-bit precision: q in -7..7, same file format), the regression the
-  tolerances must catch.
+  tolerances must catch;
+- test_new_networks_pipeline.py: the same int8 / 4-bit comparison (AUC, logloss, largest |dp| over the predicted
+  test rows) on the best checkpoint of each experiment's reference run (the winner, QNN-alpha);
+- test_transformer_dcn.py::test_onnx_history_axis_is_fixed_and_int8_export_runs: the largest |dp| of its small
+  winner exported with int8 and with 4-bit precision.
 Not a test (pytest collects test_*.py only); rerun it when a model default or the tiny configs change.
 """
 
@@ -99,6 +103,37 @@ def int8(tmp: Path) -> dict:
     return record
 
 
+def new_networks_int8(tmp: Path) -> dict:
+    from test_new_networks_pipeline import EXPERIMENTS, INT8_BLOCK_SIZE, _cfg, _eval_cfg, int8_errors, predicted
+
+    from qin_lightning.eval import evaluate
+    from qin_lightning.serving.export import export_checkpoint
+
+    record: dict = {}
+    for experiment in EXPERIMENTS:
+        ckpt = train(_cfg(tmp, experiment, f"{experiment}_reference"))["best_checkpoint"]
+        metrics = evaluate(_eval_cfg(ckpt))
+        eager_probs = predicted(ckpt, None, tmp / f"{experiment}_eager.csv")
+        record[experiment] = {"eager": {"auc": metrics["auc"], "logloss": metrics["logloss"]}}
+        for variant, precision in (("int8", contextlib.nullcontext), ("int8_4bit_precision", four_bit_precision)):
+            with precision():
+                model = export_checkpoint(ckpt, tmp / f"{experiment}.{variant}.onnx", weights="int8",
+                                          block_size=INT8_BLOCK_SIZE, overwrite=True)
+            auc, logloss, prob = int8_errors(ckpt, model, metrics, eager_probs, tmp)
+            record[experiment][variant] = {"minus_eager_auc": auc, "minus_eager_logloss": logloss,
+                                           "max_abs_prob_diff": prob}
+    return record
+
+
+def winner_unit_int8() -> dict:
+    from test_transformer_dcn import int8_unit_diff
+
+    record = {"int8": {"max_abs_prob_diff": int8_unit_diff()}}
+    with four_bit_precision():
+        record["int8_4bit_precision"] = {"max_abs_prob_diff": int8_unit_diff()}
+    return record
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
@@ -110,6 +145,10 @@ def main() -> None:
         print(json.dumps(record["test_train_learns"]), flush=True)
         record["onnx_int8"] = int8(Path(tmp) / "int8")
         print(json.dumps(record["onnx_int8"]), flush=True)
+        record["new_networks_int8"] = new_networks_int8(Path(tmp) / "new_networks")
+        print(json.dumps(record["new_networks_int8"]), flush=True)
+    record["winner_unit_int8"] = winner_unit_int8()
+    print(json.dumps(record["winner_unit_int8"]), flush=True)
     atomic_write_json(args.out, record)
 
 

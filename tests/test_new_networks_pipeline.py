@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import compose_train, tiny_model_overrides, tiny_overrides
 from omegaconf import OmegaConf
@@ -16,6 +17,17 @@ from qin_lightning.train import train
 
 EXPERIMENTS = ["transformer_dcn", "qnn_alpha"]
 MORE_STEPS = ["data.batch_size=64", "trainer.max_epochs=3", "callbacks.early_stopping.patience=8"]
+INT8_BLOCK_SIZE = 16
+# tests/measured_margins.json (tests/measure_margins.py, "new_networks_int8"): the int8 export of each reference
+# run's best checkpoint against the eager model, and the same export at 4-bit precision (the regression to catch):
+#   transformer_dcn  int8: AUC -5.0e-4, logloss +3.1e-5, max |dp| 2.2e-3   4-bit: -7.0e-3, +2.4e-3, 4.1e-2
+#   qnn_alpha        int8: AUC +5.0e-4, logloss -2.9e-5, max |dp| 5.2e-4   4-bit: -1.6e-3, +1.3e-4, 3.2e-3
+# (|dp| over the 128 predicted test rows). Each tolerance sits between, 2-4x from the int8 error where the 4-bit
+# one allows it; one AUC step of the 256 validation rows is ~8e-5.
+INT8_TOLERANCES = {  # experiment: (AUC, logloss, max |dp|)
+    "transformer_dcn": (2e-3, 3e-4, 8e-3),
+    "qnn_alpha": (1e-3, 6e-5, 1.3e-3),
+}
 
 
 def _cfg(tmp: Path, experiment: str, run: str, extra: list[str] = ()):  # type: ignore[assignment]
@@ -42,9 +54,8 @@ def test_train_resume_eval_predict_export(tmp_path: Path, experiment: str) -> No
     ckpt = reference["best_checkpoint"]
     metrics = evaluate(_eval_cfg(ckpt))
     assert metrics["auc"] == pytest.approx(reference["best_val_auc"], abs=1e-6)
-    assert predict(OmegaConf.create({"ckpt_path": ckpt, "output": str(tmp_path / "prediction.csv"), "zip": False,
-                                     "overwrite": False, "data": {"root": None, "batch_size": None},
-                                     "device": "cpu", "threads": 1, "debug": False}))["rows"] == 128
+    eager_probs = predicted(ckpt, None, tmp_path / "prediction.csv")
+    assert eager_probs.shape == (128,)
 
     pytest.importorskip("onnxruntime")
     exact = export_checkpoint(ckpt, tmp_path / "model.onnx")
@@ -52,6 +63,27 @@ def test_train_resume_eval_predict_export(tmp_path: Path, experiment: str) -> No
     assert onnx_metrics["auc"] == pytest.approx(metrics["auc"], abs=1e-5)
     assert onnx_metrics["logloss"] == pytest.approx(metrics["logloss"], abs=1e-5)
     pytest.importorskip("onnx")
-    int8 = export_checkpoint(ckpt, tmp_path / "model.int8.onnx", weights="int8", block_size=16)
-    int8_metrics = evaluate(_eval_cfg(ckpt, onnx=str(int8), output=str(tmp_path / "int8.json")))
-    assert int8_metrics["auc"] == pytest.approx(metrics["auc"], abs=0.02)
+    int8 = export_checkpoint(ckpt, tmp_path / "model.int8.onnx", weights="int8", block_size=INT8_BLOCK_SIZE)
+    auc_diff, logloss_diff, prob_diff = int8_errors(ckpt, int8, metrics, eager_probs, tmp_path)
+    auc_tolerance, logloss_tolerance, prob_tolerance = INT8_TOLERANCES[experiment]
+    assert abs(auc_diff) < auc_tolerance and abs(logloss_diff) < logloss_tolerance and prob_diff < prob_tolerance, (
+        auc_diff, logloss_diff, prob_diff)
+    assert logloss_diff != 0.0, "the int8 model must really be the one scored"
+
+
+def predicted(ckpt: str, onnx: Path | None, output: Path) -> np.ndarray:
+    """The click probabilities `predict` writes for the test split (of the ONNX model `onnx` when given)."""
+    cfg = {"ckpt_path": ckpt, "output": str(output), "zip": False, "overwrite": True,
+           "data": {"root": None, "batch_size": None}, "device": "cpu", "threads": 1, "debug": False,
+           "onnx": str(onnx) if onnx else None}
+    return np.loadtxt(predict(OmegaConf.create(cfg))["output"], delimiter=",", skiprows=1)[:, 1]
+
+
+def int8_errors(ckpt: str, int8: Path, eager_metrics: dict, eager_probs: np.ndarray,
+                tmp: Path) -> tuple[float, float, float]:
+    """(AUC, logloss) of the int8 model minus the eager one on the validation split, and the largest
+    |p_int8 - p_eager| over the predicted test rows (also tests/measure_margins.py)."""
+    scored = evaluate(_eval_cfg(ckpt, onnx=str(int8), output=str(tmp / f"{int8.name}.json")))
+    probs = predicted(ckpt, int8, tmp / f"{int8.name}.csv")
+    return (scored["auc"] - eager_metrics["auc"], scored["logloss"] - eager_metrics["logloss"],
+            float(np.abs(probs - eager_probs).max()))

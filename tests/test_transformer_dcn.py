@@ -160,11 +160,20 @@ def test_onnx_export_is_exact() -> None:
         np.testing.assert_allclose(got, expected[rows], rtol=1e-5, atol=1e-6)
 
 
-def test_onnx_history_axis_is_fixed_and_int8_export_runs() -> None:
-    ort = pytest.importorskip("onnxruntime")
-    pytest.importorskip("onnx")
+# tests/measured_margins.json (tests/measure_margins.py, "winner_unit_int8"): the seeded model below (untrained,
+# its probabilities spread widely) exported with int8 weights is within 6.0e-3 of PyTorch on the 6 rows; at 4-bit
+# precision within 0.12. The trained winner's int8 margins: tests/test_new_networks_pipeline.py.
+UNIT_INT8_PROB_TOLERANCE = 2e-2
+
+
+def int8_unit_diff(block_size: int = 16) -> float:
+    """Largest |p_int8 - p_torch| of the small winner below on tiny_batch (also tests/measure_margins.py);
+    asserts the declared history axis and that the weight matrices are int8 (MatMulNBits)."""
+    import onnxruntime as ort
+
     from qin_lightning.serving.export import int8_onnx_bytes, onnx_bytes
 
+    torch.manual_seed(0)
     model = tiny_winner(embedding_dim=16, mm_projection_dim=16, dnn_units=[64], head_units=[32])
     item_seq, item_id, likes, views = tiny_batch()
     fp32 = onnx_bytes(model, seq_len=item_seq.shape[1])
@@ -172,9 +181,17 @@ def test_onnx_history_axis_is_fixed_and_int8_export_runs() -> None:
     assert session.get_inputs()[0].shape == ["batch", item_seq.shape[1]]  # the traced length, declared
     feed = {"item_seq": item_seq.numpy(), "item_id": item_id.numpy(), "likes_level": likes.numpy(),
             "views_level": views.numpy()}
-    quantized = int8_onnx_bytes(fp32, block_size=16)
+    quantized = int8_onnx_bytes(fp32, block_size=block_size)
     assert b"MatMulNBits" in quantized  # the constant weight matrices (cross net, MLPs, projections) are int8
     int8 = ort.InferenceSession(quantized).run(None, feed)[0]
     with torch.no_grad():
         expected = torch.sigmoid(model(item_seq, item_id, likes, views)).numpy()
-    assert int8.shape == (6,) and np.abs(int8 - expected).max() < 0.05  # an approximation, close
+    assert int8.shape == (6,) and expected.std() > 0.1  # probabilities that differ: the error is visible
+    return float(np.abs(int8 - expected).max())
+
+
+def test_onnx_history_axis_is_fixed_and_int8_export_runs() -> None:
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    diff = int8_unit_diff()
+    assert 0.0 < diff < UNIT_INT8_PROB_TOLERANCE  # an approximation, close
