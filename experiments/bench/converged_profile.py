@@ -1,49 +1,71 @@
 """One training step of QIN, DIN and the winner at the converged MovieLens shapes, side by side in one process:
-time per step (median over rounds, the models interleaved within each round) and where each step goes
-(torch.profiler self CPU time per op, as shares of the step; matrix products' achieved GFLOP/s).
+time per step (the models interleaved within every round; median and minimum over rounds: on a shared machine the
+minimum is the least disturbed), where each step goes (torch.profiler self CPU time per op, as shares), and the
+GEMM floor: every matrix product of the profiled step (mm / addmm / bmm, with its shapes) timed alone at the same
+thread count, summed, against the step's time (how fast the step could be if only its matrix products remained).
 
 Shapes (experiments/movielens/converged.yaml): width 32, multimodal projection 32, 20-long histories, batch 2048,
-1 thread, the winner with cross_rank=64; synthetic data at the MovieLens vocabulary (9,725 items, 1,019 tags,
-5 tags per item, 128-d vectors), histories geometric with mean parameter 150 capped at 20 (mean 18.7, 88% full:
-ml-latest-small's training rows have mean 18.71, 87.8% full).
+1 thread, the winner with cross_rank=64; `qin-bench --data-scale converged` data (qin_lightning.bench.data).
+`--before REV` also builds DIN and the winner from din.py / transformer_dcn.py as they were at git revision REV
+(same weights: the same seed) and times them in the same rounds: the speed-up of the changes since REV.
 
-    PYTHONPATH=src python experiments/bench/converged_profile.py > experiments/bench/converged_profile.txt
+    PYTHONPATH=src python experiments/bench/converged_profile.py --rounds 7 --before b7c0622~1 \
+        > experiments/bench/converged_profile.txt
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import importlib.util
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
+from omegaconf import OmegaConf
 from torch.profiler import ProfilerActivity, profile
 
 from qin_lightning.bench import BenchArgs, compose_config
+from qin_lightning.bench.data import synthetic_config
 from qin_lightning.data.datamodule import Batch, MMCTRDataModule
-from qin_lightning.data.synthetic import SyntheticConfig
 from qin_lightning.training.build import build_module
 from qin_lightning.training.module import CTRModule
 
+REPO = Path(__file__).resolve().parents[2]
 GEMMS = ("aten::addmm", "aten::mm", "aten::bmm")  # the kernels (aten::linear / matmul only call them)
 CONVERGED = ["model.net.embedding_dim=32", "model.net.mm_projection_dim=32"]
 PER_EXPERIMENT = {"transformer_dcn": ["model.net.cross_rank=64"]}
+MODULE_OF = {"din": "din", "transformer_dcn": "transformer_dcn"}  # models/<file>.py of the nets --before rebuilds
 
 
 def converged_data(tmp: str, rows: int) -> MMCTRDataModule:
-    """The synthetic stand-in of the converged MovieLens data (sizes in the module docstring)."""
-    config = SyntheticConfig(num_items=9_725, num_tags=1_019, num_users=610, train_rows=rows, valid_rows=256,
-                             test_rows=64, max_len=20, mean_history_len=150.0, seed=0, name="converged")
-    dm = MMCTRDataModule(str(Path(tmp) / "data"), max_len=20, batch_size=2048, synthetic=config)
+    """`qin-bench --data-scale converged` data with `rows` training rows, generated under `tmp`."""
+    config = synthetic_config(BenchArgs(data_scale="converged", train_rows=rows, eval_rows=256, seed=0))
+    dm = MMCTRDataModule(str(Path(tmp) / "data"), max_len=config.max_len, batch_size=2048, synthetic=config)
     dm.prepare_data()
     dm.setup("fit")
     return dm
 
 
-def make_step(module: CTRModule, clip: float | None) -> callable:
+def module_at(revision: str, name: str) -> str:
+    """models/<name>.py as it was at `revision`, importable as `before_<name>`; returns that module's name."""
+    source = subprocess.run(["git", "-C", str(REPO), "show", f"{revision}:src/qin_lightning/models/{name}.py"],
+                            check=True, capture_output=True, text=True).stdout
+    path = Path(tempfile.mkdtemp()) / f"before_{name}.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location(f"before_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return spec.name
+
+
+def make_step(module: CTRModule, clip: float | None) -> Callable[[Batch, int], None]:
     """One training step as the bench times it: loss, backward, gradient clipping, optimizer step."""
     optimizer = module.configure_optimizers()["optimizer"]
     module.train()
@@ -58,56 +80,108 @@ def make_step(module: CTRModule, clip: float | None) -> callable:
     return step
 
 
+def dense_gemms(prof: profile) -> list:
+    """The profiled step's dense matrix products: mm / addmm / bmm events that are neither a sparse CSR product
+    (the packed histories' row_sum: its shapes would read as a dense (B, P) matrix) nor the outer call of one."""
+    picked = []
+    for event in prof.events():
+        if event.name not in GEMMS:
+            continue
+        below = {child.name for child in event.cpu_children}
+        parent, inside = event.cpu_parent, False
+        while parent is not None:
+            inside |= parent.name in GEMMS or "sparse" in parent.name
+            parent = parent.cpu_parent
+        if not inside and not below & {*GEMMS, "aten::_nnz", "aten::crow_indices"}:
+            picked.append(event)
+    return picked
+
+
+def gemm_floor_s(shapes: list[tuple[str, list[list[int]]]]) -> float:
+    """Seconds the given matrix products take alone (each timed on fresh tensors, best of 3)."""
+    total = 0.0
+    for op, dims in shapes:
+        if op == "aten::addmm":
+            args = [torch.randn(*dims[1]), torch.randn(*dims[2])]
+            call = lambda a=args: torch.addmm(torch.zeros(a[0].shape[0], a[1].shape[1]), a[0], a[1])
+        else:
+            args = [torch.randn(*dims[0]), torch.randn(*dims[1])]
+            call = (lambda a=args: torch.mm(*a)) if op == "aten::mm" else (lambda a=args: torch.bmm(*a))
+        call()
+        best = float("inf")
+        for _ in range(3):
+            t0 = time.perf_counter()
+            call()
+            best = min(best, time.perf_counter() - t0)
+        total += best
+    return total
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--experiments", default="qin,din,transformer_dcn")
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--profile-steps", type=int, default=1)
+    p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--override", action="append", default=[], help="extra Hydra override for every model")
+    p.add_argument("--before", default=None, help="git revision: also time DIN and the winner as they were there")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
     names = args.experiments.split(",")
+    runs: dict[str, tuple[Callable[[Batch, int], None], CTRModule]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         dm = converged_data(tmp, 2048 * 4)
         batches = list(dm.train_dataloader())
-        steps = {}
         for name in names:
-            overrides = [*CONVERGED, *PER_EXPERIMENT.get(name, []), *args.override]
-            cfg = compose_config(BenchArgs(experiment=name, overrides=overrides))
-            module = build_module(cfg, dm)
-            steps[name] = (make_step(module, cfg.trainer.get("gradient_clip_val")), module)
+            cfg = compose_config(BenchArgs(experiment=name, overrides=[*CONVERGED, *PER_EXPERIMENT.get(name, [])]))
+            variants = [(name, cfg)]
+            if args.before and name in MODULE_OF:
+                before = cfg.copy()
+                net_class = str(cfg.model.net._target_).split(".")[-1]
+                OmegaConf.update(before, "model.net._target_", f"{module_at(args.before, MODULE_OF[name])}.{net_class}")
+                variants.append((f"{name}@{args.before}", before))
+            for label, config in variants:
+                torch.manual_seed(0)
+                module = build_module(config, dm)
+                runs[label] = (make_step(module, config.trainer.get("gradient_clip_val")), module)
     mean_len = float((batches[0].item_seq > 0).sum(1).float().mean())
-    for name, (step, _) in steps.items():
+    for step, _ in runs.values():
         step(batches[0], 0)  # warm-up
-    times: dict[str, list[float]] = {name: [] for name in names}
+    times: dict[str, list[float]] = {label: [] for label in runs}
     for r in range(args.rounds):
-        for name, (step, _) in steps.items():
+        for label in list(runs) if r % 2 == 0 else reversed(list(runs)):  # every other round in reverse order
+            step = runs[label][0]
             t0 = time.perf_counter()
             step(batches[1 + r % 3], r)
-            times[name].append(time.perf_counter() - t0)
-    median = {name: statistics.median(t) for name, t in times.items()}
-    print(f"torch {torch.__version__}, {args.threads} thread(s), batch 2048, history 20 (mean {mean_len:.2f} items)\n")
-    print("time per training step, median of {} interleaved rounds (s); ratio to {}:".format(args.rounds, names[0]))
-    for name in names:
-        print(f"  {name:18s} {median[name]:7.3f}  x{median[name] / median[names[0]]:5.2f}   "
-              f"rounds {', '.join(f'{t:.3f}' for t in times[name])}")
-    for name, (step, module) in steps.items():
-        with profile(activities=[ProfilerActivity.CPU], with_flops=True) as prof:
-            for i in range(args.profile_steps):
-                step(batches[1 + i % 3], i)
+            times[label].append(time.perf_counter() - t0)
+    best = {label: min(t) for label, t in times.items()}
+    median = {label: statistics.median(t) for label, t in times.items()}
+    base = names[0]
+    print(f"torch {torch.__version__}, {args.threads} thread(s), batch 2048, history 20 (mean {mean_len:.2f} items "
+          f"in the timed batches); loadavg at the end {', '.join(f'{x:.1f}' for x in __import__('os').getloadavg())}"
+          f"\n\ntime per training step over {args.rounds} interleaved rounds (s), and x {base}'s:")
+    for label in runs:
+        print(f"  {label:30s} min {best[label]:7.3f}  x{best[label] / best[base]:5.2f}   median {median[label]:7.3f}  "
+              f"x{median[label] / median[base]:5.2f}   rounds {', '.join(f'{t:.3f}' for t in times[label])}")
+    for label, (step, module) in runs.items():
+        if "@" in label:
+            continue
+        with profile(activities=[ProfilerActivity.CPU], with_flops=True, record_shapes=True) as prof:
+            step(batches[1], 0)
         events = prof.key_averages()
         total = sum(e.self_cpu_time_total for e in events)
         by_op = collections.Counter({e.key: e.self_cpu_time_total for e in events})
+        gemms = dense_gemms(prof)
+        gemm_us = sum(e.self_cpu_time_total for e in gemms)
+        gemm_flops = sum(e.flops for e in gemms)
+        shapes = [(e.name, [list(s) for s in e.input_shapes]) for e in gemms]
+        floor = gemm_floor_s(shapes)
         n_params = sum(p.numel() for p in module.parameters())
-        gemm_us = sum(e.self_cpu_time_total for e in events if e.key in GEMMS)
-        gemm_flops = sum(e.flops for e in events if e.key in GEMMS)
-        print(f"\n## {name}: {n_params:,} parameters; profiled self CPU time {total / 1e3 / args.profile_steps:.0f} "
-              f"ms per step; matrix products {100 * gemm_us / total:.1f}% of it, "
-              f"{gemm_flops / args.profile_steps / 1e9:.1f} GFLOP per step at "
-              f"{gemm_flops / max(gemm_us, 1) / 1e3:.1f} GFLOP/s")
-        for key, us in by_op.most_common(14):
+        print(f"\n## {label}: {n_params:,} parameters; profiled step {total / 1e6:.3f} s of self CPU time; "
+              f"dense matrix products {100 * gemm_us / total:.1f}% of it ({len(shapes)} calls, "
+              f"{gemm_flops / 1e9:.1f} GFLOP at {gemm_flops / max(gemm_us, 1) / 1e3:.1f} GFLOP/s in the step)")
+        print(f"   GEMM floor: those products alone take {floor:.3f} s ({gemm_flops / 1e9 / floor:.1f} GFLOP/s) = "
+              f"x{floor / best[base]:.2f} {base}'s fastest step; this model's fastest step is x{best[label] / floor:.2f} "
+              f"its floor")
+        for key, us in by_op.most_common(12):
             print(f"  {key[:52]:52s} {100 * us / total:6.1f}%")
 
 

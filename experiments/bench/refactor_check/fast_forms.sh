@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The refactor check of DIN's and the winner's faster fast forms (commit b7c0622) and the bench changes after it:
+# the same short `qin-bench` (tiny synthetic data, QIN, DIN and the winner at the converged width, a few training
+# steps of the plain and fast paths, then the validation AUC of the trained weights) on the tree before them
+# (git archive b7c0622~1 src, unpacked in a temporary folder) and on this tree, one after the other in the same venv.
+# Every AUC must agree to float rounding (the fast forms draw the same dropout masks as before).
+set -euo pipefail
+cd "$(dirname "$0")/../../.."
+OUT=experiments/bench/refactor_check
+OLD=$(mktemp -d)
+trap 'rm -rf "$OLD"' EXIT
+git archive b7c0622~1 src | tar -x -C "$OLD"
+ARGS=(--data-scale tiny --train-rows 2000 --eval-rows 500 --batch-size 256 --rounds 2 --threads 1 --no-onnx
+      --requests 20 --experiment qin,din,transformer_dcn --override model.net.embedding_dim=32
+      --override model.net.mm_projection_dim=32)
+PYTHONPATH="$OLD/src" .venv/bin/python -m qin_lightning.bench "${ARGS[@]}" --data-root "$OLD/data" \
+    --out "$OUT/fast_forms_before.json" > /dev/null
+PYTHONPATH=src .venv/bin/python -m qin_lightning.bench "${ARGS[@]}" --data-root "$OLD/data" \
+    --out "$OUT/fast_forms_after.json" > /dev/null
+.venv/bin/python - "$OUT/fast_forms_before.json" "$OUT/fast_forms_after.json" <<'PY'
+import json, sys
+before, after = (json.load(open(path))["experiments"] for path in sys.argv[1:])
+for name in before:
+    b, a = before[name], after[name]
+    print(f"{name:16s} AUC fast before {b['auc_fast']:.7f} after {a['auc_fast']:.7f} (diff {abs(b['auc_fast'] - a['auc_fast']):.1e}); "
+          f"plain before {b['auc_plain']:.7f} after {a['auc_plain']:.7f}")
+PY
