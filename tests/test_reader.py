@@ -294,3 +294,97 @@ def test_error_in_later_chunk_names_global_row(root: Path, monkeypatch: pytest.M
     set_cell(root, "train", "likes_level", 250, 42)
     monkeypatch.setattr(reader, "CHUNK_ROWS", 64)
     expect(root, "train.parquet", "column 'likes_level'", "row 250", "value 42")
+
+
+# ---- declared sizes are checked against what is read (issue 30) ---------------------------------------------
+def _footer_claims(path: Path, claimed: int) -> None:
+    """Rewrite the file-level row count of a parquet footer (thrift compact: field 3, i64 varint) to `claimed`,
+    leaving the row groups as they are: the footer then claims rows the file does not hold."""
+    import struct
+
+    def varint(n: int) -> bytes:
+        out = b""
+        while True:
+            byte, n = n & 0x7F, n >> 7
+            if not n:
+                return out + bytes([byte])
+            out += bytes([byte | 0x80])
+
+    data = bytearray(path.read_bytes())
+    size = struct.unpack("<i", data[-8:-4])[0]
+    start = len(data) - 8 - size
+    rows = pq.ParquetFile(path).metadata.num_rows
+    old, new = b"\x16" + varint(2 * rows), b"\x16" + varint(2 * claimed)  # zigzag-encoded
+    assert len(old) == len(new)
+    at = start + bytes(data[start:-8]).index(old)  # the first: FileMetaData.num_rows precedes the row groups
+    data[at:at + len(old)] = new
+    path.write_bytes(bytes(data))
+    assert pq.ParquetFile(path).metadata.num_rows == claimed
+
+
+def test_a_footer_claiming_more_rows_than_the_file_holds(root: Path) -> None:
+    """eval once filled the missing rows from uninitialised memory; describe reported the claimed count."""
+    from qin_lightning.data.describe import describe
+
+    path = layout.split_path(root, layout.VALID)
+    held = pq.ParquetFile(path).metadata.num_rows
+    _footer_claims(path, held + 20)
+    for read in (lambda: reader.read_split(root, layout.VALID, TINY.num_items, 8), lambda: describe(root)):
+        with pytest.raises(DataValidationError) as info:
+            read()
+        assert str(info.value) == (f"valid.parquet: the footer declares {held + 20:,} rows, but the file holds "
+                                   f"{held:,}; expected a complete parquet file")
+
+
+def test_declared_rows_must_fit_in_memory_before_allocation(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(reader, "cpu_available", lambda: 1000)
+    with pytest.raises(DataValidationError, match=r"train.parquet: the footer declares 300 rows of 8 history items, "
+                                                  r"which need 0.0 GiB, expected at most the 0.0 GiB available"):
+        reader.read_split(root, layout.TRAIN, TINY.num_items, 8)
+
+
+def test_a_duplicate_column_is_one_line(root: Path) -> None:
+    path = layout.split_path(root, layout.TRAIN)
+    table = pq.read_table(path)
+    pq.write_table(table.append_column(layout.LABEL, table.column(layout.LABEL)), path)
+    expect(root, "train.parquet: column 'label' appears 2 times, expected one column of that name")
+
+
+def test_empty_tag_lists_are_one_line(root: Path) -> None:
+    edit(root, layout.ITEM_INFO, lambda cols: {**cols, layout.ITEM_TAGS: [[] for _ in cols[layout.ITEM_TAGS]]})
+    expect(root, "item_info.parquet: column 'item_tags' row 0 has length 0, expected at least one value per item")
+
+
+def test_a_huge_declared_history_is_refused_before_it_is_read(tmp_path: Path) -> None:
+    """A ~40 KB parquet declaring one history of 10^8 items: refused from the metadata, peak memory bounded
+    (it peaked at 1.8 GB when the values were read first). Measured in a fresh process (peak RSS)."""
+    import subprocess
+    import sys
+
+    root = tmp_path / "huge"
+    root.mkdir()
+    make = f"""
+import numpy as np, pyarrow as pa, pyarrow.parquet as pq
+seq = pa.ListArray.from_arrays(pa.array([0, 10**8], pa.int32()), pa.array(np.zeros(10**8, np.int8)))
+pq.write_table(pa.table({{"user_id": [1], "item_seq": seq, "likes_level": [1], "views_level": [1], "item_id": [1],
+                          "label": [1]}}), "{root}/train.parquet", compression="zstd")
+"""
+    subprocess.run([sys.executable, "-c", make], check=True, timeout=300)
+    assert (root / "train.parquet").stat().st_size < 200_000
+    measure = f"""
+import resource
+from pathlib import Path
+from qin_lightning.data import reader
+from qin_lightning.errors import DataValidationError
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+try:
+    reader.read_split(Path("{root}"), "train", 10, 8)
+except DataValidationError as err:
+    print(err)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)
+"""
+    out = subprocess.run([sys.executable, "-c", measure], check=True, timeout=300, capture_output=True,
+                         text=True).stdout.splitlines()
+    assert out[0] == ("train.parquet: column 'item_seq' rows 0-0 declare 100,000,000 list elements for 1 rows, "
+                      f"expected at most {reader.CHUNK_VALUES:,} per row"), out
+    assert int(out[1]) < 64, f"peak grew by {out[1]} MiB"

@@ -25,8 +25,8 @@ def describe_split(root: Path, split: str, num_items: int) -> dict[str, Any]:
     positives, labelled, stored = 0, 0, 0
     targets = np.zeros(num_items, dtype=bool)
     rows = 0
-    for _, total, chunk in reader.iter_split(root, split, num_items):
-        rows = total
+    for _, _, chunk in reader.iter_split(root, split, num_items):
+        rows += len(chunk)  # the rows read, never the footer's declared count
         lengths.append((chunk.item_seq != layout.PADDING_ID).sum(axis=1))  # (n,) non-padding history items
         targets[chunk.item_id] = True
         stored = chunk.history_len

@@ -36,8 +36,13 @@ from qin_lightning.data.layout import (
     split_path,
 )
 from qin_lightning.errors import DataValidationError
+from qin_lightning.training.memory import cpu_available
 
 CHUNK_ROWS = 131_072  # rows per read chunk: bounds the transient memory of reading a split
+# list elements per read chunk: a chunk holds fewer rows when the lists are long, and a list longer than this
+# (declared in the parquet metadata) is refused before it is read: a few KB of run-length-encoded zeros can
+# declare a history of 10^8 items
+CHUNK_VALUES = 4_194_304
 # Inferring the tag vocabulary (data.num_tags=null) as largest id + 1 is refused when that is more than
 # max(SPARSE_TAGS_FLOOR, SPARSE_TAGS_FACTOR x the number of distinct ids): one stray id must not size the table.
 SPARSE_TAGS_FLOOR = 1000
@@ -113,6 +118,10 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _check_columns(path: Path, schema: pa.Schema, required: Sequence[str]) -> None:
+    for col in required:
+        count = schema.names.count(col)
+        if count > 1:
+            raise _fail(path, f"appears {count} times, expected one column of that name", col)
     names = set(schema.names)
     for col in required:
         if col not in names:
@@ -137,15 +146,53 @@ def _check_list_type(path: Path, schema: pa.Schema, col: str, floating: bool) ->
         raise _fail(path, f"has type {t}, expected a list of {kind}", col)
 
 
+def declared_list_length(path: Path, pf: pq.ParquetFile, columns: Sequence[str]) -> int:
+    """The longest list of `columns` that the parquet metadata declares (elements / rows of each row group),
+    read before any value; a DataValidationError when it exceeds CHUNK_VALUES."""
+    longest, first_row = 0, 0
+    for g in range(pf.metadata.num_row_groups):
+        group = pf.metadata.row_group(g)
+        for i in range(group.num_columns):
+            column = group.column(i)
+            name = column.path_in_schema.split(".")[0]
+            if name not in columns or column.path_in_schema == name:  # not one of the list columns read
+                continue
+            per_row = -(-column.num_values // max(group.num_rows, 1))
+            if per_row > CHUNK_VALUES:
+                raise _fail(
+                    path,
+                    f"rows {first_row}-{first_row + max(group.num_rows - 1, 0)} declare {column.num_values:,} list "
+                    f"elements for {group.num_rows:,} rows, expected at most {CHUNK_VALUES:,} per row",
+                    name,
+                )
+            longest = max(longest, per_row)
+        first_row += group.num_rows
+    return longest
+
+
 def _iter_chunks(path: Path, pf: pq.ParquetFile, columns: Sequence[str]) -> Iterator[tuple[int, pa.RecordBatch]]:
-    """Yield (first row index, record batch) over the file, turning read errors into DataValidationError."""
+    """Yield (first row index, record batch) over the file, turning read errors into DataValidationError.
+
+    Chunks hold at most CHUNK_ROWS rows and CHUNK_VALUES list elements (lengths from the metadata, checked
+    before reading); the rows read must be exactly the rows the footer declares (a footer that claims more rows
+    than the file holds is an error, never rows of uninitialised memory).
+    """
+    declared = pf.metadata.num_rows
+    longest = declared_list_length(path, pf, columns)
+    batch_rows = max(1, min(CHUNK_ROWS, CHUNK_VALUES // max(longest, 1)))
     start = 0
     try:
-        for batch in pf.iter_batches(batch_size=CHUNK_ROWS, columns=list(columns), use_threads=True):
+        for batch in pf.iter_batches(batch_size=batch_rows, columns=list(columns), use_threads=True):
+            if start + batch.num_rows > declared:
+                raise _fail(path, f"the footer declares {declared:,} rows, but the file holds more; expected a "
+                                  "complete parquet file")
             yield start, batch
             start += batch.num_rows
     except (pa.ArrowException, OSError, ValueError) as exc:
         raise DataValidationError(f"{path}: unreadable or corrupt parquet ({_first_line(exc)})") from None
+    if start != declared:
+        raise _fail(path, f"the footer declares {declared:,} rows, but the file holds {start:,}; expected a complete "
+                          "parquet file")
 
 
 def _no_nulls(path: Path, arr: pa.Array, col: str, start: int) -> None:
@@ -255,6 +302,9 @@ def read_item_info(root: Path, emb_dim: int | None = EMB_DIM, num_tags: int | No
             )
         mm_parts.append(vecs.astype(np.float32, copy=False))
         tags_parts.append(tags)
+    if not tags_len or not emb_dim:
+        col, width = (ITEM_TAGS, tags_len) if not tags_len else (ITEM_EMB, emb_dim)
+        raise _fail(path, f"row 0 has length {width}, expected at least one value per item (0 is the padding id)", col)
     tag_table = np.ascontiguousarray(np.concatenate(tags_parts))
     mm = np.ascontiguousarray(np.concatenate(mm_parts))
 
@@ -385,6 +435,7 @@ def read_split(root: Path, split: str, num_items: int, max_len: int | None = Non
     for start, total, chunk in iter_split(root, split, num_items, max_len):
         if not out:
             width = chunk.item_seq.shape[1]
+            check_fits_in_memory(split_path(root, split), total, width, chunk.label is not None)
             out = {
                 USER_ID: np.empty(total, np.int64),
                 ITEM_SEQ: np.empty((total, width), np.int32),
@@ -412,6 +463,16 @@ def read_split(root: Path, split: str, num_items: int, max_len: int | None = Non
         label=label,
         history_len=hist_len,
     )
+
+
+def check_fits_in_memory(path: Path, rows: int, width: int, has_label: bool) -> None:
+    """The arrays of a split with `rows` declared rows must fit in the available memory before they are
+    allocated (the rows themselves are counted as they are read: `_iter_chunks`)."""
+    needed = rows * (4 * width + 8 + 4 + 1 + 1 + (4 if has_label else 0))
+    free = cpu_available()
+    if free is not None and needed > free:
+        raise _fail(path, f"the footer declares {rows:,} rows of {width} history items, which need "
+                          f"{needed / 2**30:,.1f} GiB, expected at most the {free / 2**30:,.1f} GiB available")
 
 
 def validate_dataset(
