@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from types import SimpleNamespace
 from typing import Any
 from pathlib import Path
@@ -55,11 +56,42 @@ def test_results_split_every_epoch_into_phases(tmp_path: Path, monkeypatch: pyte
     assert timing["non_training_share"] > 0.9  # the fake checkpoint writes dominate
 
 
+class Pause(pl.Callback):
+    """Real work of a known length: `seconds` of sleep in epoch 0's first training batch and in every epoch's
+    first validation batch."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if trainer.current_epoch == 0 and batch_idx == 0:
+            time.sleep(self.seconds)
+
+    def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
+                                batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        if batch_idx == 0 and not trainer.sanity_checking:
+            time.sleep(self.seconds)
+
+
 def test_timing_with_real_clock_is_consistent(tmp_path: Path) -> None:
-    cfg = compose_train(tiny_overrides(tmp_path) + tiny_model_overrides(), tmp_path / "run")
+    """With the real clock: known pauses land in their phases, the phases add up to the epoch, and the epochs fit
+    in the wall time of the call."""
+    pause = 0.25
+    cfg = compose_train(tiny_overrides(tmp_path) + tiny_model_overrides() + [
+        "+callbacks.pause._target_=test_timing.Pause", f"+callbacks.pause.seconds={pause}"], tmp_path / "run")
+    start = time.perf_counter()
     timing = train(cfg)["timing"]
-    assert len(timing["epoch_s"]) == 2 and all(v >= 0 for phase in PHASES for v in timing[phase])
-    assert 0.0 <= timing["non_training_share"] < 1.0
+    wall = time.perf_counter() - start
+    assert all(len(timing[phase]) == 2 for phase in PHASES), timing
+    assert timing["train_s"][0] >= pause and all(v >= pause for v in timing["val_s"]), timing
+    assert all(v > 0 for phase in PHASES for v in timing[phase]), timing  # every phase takes some time
+    for epoch in range(2):
+        parts = timing["train_s"][epoch] + timing["val_s"][epoch] + timing["checkpoint_s"][epoch]
+        assert timing["epoch_s"][epoch] == pytest.approx(parts, abs=2e-3)  # 3 roundings of 5e-4
+    assert timing["total_epoch_s"] == pytest.approx(sum(timing["epoch_s"]), abs=2e-3) and sum(timing["epoch_s"]) < wall
+    share = (timing["total_epoch_s"] - timing["total_train_s"]) / timing["total_epoch_s"]
+    assert timing["non_training_share"] == pytest.approx(share, abs=1e-3) and 0.0 < share < 1.0
 
 
 def test_results_name_the_machine_the_seconds_come_from(tmp_path: Path) -> None:
