@@ -1,6 +1,6 @@
 """One training step of QIN, DIN and the winner at the converged MovieLens shapes, side by side in one process:
-time per step (the models interleaved within every round; median and minimum over rounds: on a shared machine the
-minimum is the least disturbed), where each step goes (torch.profiler self CPU time per op, as shares), and the
+CPU seconds per step (the process's CPU time, which other processes on a shared machine do not run on; the models
+interleaved within every round, median and minimum over rounds), where each step goes (torch.profiler self CPU time per op, as shares), and the
 GEMM floor: every matrix product of the profiled step (mm / addmm / bmm, with its shapes) timed alone at the same
 thread count, summed, against the step's time (how fast the step could be if only its matrix products remained).
 
@@ -98,7 +98,7 @@ def dense_gemms(prof: profile) -> list:
 
 
 def gemm_floor_s(shapes: list[tuple[str, list[list[int]]]]) -> float:
-    """Seconds the given matrix products take alone (each timed on fresh tensors, best of 3)."""
+    """CPU seconds the given matrix products take alone (each timed on fresh tensors, best of 3)."""
     total = 0.0
     for op, dims in shapes:
         if op == "aten::addmm":
@@ -110,9 +110,9 @@ def gemm_floor_s(shapes: list[tuple[str, list[list[int]]]]) -> float:
         call()
         best = float("inf")
         for _ in range(3):
-            t0 = time.perf_counter()
+            c0 = time.process_time()
             call()
-            best = min(best, time.perf_counter() - t0)
+            best = min(best, time.process_time() - c0)
         total += best
     return total
 
@@ -145,22 +145,26 @@ def main() -> None:
     mean_len = float((batches[0].item_seq > 0).sum(1).float().mean())
     for step, _ in runs.values():
         step(batches[0], 0)  # warm-up
-    times: dict[str, list[float]] = {label: [] for label in runs}
+    times: dict[str, list[float]] = {label: [] for label in runs}  # CPU seconds of the process per step
+    wall: dict[str, list[float]] = {label: [] for label in runs}
     for r in range(args.rounds):
         for label in list(runs) if r % 2 == 0 else reversed(list(runs)):  # every other round in reverse order
             step = runs[label][0]
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             step(batches[1 + r % 3], r)
-            times[label].append(time.perf_counter() - t0)
+            times[label].append(time.process_time() - c0)
+            wall[label].append(time.perf_counter() - t0)
     best = {label: min(t) for label, t in times.items()}
     median = {label: statistics.median(t) for label, t in times.items()}
     base = names[0]
     print(f"torch {torch.__version__}, {args.threads} thread(s), batch 2048, history 20 (mean {mean_len:.2f} items "
           f"in the timed batches); loadavg at the end {', '.join(f'{x:.1f}' for x in __import__('os').getloadavg())}"
-          f"\n\ntime per training step over {args.rounds} interleaved rounds (s), and x {base}'s:")
+          f"\n\nCPU seconds per training step over {args.rounds} interleaved rounds, and x {base}'s (the process's "
+          f"CPU time: other processes on a shared machine do not run on its clock; wall medians beside):")
     for label in runs:
-        print(f"  {label:30s} min {best[label]:7.3f}  x{best[label] / best[base]:5.2f}   median {median[label]:7.3f}  "
-              f"x{median[label] / median[base]:5.2f}   rounds {', '.join(f'{t:.3f}' for t in times[label])}")
+        print(f"  {label:26s} min {best[label]:6.3f} x{best[label] / best[base]:5.2f}  median {median[label]:6.3f} "
+              f"x{median[label] / median[base]:5.2f}  (wall median {statistics.median(wall[label]):6.3f})  "
+              f"rounds {', '.join(f'{t:.3f}' for t in times[label])}")
     for label, (step, module) in runs.items():
         if "@" in label:
             continue

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import statistics
+import time
 from typing import Any, Callable, Iterator
 
 import torch
@@ -60,7 +61,8 @@ def predict(net: nn.Module, batch: Batch, precision: str, device: torch.device) 
 def measure_training(trainer: Trainer, batches: Iterator[Batch], args: BenchArgs, device: torch.device,
                      record: dict[str, Any]) -> None:
     """`{prefix}train_samples_per_s`: the median over rounds; each round times every configuration on the same
-    `--train-steps` batches."""
+    `--train-steps` batches. `{prefix}train_cpu_s_per_step`: the process's CPU seconds per step (median over rounds;
+    on a shared machine less disturbed than wall time by other processes, which do not run on its clock)."""
     trainer.module.train()
     configs = configurations(precisions_of(args))
     for config in configs:  # warm-up (allocator, compile) for every configuration
@@ -68,16 +70,21 @@ def measure_training(trainer: Trainer, batches: Iterator[Batch], args: BenchArgs
         elapsed = timed(lambda: trainer.step(next(batches)), device)
         record.setdefault("warmup_step_s", {})[config.name] = round(elapsed, 3)
     rates: dict[str, list[float]] = {c.name: [] for c in configs}
+    cpu: dict[str, list[float]] = {c.name: [] for c in configs}
     for _ in range(args.rounds):
         round_batches = [next(batches) for _ in range(args.train_steps)]
         samples = sum(b.label.shape[0] for b in round_batches)
         for config in configs:
             trainer.use(config)
+            cpu_start = time.process_time()
             elapsed = timed(lambda: [trainer.step(b) for b in round_batches], device)
+            cpu[config.name].append((time.process_time() - cpu_start) / len(round_batches))
             rates[config.name].append(samples / elapsed)
     for config in configs:
         record[f"{config.prefix}train_samples_per_s"] = statistics.median(rates[config.name])
+        record[f"{config.prefix}train_cpu_s_per_step"] = statistics.median(cpu[config.name])
     record["train_rounds_samples_per_s"] = rates
+    record["train_rounds_cpu_s_per_step"] = cpu
     trainer.use(configs[1])
     record["rss_mb"]["after_training"] = round(rss_mb(), 1)
 

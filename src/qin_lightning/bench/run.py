@@ -154,6 +154,8 @@ def run_all(args: BenchArgs, out: str | Path | None = None, command: str | None 
         # seconds per training step (fast paths) relative to the first experiment's, from the samples/s
         combined["train_step_time_vs_first"] = {
             n: first["train_samples_per_s"] / r["train_samples_per_s"] for n, r in combined["experiments"].items()}
+        combined["train_step_cpu_time_vs_first"] = {  # the same from CPU seconds per step (see measure_training)
+            n: r["train_cpu_s_per_step"] / first["train_cpu_s_per_step"] for n, r in combined["experiments"].items()}
         if out is not None:
             atomic_write_json(out, combined)
     return combined
