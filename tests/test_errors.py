@@ -241,3 +241,52 @@ def test_non_finite_guard_in_process(tmp_path: Path, monkeypatch: pytest.MonkeyP
     cfg = compose_train(tiny_overrides(tmp_path) + tiny_model_overrides(), tmp_path / "run")
     with pytest.raises(NonFiniteLossError, match=r"global step 5 .*last good checkpoint: .*last.ckpt"):
         train(cfg)
+
+
+# ---- a broken checkpoint is one line too (issue 30) ----------------------------------------------------------
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(cache folder, last.ckpt) of a one-epoch tiny QIN run."""
+    tmp = tmp_path_factory.mktemp("resume_errors")
+    train(compose_train(tiny_overrides(tmp) + tiny_model_overrides() + ["trainer.max_epochs=1"], tmp / "run"))
+    return tmp, tmp / "run" / "checkpoints" / "last.ckpt"
+
+
+BROKEN_STATES: dict[str, Callable[[dict], None]] = {
+    "loops": lambda ckpt: ckpt["loops"]["fit_loop"].update({"epoch_progress": "broken"}),
+    "optimizer": lambda ckpt: ckpt["optimizer_states"][0].update({"param_groups": [{"params": [0]}]}),
+    "rng": lambda ckpt: ckpt.update({"qin_rng": {"torch": "broken"}}),
+}
+
+
+@pytest.mark.parametrize("part", sorted(BROKEN_STATES))
+def test_resuming_from_a_broken_training_state_is_one_line(trained: tuple[Path, Path], tmp_path: Path,
+                                                           part: str) -> None:
+    """weights_only-valid checkpoints whose loops / optimizer / RNG state cannot be restored: a ConfigError
+    naming the file (it was a traceback from inside Lightning)."""
+    cache, last = trained
+    ckpt = torch.load(last, map_location="cpu", weights_only=True)
+    BROKEN_STATES[part](ckpt)
+    broken = tmp_path / f"broken_{part}.ckpt"
+    torch.save(ckpt, broken)
+    cfg = compose_train(tiny_overrides(cache) + tiny_model_overrides() + ["trainer.max_epochs=2",
+                                                                          f"ckpt_path={broken}"], tmp_path / "run")
+    with pytest.raises(QinError) as info:
+        train(cfg)
+    message = str(info.value)
+    assert message.startswith(f"{broken}: ") and "\n" not in message, message
+    assert ("cannot resume from it" in message) if part != "rng" else ("qin_rng: expected the RNG states" in message)
+
+
+def test_an_integer_tag_table_in_a_checkpoint_is_one_line(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    from qin_lightning.serving.load import load_network
+
+    _, last = trained
+    ckpt = torch.load(last, map_location="cpu", weights_only=True)
+    key = "net.items.tag_embedding.weight"
+    ckpt["state_dict"][key] = ckpt["state_dict"][key].long()
+    path = tmp_path / "int_tags.ckpt"
+    torch.save(ckpt, path)
+    with pytest.raises(QinError, match=r"int_tags.ckpt: state_dict net.items.\*: expected int64 item_tags and float "
+                                       r"item_mm / tag_embedding.weight, got torch.int64, torch.float32, torch.int64"):
+        load_network(path)

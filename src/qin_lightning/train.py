@@ -36,7 +36,9 @@ from qin_lightning.serving.load import read_checkpoint
 from qin_lightning.training.build import build_datamodule, build_module, build_trainer, instantiate_list
 from qin_lightning.training.callbacks import StopReason
 from qin_lightning.training.module import NonFiniteLossError
-from qin_lightning.training.resume import ExactResume, GracefulInterrupt, TrainingInterrupted, resolve_ckpt_path
+from qin_lightning.training.resume import (
+    ExactResume, GracefulInterrupt, TrainingInterrupted, resolve_ckpt_path, resume_failures_reported,
+)
 from qin_lightning.training.results import (
     completed_record, output_dir, record_failure, resume_command, score_test_split, sweep_name,
 )
@@ -72,7 +74,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         with open_dict(cfg):
             cfg.logger.wandb.group = sweep_name()
     stop = StopReason()
-    callbacks: list[Callback] = [*instantiate_list(cfg.get("callbacks")), ExactResume(), GracefulInterrupt(), stop,
+    exact = ExactResume()
+    callbacks: list[Callback] = [*instantiate_list(cfg.get("callbacks")), exact, GracefulInterrupt(), stop,
                                    EpochTiming()]
     loggers: list[Logger] = instantiate_list(cfg.get("logger"))
     trainer = build_trainer(cfg, callbacks, loggers)
@@ -86,7 +89,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if resume_from is not None:
         log.info("resuming from %s", resume_from)
     try:
-        trainer.fit(module, datamodule=dm, ckpt_path=resume_from)
+        with resume_failures_reported(resume_from, exact):
+            trainer.fit(module, datamodule=dm, ckpt_path=resume_from)
     except NonFiniteLossError as err:
         last = ckpt_dir / "last.ckpt"
         kept = f"; last good checkpoint: {last}" if last.is_file() else "; no checkpoint was written before it"

@@ -25,6 +25,8 @@ import logging
 import random
 import signal
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
 from typing import Any, Callable
@@ -34,7 +36,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
-from qin_lightning.errors import ConfigError
+from qin_lightning.errors import ConfigError, QinError
 from qin_lightning.training.csv_logger import ResumableCSVLogger
 
 log = logging.getLogger("qin_lightning.training.resume")
@@ -117,6 +119,7 @@ class ExactResume(Callback):
         self.monitored: list[dict[str, float]] = []  # {"epoch", "value"} per validated epoch
         self._pending_rng: dict[str, Any] | None = None
         self._resumed = False
+        self.restored = False  # Lightning has restored the checkpoint's training state (loops, optimiser, ...)
 
     # ---- what a checkpoint holds ----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -150,11 +153,16 @@ class ExactResume(Callback):
             for logger in trainer.loggers:
                 if isinstance(logger, ResumableCSVLogger):
                     logger.restore_rows(until_step=trainer.global_step)
+        self.restored = True
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
                              batch_idx: int) -> None:
         if self._pending_rng is not None:  # first batch after a resume: continue the saved RNG streams
-            set_rng_state(self._pending_rng)
+            try:
+                set_rng_state(self._pending_rng)
+            except (KeyError, TypeError, ValueError, IndexError, RuntimeError, AttributeError) as err:
+                raise ConfigError(f"{trainer.ckpt_path}: qin_rng: expected the RNG states our training saves, "
+                                  f"got a value that cannot be restored ({_first_line(err)})") from None
             self._pending_rng = None
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -176,6 +184,28 @@ class ExactResume(Callback):
             return
         for config in self._plateau_schedulers(trainer):
             config.scheduler.step(self.monitored[-1]["value"])
+
+
+@contextmanager
+def resume_failures_reported(ckpt_path: str | None, exact: ExactResume) -> Iterator[None]:
+    """Around ``trainer.fit``: a checkpoint whose training state (loops, optimiser, scheduler, callback states)
+    does not fit this run fails inside Lightning while it is restored; that is one ConfigError naming the file
+    instead of Lightning's traceback. Failures after the state is restored pass unchanged."""
+    try:
+        yield
+    except (KeyError, TypeError, ValueError, IndexError, RuntimeError, AttributeError) as err:
+        if ckpt_path is None or exact.restored or isinstance(err, QinError):
+            raise
+        raise ConfigError(
+            f"{ckpt_path}: cannot resume from it: expected the training state (loops, optimizer, scheduler, "
+            f"callbacks) that qin_lightning.train saves for this config, got one that does not fit "
+            f"({_first_line(err)})"
+        ) from None
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return f"{type(err).__name__}: {(text.splitlines()[0] if text else '')[:200]}"
 
 
 # ---- signals ------------------------------------------------------------------------------------------------
