@@ -480,15 +480,38 @@ def _data_dir(run: Path) -> Path:
     return Path(json.loads((run / "results.json").read_text())["data_dir"])
 
 
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="Linux only: VmHWM")
 def test_a_stray_huge_tag_id_is_refused_before_allocation(run: Path, tmp_path: Path) -> None:
+    """One stray id (10,000,000 among 20 tags) is refused before the 10M-row tag table exists: the refused read
+    grows the peak RSS by < 32 MiB, while the opt-out (data.num_tags given) that builds the network allocates
+    the table (>= 256 MiB more), which shows the measurement can see it. Measured in a fresh process
+    (VmHWM, the peak RSS of its own address space: ru_maxrss carries the parent's peak across exec)."""
     root = _with_stray_tag(_data_dir(run), tmp_path, row=7, value=10_000_000)
-    with pytest.raises(DataValidationError) as info:
-        reader.read_item_info(root, emb_dim=None)
-    message = str(info.value)
+    measure = f"""
+import torch
+from pathlib import Path
+from qin_lightning.data import reader
+from qin_lightning.errors import DataValidationError
+from qin_lightning.models.qin import QIN
+peak = lambda: int(Path("/proc/self/status").read_text().split("VmHWM:")[1].split()[0]) // 1024  # MiB
+before = peak()
+try:
+    reader.read_item_info(Path("{root}"), emb_dim=None)
+except DataValidationError as err:
+    print(err)
+refused = peak()
+items = reader.read_item_info(Path("{root}"), emb_dim=None, num_tags=10_000_001)
+net = QIN(torch.from_numpy(items.tags), torch.from_numpy(items.mm), items.num_tags, embedding_dim=8,
+          mm_projection_dim=8)
+print(refused - before, peak() - refused)
+"""
+    out = subprocess.run([sys.executable, "-c", measure], env=_env(), check=True, timeout=300, capture_output=True,
+                         text=True).stdout.splitlines()
     for needle in ("item_info.parquet", "column 'item_tags'", "row 7", "10000000", "data.num_tags=10000001"):
-        assert needle in message, message
-    items = reader.read_item_info(root, emb_dim=None, num_tags=10_000_001)  # the opt-out: ids that really are sparse
-    assert items.num_tags == 10_000_001
+        assert needle in out[0], out
+    refused_growth, opt_out_growth = map(int, out[1].split())
+    assert refused_growth < 32, f"the refused read grew the peak by {refused_growth} MiB"
+    assert opt_out_growth >= 256, f"the opt-out grew the peak by only {opt_out_growth} MiB: nothing measured"
 
 
 def test_the_sparse_tag_rule() -> None:
@@ -525,7 +548,27 @@ def test_available_memory_readers(tmp_path: Path) -> None:
     meminfo.write_text("MemTotal: 100 kB\nMemAvailable: 42 kB\n")
     assert memory.meminfo_available(meminfo) == 42 * 1024
     assert memory.meminfo_available(tmp_path / "missing") is None
-    assert memory.cpu_available() is None or memory.cpu_available() > 0
+
+
+def test_cgroup_limits_bound_the_available_memory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "memory.max").write_text("1000000\n")
+    (tmp_path / "memory.current").write_text("400000\n")
+    monkeypatch.setattr(memory, "CGROUP_V2", tmp_path)
+    assert memory.cgroup_available() == 600_000
+    assert memory.cpu_available() == 600_000  # the smallest bound wins over MemAvailable
+    (tmp_path / "memory.max").write_text("max\n")  # no limit: MemAvailable (or sysconf) decides
+    monkeypatch.setattr(memory, "CGROUP_V1", tmp_path / "none")
+    assert memory.cgroup_available() is None
+
+
+@pytest.mark.skipif(not Path("/proc/meminfo").is_file(), reason="Linux only: /proc/meminfo")
+def test_available_memory_is_read_on_this_machine() -> None:
+    """On Linux a number is always found, positive and at most the machine's RAM (None would switch every
+    memory check off silently)."""
+    total = next(int(line.split()[1]) * 1024 for line in Path("/proc/meminfo").read_text().splitlines()
+                 if line.startswith("MemTotal:"))
+    available = memory.cpu_available()
+    assert available is not None and 0 < available <= total
 
 
 @pytest.mark.gpu
