@@ -736,3 +736,16 @@ def test_damaged_bytes_never_escape_as_a_traceback(last: Path, tmp_path: Path) -
             load_network(path)
         except QinError as err:
             assert str(path) in str(err) and "\n" not in str(err)
+
+
+@pytest.mark.parametrize("max_len", [10**9, 0, 8.0, "8"])
+def test_export_refuses_a_hostile_history_length(last: Path, tmp_path: Path, max_len: Any) -> None:
+    """The stored data.max_len sizes the export's trace inputs: 10**9 would allocate 16 GB before anything."""
+    ckpt = torch.load(last, map_location="cpu", weights_only=True)
+    ckpt["qin_config"]["data"]["max_len"] = max_len
+    path = tmp_path / "max_len.ckpt"
+    torch.save(ckpt, path)
+    with pytest.raises(QinError, match=rf"max_len.ckpt: qin_config data.max_len: expected an integer in 1..65,536, "
+                                       rf"got {max_len!r}"):
+        export_checkpoint(path, tmp_path / "m.onnx")
+    assert not (tmp_path / "m.onnx").exists()

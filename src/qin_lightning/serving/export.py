@@ -30,6 +30,7 @@ FORMATS = ("onnx",)
 WEIGHTS = ("fp32", "int8")
 OPSET = 17
 DEFAULT_BLOCK_SIZE = 128  # int8 weights: one scale per 128 inputs of each output column
+MAX_EXPORT_HISTORY = 65_536  # history positions a checkpoint may ask the trace for (ours: 8..100)
 
 
 class ProbabilityModel(nn.Module):
@@ -118,6 +119,17 @@ def export_onnx(net: nn.Module, out: str | Path, seq_len: int = 64, overwrite: b
     return atomic_write_bytes(out, model)
 
 
+def export_history_length(cfg: dict, checkpoint: str | Path) -> int:
+    """The history length to trace with: the stored ``data.max_len`` (64 when absent), an integer in
+    1..MAX_EXPORT_HISTORY (a hostile checkpoint's 10**9 would allocate the trace's inputs before anything else)."""
+    value = (cfg.get("data") or {}).get("max_len") if isinstance(cfg.get("data"), dict) else None
+    value = 64 if value is None else value
+    if type(value) is not int or not 1 <= value <= MAX_EXPORT_HISTORY:
+        raise QinError(f"{checkpoint}: qin_config data.max_len: expected an integer in 1..{MAX_EXPORT_HISTORY:,}, "
+                       f"got {value!r}")
+    return value
+
+
 def export_checkpoint(checkpoint: str | Path, out: str | Path | None = None, fmt: str = "onnx",
                       overwrite: bool = False, weights: str = "fp32",
                       block_size: int = DEFAULT_BLOCK_SIZE, trust_checkpoint: bool = False) -> Path:
@@ -127,7 +139,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path | None = None, fmt
         raise QinError(f"--format: unknown value {fmt!r}, expected one of {list(FORMATS)}")
     check_weights(weights, block_size)
     net, cfg = load_network(checkpoint, trust=trust_checkpoint, trust_hint="--trust-checkpoint")
-    seq_len = int((cfg.get("data") or {}).get("max_len") or 64)
+    seq_len = export_history_length(cfg, checkpoint)
     suffix = ".onnx" if weights == "fp32" else f".{weights}.onnx"
     target = Path(out) if out is not None else Path(checkpoint).with_suffix(suffix)
     return export_onnx(net, target, seq_len=seq_len, overwrite=overwrite, weights=weights, block_size=block_size)
