@@ -1,7 +1,10 @@
-"""Test-only: make a training subprocess die by SIGKILL at a chosen moment (tests/test_untrusted.py).
+"""Test-only: make a training subprocess die by SIGKILL at a chosen moment (tests/test_untrusted.py,
+tests/test_resume.py).
 
 - ``KillAt`` (a callback, added with ``+callbacks.kill._target_=sigkill_helpers.KillAt``): SIGKILL at the start of
-  training batch ``batch`` of ``epoch`` (``stage=train``) or of validation batch ``batch`` (``stage=val``).
+  training batch ``batch`` of ``epoch`` (``stage=train``), inside that batch's step after its backward pass and
+  before the optimizer updates the weights (``stage=step``), or at the start of validation batch ``batch``
+  (``stage=val``).
 - ``python tests/sigkill_helpers.py NAME N [train overrides]``: runs ``qin_lightning.train`` and SIGKILLs it in the
   middle of the N-th write of a checkpoint named NAME (half of its bytes are in the temporary file, fsynced).
 - ``Progress`` (a callback): writes {"epoch", "batch"} after every training batch and sleeps, so that the test
@@ -29,14 +32,21 @@ def _die() -> None:
 
 
 class KillAt(pl.Callback):
-    """SIGKILL this process at (epoch, batch) of training or validation."""
+    """SIGKILL this process at (epoch, batch) of training (its start or mid-step) or of validation."""
 
     def __init__(self, epoch: int, batch: int, stage: str = "train") -> None:
         self.epoch, self.batch, self.stage = epoch, batch, stage
+        self.at_batch = False  # the training batch running now is (epoch, batch)
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
                              batch_idx: int) -> None:
-        if self.stage == "train" and (trainer.current_epoch, batch_idx) == (self.epoch, self.batch):
+        self.at_batch = (trainer.current_epoch, batch_idx) == (self.epoch, self.batch)
+        if self.stage == "train" and self.at_batch:
+            _die()
+
+    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                                 optimizer: Any) -> None:
+        if self.stage == "step" and self.at_batch:
             _die()
 
     def on_validation_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,

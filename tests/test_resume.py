@@ -207,6 +207,37 @@ def test_sigterm_mid_epoch_then_resume_matches(reference: tuple[Path, dict], tmp
     assert resumed["val_history"] == _history(ref)
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork: a child process without a new interpreter")
+def test_sigkill_inside_a_training_step_then_resume_matches(reference: tuple[Path, dict], tmp_path: Path) -> None:
+    """SIGKILL (no handler runs) in epoch 1's 3rd step, between its backward pass and the optimizer step: last.ckpt
+    is still epoch 0's complete checkpoint, and `ckpt_path=last` finishes the run exactly. The fast default-suite
+    variant of tests/test_untrusted.py's slow SIGKILL tests: the training runs in a forked child (its imports
+    already done) instead of a new interpreter."""
+    tmp, ref = reference
+    run_dir = tmp_path / "killed"
+    overrides = tiny_overrides(tmp) + tiny_model_overrides() + RESUME
+    kill = ["+callbacks.kill._target_=sigkill_helpers.KillAt", "+callbacks.kill.epoch=1",
+            "+callbacks.kill.batch=2", "+callbacks.kill.stage=step"]
+    cfg = compose_train(overrides + kill, run_dir)
+    pid = os.fork()
+    if pid == 0:  # the child trains until the callback kills it; it never returns into pytest
+        try:
+            train(cfg)
+        finally:
+            os._exit(3)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, f"child status {status}"
+    stopped = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert (stopped["epoch"], stopped["global_step"]) == (0, 16), "expected epoch 0's end-of-epoch checkpoint"
+    assert not (run_dir / "results.json").exists()  # killed: nothing ran after the signal
+    train(compose_train(overrides + ["ckpt_path=last"], run_dir))
+    resumed = json.loads((run_dir / "results.json").read_text())
+    assert resumed["status"] == "completed" and _history(resumed) == _history(ref)
+    # resumed, not rerun from scratch (which would also reproduce the history): epoch 0's seconds are the child's
+    carried = stopped["callbacks"]["EpochTiming"]["open_epoch"]["epoch_s"]  # epoch 0, closed after the save
+    assert resumed["timing"]["epoch_s"][0] == round(carried, 3)
+
+
 def test_checkpoint_from_before_exact_resume_callback_resumes_exactly(reference: tuple[Path, dict]) -> None:
     """A checkpoint written before `ExactResume` existed (no callback state; the plateau metric only in the
     module's qin_val_history, the RNG states in qin_rng) still resumes exactly."""
