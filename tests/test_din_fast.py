@@ -1,6 +1,6 @@
 """DIN's fast training form (packed histories, the attention MLP's ReLU -> Dropout pairs fused) against the literal
 dense form in float64: the same logits and gradients, with dropout on (the same mask draws when every position is
-a real item) and with padding (dropout off)."""
+a real item) and with padding (dropout off); the "sfc64" dropout draw: the same distribution, seeded by torch."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import pytest
 import torch
 from test_models import tiny_tables
 
+from qin_lightning.errors import ConfigError
 from qin_lightning.models import din as din_module
 from qin_lightning.models.din import DIN
 
@@ -49,13 +50,13 @@ def test_fast_training_step_is_the_literal_one(dropout: float, padded: bool) -> 
     inputs = batch(12, 6, padded)
     fused = []
     original = din_module.relu_dropout
-    din_module.relu_dropout = lambda h, d: fused.append(h.shape) or original(h, d)  # count the fused calls
+    din_module.relu_dropout = lambda h, d, draw: fused.append(draw) or original(h, d, draw)  # count the fused calls
     try:
         out_fast, grads_fast = logits_and_gradients(fast, inputs, seed=7)
     finally:
         din_module.relu_dropout = original
     out_literal, grads_literal = logits_and_gradients(literal, inputs, seed=7)
-    assert len(fused) == (2 if dropout else 0)  # both hidden layers of the attention MLP ran fused
+    assert fused == (["torch", "torch"] if dropout else [])  # both hidden layers of the attention MLP ran fused
     torch.testing.assert_close(out_fast, out_literal, rtol=1e-12, atol=1e-12)
     assert grads_fast.keys() == grads_literal.keys()
     for name, grad in grads_fast.items():
@@ -72,3 +73,38 @@ def test_relu_dropout_is_relu_then_dropout() -> None:
     assert torch.equal(fused, expected)
     g = torch.randn_like(h)
     assert torch.equal(*(torch.autograd.grad(y, h, g)[0] for y in (fused, expected)))
+
+
+def test_sfc64_draw_is_bernoulli_keep_seeded_by_torch() -> None:
+    """Kept where h > 0 with probability 1 - p (within 5 standard errors over 400,000 draws), kept values scaled by
+    1 / (1 - p), the same masks after the same torch.manual_seed, other masks after another."""
+    h = torch.randn(1000, 400, dtype=torch.float64, requires_grad=True)
+    dropout = torch.nn.Dropout(0.3).train()
+    torch.manual_seed(2)
+    out = din_module.relu_dropout(h, dropout, "sfc64")
+    positive = h > 0
+    kept = (out != 0) & positive
+    assert not out[~positive].any()
+    rate, n = float(kept.sum()) / int(positive.sum()), int(positive.sum())
+    assert abs(rate - 0.7) < 5 * (0.7 * 0.3 / n) ** 0.5
+    torch.testing.assert_close(out[kept], h[kept] / 0.7, rtol=1e-15, atol=0)
+    grad, = torch.autograd.grad(out.sum(), h)
+    torch.testing.assert_close(grad, kept.double() / 0.7, rtol=1e-15, atol=0)
+    torch.manual_seed(2)
+    assert torch.equal(din_module.relu_dropout(h, dropout, "sfc64"), out)
+    torch.manual_seed(3)
+    assert not torch.equal(din_module.relu_dropout(h, dropout, "sfc64"), out)
+
+
+def test_sfc64_draw_changes_only_the_training_masks() -> None:
+    """DIN with attention_dropout_draw="sfc64": the same function in eval mode; an unknown draw is a config error."""
+    tags, mm, num_tags = tiny_tables()
+    torch.manual_seed(0)
+    net = DIN(tags, mm, num_tags, embedding_dim=4, mm_projection_dim=4, attention_units=[16, 8],
+              attention_dropout=0.3, dnn_units=[16, 8]).double().eval()
+    other = copy.deepcopy(net)
+    other.attention.dropout_draw = "sfc64"
+    inputs = batch(12, 6, padded=True)
+    torch.testing.assert_close(other(*inputs), net(*inputs), rtol=0, atol=0)
+    with pytest.raises(ConfigError, match="model.net.attention_dropout_draw: unknown value 'numpy'"):
+        DIN(tags, mm, num_tags, embedding_dim=4, attention_dropout_draw="numpy")

@@ -9,8 +9,8 @@ Shapes (experiments/movielens/converged.yaml): width 32, multimodal projection 3
 `--before REV` also builds DIN and the winner from din.py / transformer_dcn.py as they were at git revision REV
 (same weights: the same seed) and times them in the same rounds: the speed-up of the changes since REV.
 
-    PYTHONPATH=src python experiments/bench/converged_profile.py --rounds 7 --before b7c0622~1 \
-        > experiments/bench/converged_profile.txt
+    PYTHONPATH=src python experiments/bench/converged_profile.py --rounds 6 --before b7c0622~1 \
+        --also din:+model.net.attention_dropout_draw=sfc64 > experiments/bench/converged_profile.txt
 """
 
 from __future__ import annotations
@@ -123,6 +123,9 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--before", default=None, help="git revision: also time DIN and the winner as they were there")
+    p.add_argument("--also", action="append", default=[],
+                   help="NAME:OVERRIDE: also time experiment NAME with one more Hydra override (repeatable), e.g. "
+                        "din:+model.net.attention_dropout_draw=sfc64")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     names = args.experiments.split(",")
@@ -133,6 +136,12 @@ def main() -> None:
         for name in names:
             cfg = compose_config(BenchArgs(experiment=name, overrides=[*CONVERGED, *PER_EXPERIMENT.get(name, [])]))
             variants = [(name, cfg)]
+            for also in args.also:
+                also_name, _, override = also.partition(":")
+                if also_name == name:
+                    overrides = [*CONVERGED, *PER_EXPERIMENT.get(name, []), override]
+                    variants.append((f"{name} {override.split('.')[-1]}",
+                                     compose_config(BenchArgs(experiment=name, overrides=overrides))))
             if args.before and name in MODULE_OF:
                 before = cfg.copy()
                 net_class = str(cfg.model.net._target_).split(".")[-1]
@@ -166,7 +175,7 @@ def main() -> None:
               f"x{median[label] / median[base]:5.2f}  (wall median {statistics.median(wall[label]):6.3f})  "
               f"rounds {', '.join(f'{t:.3f}' for t in times[label])}")
     for label, (step, module) in runs.items():
-        if "@" in label:
+        if label != label.split("@")[0].split(" ")[0]:  # the variants: timed only
             continue
         with profile(activities=[ProfilerActivity.CPU], with_flops=True, record_shapes=True) as prof:
             step(batches[1], 0)
