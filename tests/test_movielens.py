@@ -530,6 +530,7 @@ def test_converting_at_a_shorter_max_len_loads_the_same_histories(tmp_path: Path
 # settings: every user of both releases has at least 20 ratings, so holdout 9 (2 x 9 + 1 <= 20) scores every
 # user on 9 test and 9 validation ratings
 RATING_PLAN = {"ml-latest-small": (ML_SMALL, 610, 5_490, 15_790), "ml-100k": (ML_100K, 943, 8_487, 50_561)}
+POSITIVE_RATES = {"ml-latest-small": (0.473, 0.547, 0.558), "ml-100k": (0.557, 0.534, 0.540)}  # experiments/movielens
 
 
 @pytest.mark.parametrize("release", sorted(RATING_PLAN))
@@ -546,6 +547,7 @@ def test_rating_protocol_on_the_real_releases(tmp_path: Path, real_cache: Path, 
     assert rows["test"].height == rows["valid"].height == n_test and n_test >= 5_000 and n_users >= 500
     assert test_users.max() / n_test <= 0.02  # 9 rows each: 0.16% (ml-latest-small), 0.11% (ml-100k)
     assert sum(r.height for r in rows.values()) == meta["counts"]["ratings"]
+    assert tuple(round(rows[s]["label"].mean(), 3) for s in ("train", "valid", "test")) == POSITIVE_RATES[release]
     # each rating's (user, item) -> timestamp, rating from the release itself (latest rating of a repeated pair)
     raw = load_movielens(src).ratings.sort("ts").unique(["user", "movie"], keep="last")
     movies, users = np.unique(raw["movie"].to_numpy()), np.unique(raw["user"].to_numpy())
