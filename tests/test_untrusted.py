@@ -749,3 +749,20 @@ def test_export_refuses_a_hostile_history_length(last: Path, tmp_path: Path, max
                                        rf"got {max_len!r}"):
         export_checkpoint(path, tmp_path / "m.onnx")
     assert not (tmp_path / "m.onnx").exists()
+
+
+@pytest.mark.parametrize("edit", [
+    {"source": "not a source", "synthetic": None},  # AttributeError inside the data module
+    {"root": None},  # TypeError
+    {"synthetic": None, "source": {"_target_": "qin_lightning.data.movielens.source.MovieLensSource",
+                                   "src": "x" * 5000}},  # OSError: file name too long
+    {"synthetic": {"_target_": "qin_lightning.data.synthetic.SyntheticConfig", "seed": -1}},  # ValueError
+])
+def test_values_our_classes_reject_are_one_line(last: Path, tmp_path: Path, edit: dict[str, Any]) -> None:
+    ckpt = torch.load(last, map_location="cpu", weights_only=True)
+    ckpt["qin_config"]["data"].update(edit)
+    path = tmp_path / "rejected.ckpt"
+    torch.save(ckpt, path)
+    with pytest.raises(QinError) as info:
+        load_for_inference(path, None, "validate")
+    assert str(info.value).startswith(f"{path}: qin_config data") and "\n" not in str(info.value), str(info.value)

@@ -62,6 +62,9 @@ DATA_MODULES = _names(MMCTRDataModule)
 DATA_PARTS = _names(SyntheticConfig, MovieLensSource)
 # classes that moved after checkpoints naming them were written: old name -> current name
 MOVED_TARGETS = {"qin_lightning.data.movielens.MovieLensSource": "qin_lightning.data.movielens.source.MovieLensSource"}
+# what a constructor of ours raises for a value it cannot use (e.g. Path(None), a source path too long to stat)
+CONSTRUCTOR_ERRORS = (TypeError, ValueError, AttributeError, KeyError, IndexError, RuntimeError, OSError,
+                      ArithmeticError)
 # what the network takes from the checkpoint's tensors, never from its config
 NETWORK_TENSOR_ARGS = ("item_tags", "item_mm", "num_tags")
 
@@ -169,7 +172,7 @@ class _Builder:
                 inspect.signature(cls).bind_partial(**kwargs)
                 return functools.partial(cls, **kwargs)
             return cls(**kwargs, **(self.fixed if not is_part else {}))
-        except (TypeError, ValueError) as err:
+        except CONSTRUCTOR_ERRORS as err:  # our constructors reject bad values with these, not only QinError
             raise QinError(f"{self.path}: qin_config {where}: cannot build {target} ({_first_line(err)})") from None
 
     def _value(self, value: Plain, where: str, default: Any) -> Any:
@@ -237,7 +240,7 @@ def build_network(net_config: Any, state: dict[str, Tensor], path: str | Path, t
                 return _Builder(NETWORKS, NETWORK_PARTS, True, path, trust_hint, fixed).build(plain, "model.net")
             except QinError:
                 raise
-            except (TypeError, ValueError, RuntimeError, IndexError) as err:
+            except CONSTRUCTOR_ERRORS as err:
                 raise QinError(f"{path}: qin_config model.net: cannot build the network ({_first_line(err)})") \
                     from None
 
