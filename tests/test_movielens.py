@@ -309,6 +309,10 @@ def test_per_user_holdout_split(tmp_path: Path) -> None:
     assert 0 < scored < len(order)  # both kinds of user occur
     assert meta["holdout"] == 2 and meta["counts"]["users_scored"] == scored
     assert meta["counts"]["rows"]["test"] == meta["counts"]["rows"]["valid"] == 2 * scored
+    with pytest.raises(ConfigError, match=r"holdout=0: expected positive integers"):
+        convert(src, tmp_path / "k0", protocol="rating", holdout=0)
+    with pytest.raises(ConfigError, match=r"history 'liked' is unknown, expected one of positives, rated"):
+        convert(src, tmp_path / "bad", protocol="rating", history="liked")
 
 
 def test_per_user_split(tmp_path: Path) -> None:
