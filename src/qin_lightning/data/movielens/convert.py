@@ -37,9 +37,10 @@ Conversion rules (all vectorised with polars / numpy: sorts and group offsets, n
    `qin_lightning.data.text_embed`), then PCA to 128 dimensions fitted on the N items (numpy SVD; mean row
    norm scaled to 1). ``auto`` picks minilm when installed; meta.json records the encoder used. Raw
    encoder outputs are cached by a hash of (encoder, texts).
-9. Output: train/valid/test/item_info.parquet + meta.json (source, layout, protocol, split, encoder, seed,
-   counts, tag vocabulary), written into a temporary folder beside the target and renamed into place:
-   a failure leaves no partial folder. A non-empty target is refused unless overwrite=True.
+9. Output: train/valid/test/item_info.parquet + meta.json (source, layout, protocol, split, holdout, history,
+   encoder, seed, counts with the scored users, tag vocabulary), written into a temporary folder beside the
+   target and renamed into place: a failure leaves no partial folder. A non-empty target is refused unless
+   overwrite=True.
 The result is a function of (source, protocol, split, holdout, history, encoder, seed, max_len, negatives)
 only.
 """
