@@ -1,10 +1,13 @@
-"""Every experiment (and every model / attention / data choice) composed and resolved, as one JSON record.
+"""A refactor guard: every experiment (and every model / attention / data choice) composed and resolved, as one
+JSON record of the code's own output.
 
     python tests/resolved_configs.py --write    # rewrite tests/resolved_configs.json from the current configs
 
 tests/test_configs.py compares the current configs with the record: a config that is only restructured
 (a shared group, an interpolation) resolves to exactly the same values. Written before the attention variants,
 max_len and the module defaults were stated once; rewrite it only when a resolved value is meant to change.
+The record says nothing about correctness (a wrong value rewritten into it passes): the published values are
+checked separately, from their sources, by test_configs.py::test_published_values_are_the_composed_ones.
 """
 
 from __future__ import annotations
