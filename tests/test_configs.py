@@ -27,9 +27,10 @@ RECORDED = json.loads(RECORD.read_text())
 #     2 encoder layers, 1 head, feed-forward 256, dropout 0.2, first_k_cols 16, 3 full-rank cross layers, MLP
 #     [1024, 512, 256] with dropout 0.2, head MLP [64, 32], lr 5e-4, batch 128, no regularisation, patience 5.
 #   QNN-alpha (arXiv 2505.17999): the self-ensemble loss; here with QIN's layer count, rows and dropout 0.1.
-PROTOCOL = {"model.lr_factor": 0.5, "model.min_lr": 1e-6, "model.min_delta": 1e-6, "callbacks.early_stopping.patience": 8,
-            "callbacks.early_stopping.monitor": "val/auc", "callbacks.early_stopping.mode": "max",
-            "callbacks.early_stopping.min_delta": 1e-6, "trainer.gradient_clip_val": 10.0,
+PROTOCOL = {"model.lr_factor": 0.5, "model.min_lr": 1e-6, "model.min_delta": 1e-6,
+            "callbacks.early_stopping.patience": 8, "callbacks.early_stopping.monitor": "val/auc",
+            "callbacks.early_stopping.mode": "max", "callbacks.early_stopping.min_delta": 1e-6,
+            "trainer.gradient_clip_val": 10.0,
             "trainer.max_epochs": 100, "trainer.check_val_every_n_epoch": 1, "seed": 20242025}
 QIN = {**PROTOCOL, "model.lr": 2e-3, "model.embedding_l2": 2e-4, "model.net_l2": 0.0, "model.self_ensemble": False,
        "model.net._target_": "qin_lightning.models.qin.QIN", "model.net.embedding_dim": 128,
@@ -45,15 +46,16 @@ PUBLISHED: dict[str, dict[str, Any]] = {
                                     "model.net.interaction.hidden_units": [1024, 512, 256],
                                     "model.net.interaction.num_layers": None, "model.net.interaction.num_row": None,
                                     "model.net.interaction.activation": "relu"},
-    "+experiment=ablation_no_asta": {**QIN, "model.net.attention._target_": "qin_lightning.models.attention.MeanPooling",
-                                     "model.net.attention.activation": None, "model.net.attention.dropout": None},
+    "+experiment=ablation_no_asta": {**QIN, "model.net.attention.activation": None, "model.net.attention.dropout": None,
+                                     "model.net.attention._target_": "qin_lightning.models.attention.MeanPooling"},
     "+experiment=ablation_softmax": {**QIN, "model.net.attention.activation": "softmax"},
     "+experiment=ablation_relu": {**QIN, "model.net.interaction.activation": "relu"},
     "+experiment=ablation_dropout": {**QIN, "model.net.attention.dropout": 0.1},
     "+experiment=attention_relu2": {**QIN, "model.net.attention.activation": "relu2"},
     "+experiment=attention_silu": {**QIN, "model.net.attention.activation": "silu"},
-    "+experiment=qnn_alpha": {**QIN, "model.self_ensemble": True, "model.net.interaction.activation": None,
-                              "model.net.interaction._target_": "qin_lightning.models.interaction.QuadraticAlphaNetwork"},
+    "+experiment=qnn_alpha": {
+        **QIN, "model.self_ensemble": True, "model.net.interaction.activation": None,
+        "model.net.interaction._target_": "qin_lightning.models.interaction.QuadraticAlphaNetwork"},
     "+experiment=din": {**PROTOCOL, "model.lr": 1e-3, "data.batch_size": 8192, "model.embedding_l2": 1e-7,
                         "model.net_l2": 0.0, "model.lr_factor": 0.1, "callbacks.early_stopping.patience": 3,
                         "model.net._target_": "qin_lightning.models.din.DIN", "model.net.embedding_dim": 64,
@@ -87,9 +89,10 @@ def test_published_values_are_the_composed_ones(overrides: str, monkeypatch: pyt
     """Each experiment composes to the values its public source states (PUBLISHED), key by key."""
     monkeypatch.delenv("QIN_MOVIELENS_SRC", raising=False)
     cfg = resolved(overrides.split())
-    composed = {key: lookup(cfg, key) for key in PUBLISHED[overrides]}
-    wrong = {key: (value, PUBLISHED[overrides][key]) for key, value in composed.items()
-             if value != PUBLISHED[overrides][key] or isinstance(value, bool) != isinstance(PUBLISHED[overrides][key], bool)}
+    published = PUBLISHED[overrides]
+    composed = {key: lookup(cfg, key) for key in published}
+    wrong = {key: (value, published[key]) for key, value in composed.items()
+             if value != published[key] or isinstance(value, bool) != isinstance(published[key], bool)}  # True == 1
     assert not wrong, f"{overrides}: key -> (composed, published): {wrong}"
 
 
