@@ -766,3 +766,14 @@ def test_values_our_classes_reject_are_one_line(last: Path, tmp_path: Path, edit
     with pytest.raises(QinError) as info:
         load_for_inference(path, None, "validate")
     assert str(info.value).startswith(f"{path}: qin_config data") and "\n" not in str(info.value), str(info.value)
+
+
+@pytest.mark.parametrize("module", ["qin_lightning.eval", "qin_lightning.predict"])
+def test_cli_eval_and_predict_refuse_a_config_payload_with_one_line(last: Path, tmp_path: Path, module: str) -> None:
+    """The issue's report: the payload in the data config ran and the command exited 0."""
+    path, marker = _hostile(last, tmp_path, "data", "tuple")
+    args = [f"ckpt_path={path}", "device=cpu"] + ([f"output={tmp_path / 'p.csv'}"] if module.endswith("predict") else [])
+    proc = subprocess.run([sys.executable, "-m", module, *args], cwd=tmp_path, env=_env(), capture_output=True,
+                          text=True, timeout=300)
+    _one_error_line(proc, str(path), "qin_config data.extra", "got tuple")
+    assert not marker.exists(), "the payload ran"
