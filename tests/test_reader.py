@@ -390,3 +390,27 @@ print(peak() - before)
     assert out[0] == ("train.parquet: column 'item_seq' rows 0-0 declare 100,000,000 list elements for 1 rows, "
                       f"expected at most {reader.CHUNK_VALUES:,} per row"), out
     assert int(out[1]) < 64, f"peak grew by {out[1]} MiB"
+
+
+def test_metadata_that_understates_a_list_is_caught_before_conversion(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """pyarrow decodes the values a file holds whatever its metadata says: a row-group column declaring 500
+    elements that holds 1,000 passes the metadata check (limit 600 here) and is refused once decoded, before
+    the numpy conversions that multiply its size."""
+    import struct
+
+    path = tmp_path / "train.parquet"
+    seq = pa.ListArray.from_arrays(pa.array([0, 1000], pa.int32()), pa.array(np.zeros(1000, np.int8)))
+    pq.write_table(pa.table({"user_id": [1], "item_seq": seq, "likes_level": [1], "views_level": [1],
+                             "item_id": [1], "label": [1]}), path, compression="zstd")
+    data = bytearray(path.read_bytes())
+    size = struct.unpack("<i", data[-8:-4])[0]
+    start = len(data) - 8 - size
+    at = start + bytes(data[start:-8]).index(b"\x16\xd0\x0f")  # ColumnMetaData.num_values = 1000 (zigzag varint)
+    data[at:at + 3] = b"\x16\xe8\x07"  # 500
+    path.write_bytes(bytes(data))
+    assert pq.ParquetFile(path).metadata.row_group(0).column(1).num_values == 500
+    monkeypatch.setattr(reader, "CHUNK_VALUES", 600)
+    with pytest.raises(DataValidationError, match=r"train.parquet: column 'item_seq' rows 0-0 hold 1,000 list "
+                                                  r"elements, expected at most the 500 its metadata declares"):
+        reader.read_split(tmp_path, layout.TRAIN, 10, 8)

@@ -180,12 +180,18 @@ def _iter_chunks(path: Path, pf: pq.ParquetFile, columns: Sequence[str]) -> Iter
     declared = pf.metadata.num_rows
     longest = declared_list_length(path, pf, columns)
     batch_rows = max(1, min(CHUNK_ROWS, CHUNK_VALUES // max(longest, 1)))
+    lists = [c for c in columns if c in pf.schema_arrow.names and _is_list(pf.schema_arrow.field(c).type)]
     start = 0
     try:
         for batch in pf.iter_batches(batch_size=batch_rows, columns=list(columns), use_threads=True):
             if start + batch.num_rows > declared:
                 raise _fail(path, f"the footer declares {declared:,} rows, but the file holds more; expected a "
                                   "complete parquet file")
+            for col in lists:  # metadata that understates the lists: caught as decoded, before any conversion
+                held = len(batch.column(col).flatten())
+                if held > max(CHUNK_VALUES, longest * batch.num_rows):
+                    raise _fail(path, f"rows {start}-{start + batch.num_rows - 1} hold {held:,} list elements, "
+                                      f"expected at most the {longest * batch.num_rows:,} its metadata declares", col)
             yield start, batch
             start += batch.num_rows
     except (pa.ArrowException, OSError, ValueError) as exc:
