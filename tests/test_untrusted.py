@@ -772,7 +772,8 @@ def test_values_our_classes_reject_are_one_line(last: Path, tmp_path: Path, edit
 def test_cli_eval_and_predict_refuse_a_config_payload_with_one_line(last: Path, tmp_path: Path, module: str) -> None:
     """The issue's report: the payload in the data config ran and the command exited 0."""
     path, marker = _hostile(last, tmp_path, "data", "tuple")
-    args = [f"ckpt_path={path}", "device=cpu"] + ([f"output={tmp_path / 'p.csv'}"] if module.endswith("predict") else [])
+    output = [f"output={tmp_path / 'p.csv'}"] if module.endswith("predict") else []
+    args = [f"ckpt_path={path}", "device=cpu", *output]
     proc = subprocess.run([sys.executable, "-m", module, *args], cwd=tmp_path, env=_env(), capture_output=True,
                           text=True, timeout=300)
     _one_error_line(proc, str(path), "qin_config data.extra", "got tuple")

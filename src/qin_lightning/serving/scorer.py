@@ -1,8 +1,8 @@
 """Score a split with a trained model: the one scorer of eval, predict and the experiments/ scripts.
 
 `load_for_inference` rebuilds the network and the data from a training checkpoint (strict, safe loading:
-qin_lightning.serving.load; the stored config is plain data built by qin_lightning.serving.stored_config); only where the data lives (``data.root``) and the batch size (``data.batch_size``)
-may be overridden. The data's item tables must be the ones the model was trained with (same rows, same values),
+qin_lightning.serving.load; the stored config is plain data built by qin_lightning.serving.stored_config);
+only where the data lives (``data.root``) and the batch size (``data.batch_size``) may be overridden. The data's item tables must be the ones the model was trained with (same rows, same values),
 else the ids would silently mean other items (`check_item_tables`). `scored_batches` yields the probabilities of
 the checkpoint's network in torch, or of an exported model (qin_lightning.export) in onnxruntime.
 """

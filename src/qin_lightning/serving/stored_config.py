@@ -4,10 +4,11 @@ A checkpoint may come from anyone, so nothing in its `qin_config` is instantiate
 Instead (`plain_config`, then `build_network` / `build_datamodule`):
 
 1. The stored value is copied into plain Python values: dicts with string keys, lists, str, int, float, bool,
-   None (a ``_target_`` of a class that moved is renamed, `MOVED_TARGETS`). Anything else (a tuple, a tensor, any other type) is refused, as is every string containing ``${``
-   (an OmegaConf interpolation or resolver: none is ever evaluated) and every Hydra key other than
-   ``_target_`` (``_args_``, ``_call_``, ``_convert_``, ``_recursive_``, ...; ``_partial_`` only as the
-   ``true`` that our own attention/interaction configs carry, and it changes nothing: see 2).
+   None (a ``_target_`` of a class that moved is renamed, `MOVED_TARGETS`). Anything else (a tuple, a tensor,
+   any other type) is refused, as is every string containing ``${`` (an OmegaConf interpolation or resolver:
+   none is ever evaluated) and every Hydra key other than ``_target_`` (``_args_``, ``_call_``, ``_convert_``,
+   ``_recursive_``, ...; ``_partial_`` only as the ``true`` that our own attention/interaction configs carry,
+   and it changes nothing: see 2).
 2. That copy, and only it, is built by the walk that checks it: a ``_target_`` must be the exact name of a
    class in the allowlists below (`NETWORKS` and `NETWORK_PARTS` for ``model.net``, `DATA_MODULES` and
    `DATA_PARTS` for ``data``); a network's parts are always passed as partials (the network calls them with
