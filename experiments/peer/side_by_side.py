@@ -7,7 +7,7 @@ both validation AUC curves and the machine go into one JSON record.
 
 Defaults: the size of whole_run.py (100,000 train / 20,000 validation rows of the synthetic MMCTR data, 3,000 items,
 500 tags, 64-long histories of mean 8), 8 epochs, batch 2048, 2 threads; ours in fp32 and bf16 (`--precision`).
-Theirs: QIN_variety_v9 with its published hyperparameters (/work/shared/REFERENCE.md section 2-3; their config
+Theirs: QIN_variety_v9 with its published hyperparameters (the paper, their config and training log; their config
 files are generated in a temporary folder, nothing of theirs is copied here), on the CPU, through their own data
 loader (MMCTRDataLoader, `--their-workers` loader processes) and FuxiCTR's fit loop; experiments/peer/their_run.py
 drives it inside their environment (their run_expid.py pins fuxictr 2.3.7 and also predicts the test split).
@@ -139,7 +139,7 @@ def their_configs(folder: Path, data_dir: Path, data: dict[str, Any], args: argp
         "Base": {"model_root": str(folder / "checkpoints") + "/", "num_workers": args.their_workers, "verbose": 0,
                  "pickle_feature_encoder": True, "save_best_only": True, "eval_steps": None, "debug_mode": False,
                  "group_id": "user_id", "use_features": None, "feature_specs": None, "feature_config": None},
-        THEIR_MODEL: {  # the published QIN (REFERENCE.md sections 2 and 3) at this invocation's batch and epochs
+        THEIR_MODEL: {  # the published QIN (paper section 3, their model_config.yaml) at this batch and epoch count
             "model": THEIR_MODEL, "dataset_id": "side_by_side", "loss": "binary_crossentropy",
             "metrics": ["AUC", "logloss"], "task": "binary_classification", "optimizer": "adam",
             "learning_rate": 2.0e-3, "embedding_regularizer": 2.0e-4, "net_regularizer": 0,
