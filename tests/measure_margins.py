@@ -139,7 +139,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     record: dict = {"command": f"PYTHONPATH=src python tests/measure_margins.py --out {args.out}",
-                    "torch": torch.__version__}
+                    "torch": torch.__version__,
+                    # ATen's kernels differ by ISA (here AVX512 vs AVX2 changed the trained QIN from epoch 0); set
+                    # ATEN_CPU_CAPABILITY=avx2 to measure as an AVX2 machine does
+                    "cpu_capability": torch.backends.cpu.get_cpu_capability()}
     with tempfile.TemporaryDirectory() as tmp:
         record["test_train_learns"] = learns(Path(tmp) / "learns")
         print(json.dumps(record["test_train_learns"]), flush=True)

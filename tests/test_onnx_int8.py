@@ -25,10 +25,13 @@ ort = pytest.importorskip("onnxruntime")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 
-# tests/measured_margins.json (tests/measure_margins.py) for the run below: int8 - eager AUC -2.7e-5, logloss
-# +1.1e-5, largest batch-1 probability difference 1.2e-3. The same export at 4-bit precision (q in -7..7):
-# AUC -1.1e-3, logloss +4.8e-4, batch-1 1.2e-2. The tolerances sit between (~10x / 2-4x from each side).
-INT8_AUC_TOLERANCE = 5e-4
+# tests/measured_margins.json (tests/measure_margins.py, AVX512) for the run below: int8 - eager AUC -3.9e-4,
+# logloss +5.8e-5, largest batch-1 probability difference 1.0e-3; the same export at 4-bit precision (q in -7..7):
+# AUC +2.1e-3, logloss -4.3e-5, batch-1 1.5e-2. With AVX2 kernels the run trains other weights (the record of
+# 469e8dd): int8 -2.7e-5, +1.1e-5, 1.2e-3; 4-bit -1.1e-3, +4.8e-4, 1.2e-2. Each tolerance sits between the
+# int8 and the 4-bit errors on both (AUC 1.7x from each side's nearest, logloss 2.6x / 3.2x, batch-1 4.2x / 2.4x);
+# on AVX512 the 4-bit export lowers the logloss, so AUC and batch-1 catch it there.
+INT8_AUC_TOLERANCE = 6.5e-4
 INT8_LOGLOSS_TOLERANCE = 1.5e-4
 INT8_PROB_TOLERANCE = 5e-3
 
