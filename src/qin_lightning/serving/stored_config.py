@@ -173,6 +173,8 @@ class _Builder:
                 inspect.signature(cls).bind_partial(**kwargs)
                 return functools.partial(cls, **kwargs)
             return cls(**kwargs, **(self.fixed if not is_part else {}))
+        except QinError as err:  # a constructor's own one-line error, said to come from this checkpoint
+            raise type(err)(f"{self.path}: qin_config {where}: {err}") from None
         except CONSTRUCTOR_ERRORS as err:  # our constructors reject bad values with these, not only QinError
             raise QinError(f"{self.path}: qin_config {where}: cannot build {target} ({_first_line(err)})") from None
 
