@@ -3,10 +3,9 @@ environment is made, nothing is run); the full comparison itself is run by hand 
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
+import importlib.util
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 from conftest import REPO_ROOT
@@ -14,10 +13,12 @@ from conftest import REPO_ROOT
 SCRIPT = REPO_ROOT / "experiments" / "peer" / "side_by_side.py"
 
 
-def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "src")}
-    return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=120)
+@pytest.fixture(scope="module")
+def side_by_side() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("side_by_side", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def fake_checkout(root: Path) -> Path:
@@ -27,10 +28,12 @@ def fake_checkout(root: Path) -> Path:
     return root
 
 
-def test_help(tmp_path: Path) -> None:
-    done = run("--help", cwd=tmp_path)
-    assert done.returncode == 0 and done.stdout.startswith("usage: ") and "--qin-repo" in done.stdout
-    assert not list(tmp_path.iterdir())
+def test_help(side_by_side: ModuleType, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        side_by_side.main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: ") and "--qin-repo" in out
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -40,12 +43,12 @@ def test_help(tmp_path: Path) -> None:
     (["--precision", "32,fp8"], "--precision: '32,fp8', expected a comma-separated list of 32, bf16"),
     (["--their-workers", "-1"], "--their-workers: -1, expected 0 or more"),
 ])
-def test_argument_checks_fail_in_one_line_before_anything_runs(tmp_path: Path, extra: list[str],
-                                                                message: str) -> None:
+def test_argument_checks_fail_in_one_line_before_anything_runs(
+        side_by_side: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture, extra: list[str], message: str) -> None:
     repo = tmp_path / "missing" if not extra else fake_checkout(tmp_path / "QIN")
     venv = tmp_path / "venv"
-    done = run("--qin-repo", str(repo), "--out", str(tmp_path / "out.json"), "--venv", str(venv), *extra,
-               cwd=tmp_path)
-    assert done.returncode == 2, done.stderr
-    assert done.stderr.strip() == "error: " + message.format(missing=repo)
+    with pytest.raises(SystemExit) as exit_info:
+        side_by_side.main(["--qin-repo", str(repo), "--out", str(tmp_path / "out.json"), "--venv", str(venv), *extra])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip() == "error: " + message.format(missing=repo)
     assert not venv.exists() and not (tmp_path / "out.json").exists()
