@@ -6,7 +6,8 @@ both validation AUC curves and the machine go into one JSON record.
     python experiments/peer/side_by_side.py --qin-repo ../QIN --out experiments/peer/side_by_side.json
 
 Defaults: the size of whole_run.py (100,000 train / 20,000 validation rows of the synthetic MMCTR data, 3,000 items,
-500 tags, 64-long histories of mean 8), 8 epochs, batch 2048, 2 threads; ours in fp32 and bf16 (`--precision`).
+500 tags, 64-long histories of mean 8), 8 epochs, batch 2048, 2 threads; ours in fp32 and, on a CPU with bf16
+kernels, bf16 (`--precision`).
 Theirs: QIN_variety_v9 with its published hyperparameters (the paper, their config and training log; their config
 files are generated in a temporary folder, nothing of theirs is copied here), on the CPU, through their own data
 loader (MMCTRDataLoader, `--their-workers` loader processes) and FuxiCTR's fit loop; experiments/peer/their_run.py
@@ -49,7 +50,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--valid-rows", type=int, default=20_000)
     p.add_argument("--batch-size", type=int, default=2048)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--precision", default="32,bf16", help="ours: comma-separated 32, bf16 (whole_run.py)")
+    p.add_argument("--precision", default="auto",
+                   help="ours: comma-separated 32, bf16 (whole_run.py); auto: 32,bf16 on a CPU with bf16 kernels, else 32")
     p.add_argument("--their-workers", type=int, default=2, help="loader processes of their MMCTRDataLoader")
     return p.parse_args(argv)
 
@@ -65,6 +67,10 @@ def check_args(args: argparse.Namespace) -> None:
             raise ConfigError(f"--{key.replace('_', '-')}: {getattr(args, key)}, expected a positive integer")
     if args.their_workers < 0:
         raise ConfigError(f"--their-workers: {args.their_workers}, expected 0 or more")
+    if args.precision == "auto":  # bf16 autocast is many times slower than fp32 without bf16 kernels
+        from qin_lightning.training.machine import cpu_has_bf16
+
+        args.precision = "32,bf16" if cpu_has_bf16() else "32"
     precisions = args.precision.split(",")
     if not precisions or any(p not in ("32", "bf16") for p in precisions):
         raise ConfigError(f"--precision: {args.precision!r}, expected a comma-separated list of 32, bf16")

@@ -14,7 +14,9 @@ one (models.inference.set_fast_paths) on the same batches (ABAB...), and the med
 Data: a synthetic dataset in the MMCTR layout (qin_lightning.data) with the real MicroLens vocabulary sizes
 (91,718 items, 11,740 tags, 128-d vectors), histories of mean length 8 left-padded to 64. `--data-scale
 microlens` uses the full MicroLens-scale dataset (3.6M train rows) and also records its load time and
-memory against the bytes of its columns. Writes `--out` (JSON, atomically) and prints a small table.
+memory against the bytes of its columns; `--data-scale converged` the shapes of the converged MovieLens sweep
+(ml-latest-small's vocabulary, 20-long histories, 88% full). Training is also timed in CPU seconds of the
+process per step (`train_cpu_s_per_step`). Writes `--out` (JSON, atomically) and prints a small table.
 `--precision 32,bf16` adds the fast paths under bf16 autocast as a third configuration of every round (keys
 `bf16_*`, AUC parity against the fp32 fast paths); `--experiment A,B` measures any `+experiment=` config.
 
