@@ -18,7 +18,7 @@ DROPOUT_DRAWS = ("torch", "sfc64")
 
 
 def relu_dropout(h: Tensor, dropout: nn.Dropout, draw: str = "torch") -> Tensor:
-    """dropout(relu(h)) as one product h * mask, for 0 < p < 1 in training (CPU tensors for "sfc64").
+    """dropout(relu(h)) as one product h * mask, for 0 < p < 1 in training ("sfc64" draws on the CPU).
 
     torch: the mask is the noise nn.Dropout draws for relu(h) on the CPU (bernoulli(1 - p) over h's shape, divided
     by 1 - p) times (h > 0): the same draws, values and gradients as the two modules.
@@ -32,7 +32,7 @@ def relu_dropout(h: Tensor, dropout: nn.Dropout, draw: str = "torch") -> Tensor:
         return h * mask.mul_(h > 0)
     seed = int(torch.randint(0, 2**62, ()))
     uniform = np.random.Generator(np.random.SFC64(seed)).random(h.numel(), dtype=np.float32)
-    kept = torch.from_numpy(uniform < keep).view(h.shape)  # (..., H) bool
+    kept = torch.from_numpy(uniform < keep).view(h.shape).to(h.device)  # (..., H) bool
     return h * (kept & (h > 0)).to(h.dtype).div_(keep)
 
 
