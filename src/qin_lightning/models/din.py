@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from qin_lightning.errors import ConfigError
-from qin_lightning.models.history import attend, can_pack, lookup_items
+from qin_lightning.models.history import DistinctItems, attend, can_pack, lookup_items
 from qin_lightning.models.interaction import MLP, init_linear
 from qin_lightning.models.items import ItemEncoder, level_embeddings
 from qin_lightning.models.ragged import Ragged, row_sum
@@ -61,16 +61,19 @@ class DINAttention(nn.Module):
         weights = self.score(self.mlp(features)).view(b, s) * mask.to(history.dtype)  # (B, S)
         return torch.bmm(weights.unsqueeze(1), history).squeeze(1)  # (B, d)
 
-    def forward_packed(self, target: Tensor, values: Tensor, ragged: Ragged, mask: Tensor) -> Tensor:
-        """`forward` with the history given at its non-padding positions only: values (P, d), `ragged`.
+    def forward_packed(
+        self, target: Tensor, values: Tensor, ragged: Ragged, mask: Tensor, distinct: DistinctItems | None = None
+    ) -> Tensor:
+        """`forward` with the history given at its non-padding positions only: values (P, d), `ragged`;
+        `distinct`: the same values as U distinct items (U, d) and their inverse (P,), if the caller has them.
 
         Padding positions have weight score * 0 = 0 and zero vectors, so they add exact zeros in `forward`.
         In eval mode (or without dropout) the output is the same function; in training the attention-MLP
         dropout draws masks for the P real positions only (same distribution, different random stream). The
-        first layer is split (`first_layer`): half the multiply-adds per position.
+        first layer is split (`first_layer`): half the multiply-adds per position, or a quarter with `distinct`.
         """
         t = target.index_select(0, ragged.rows)  # (P, d)
-        hidden = self.hidden_layers(self.first_layer(target, t, values, ragged))  # (P, H_last)
+        hidden = self.hidden_layers(self.first_layer(target, t, values, ragged, distinct))  # (P, H_last)
         weights = self.score(hidden).squeeze(-1)  # (P,)
         return row_sum(weights, values, ragged)  # (B, d)
 
@@ -87,15 +90,22 @@ class DINAttention(nn.Module):
                 x, index = layer(x), index + 1
         return x
 
-    def first_layer(self, target: Tensor, t: Tensor, values: Tensor, ragged: Ragged) -> Tensor:
+    def first_layer(
+        self, target: Tensor, t: Tensor, values: Tensor, ragged: Ragged, distinct: DistinctItems | None = None
+    ) -> Tensor:
         """The MLP's first Linear on [t, x, t - x, t * x] without the (P, 4d) features (exact algebra):
-        W [t; x; t - x; t * x] + b = ((W_t + W_d) t + b) + [W_x - W_d | W_p] [x; t * x],
-        the t-term once per row (B) and only 2d inputs per history position instead of 4d."""
+        W [t; x; t - x; t * x] + b = ((W_t + W_d) t + b) + (W_x - W_d) x + W_p (t * x),
+        the t-term once per row (B), the x-term once per item, only the (t * x)-term per history position.
+        The x-term depends on the item alone: with `distinct` it is computed for the U distinct items and
+        gathered to the P positions (U << P on real batches); without, once per position."""
         linear = self.mlp.net[0]
         w_t, w_x, w_d, w_p = linear.weight.split(values.shape[1], dim=1)  # 4 x (H, d)
-        per_row = F.linear(target, w_t + w_d, linear.bias)  # (B, H)
-        per_item = F.linear(torch.cat([values, t * values], dim=-1), torch.cat([w_x - w_d, w_p], dim=1))  # (P, H)
-        return per_row.index_select(0, ragged.rows) + per_item  # (P, H)
+        per_row = F.linear(target, w_t + w_d, linear.bias).index_select(0, ragged.rows)  # (P, H)
+        if distinct is None:
+            per_item = F.linear(values, w_x - w_d)  # (P, H)
+        else:
+            per_item = F.linear(distinct.values, w_x - w_d).index_select(0, distinct.inverse)  # (U, H) -> (P, H)
+        return torch.addmm(per_row + per_item, t * values, w_p.t())  # (P, H) + (P, d) @ (d, H)
 
 
 class DIN(nn.Module):
@@ -108,8 +118,9 @@ class DIN(nn.Module):
     Linear -> BN -> ReLU -> Dropout, then Linear -> logit. 8,611,842 parameters with the MicroLens vocabulary.
     The challenge's template uses Dice in the attention MLP; the QIN paper's DIN baseline uses ReLU, which we
     follow. `dnn_dropout` 0.1 is the tuner's net_dropout (the template's is 0). `fast` (exact): the prepared
-    item table, and packed histories (see models.history): only the non-padding items are encoded and attended,
-    with the attention MLP's first layer split so that the target's part is computed once per row, and each ReLU ->
+    item table, and packed histories (see models.history): only the non-padding items are attended, each distinct
+    history item of the batch encoded once, with the attention MLP's first layer split so that the target's part is
+    computed once per row and the item's part once per distinct item (`DINAttention.first_layer`), and each ReLU ->
     Dropout pair of it as one product. `attention_dropout_draw` (that packed form's dropout masks): "torch" (the
     draws nn.Dropout makes) or "sfc64" (numpy's SFC64 generator: the same distribution, other draws, a faster CPU
     step; see `relu_dropout`).
@@ -144,7 +155,8 @@ class DIN(nn.Module):
     def forward(self, item_seq: Tensor, item_id: Tensor, likes_level: Tensor, views_level: Tensor) -> Tensor:
         # item_seq (B, S), item_id / likes_level / views_level (B,) -> logits (B,)
         pack = self.fast and can_pack(self.attention, item_seq)
-        target, history = lookup_items(self.items, item_seq, item_id, pack)  # (B, I), (B, S, I) or packed
+        # (B, I), and (B, S, I) or packed with its distinct items
+        target, history = lookup_items(self.items, item_seq, item_id, pack, distinct=pack)
         pooled = attend(self.attention, target, history, item_seq > 0)  # (B, I)
         levels = [self.likes_embedding(likes_level), self.views_embedding(views_level)]  # 2 x (B, E)
         x = torch.cat([*levels, target, pooled], dim=-1)  # (B, 2E + 2I) = (B, 640)
