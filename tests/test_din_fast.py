@@ -1,18 +1,22 @@
 """DIN's fast training form (packed histories, the attention MLP's ReLU -> Dropout pairs fused) against the literal
 dense form in float64: the same logits and gradients, with dropout on (the same mask draws when every position is
-a real item) and with padding (dropout off); the "sfc64" dropout draw: the same distribution, seeded by torch."""
+a real item) and with padding (dropout off); with items repeating across rows and positions (each distinct item
+encoded and its first-layer term computed once); the "sfc64" dropout draw: the same distribution, seeded by torch."""
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import pytest
 import torch
+from probes import forward_calls
 from test_models import tiny_tables
+from torch import Tensor
 
 from qin_lightning.errors import ConfigError
 from qin_lightning.models import din as din_module
-from qin_lightning.models.din import DIN
+from qin_lightning.models.din import DIN, DINAttention
 
 
 def din_pair(dropout: float) -> tuple[DIN, DIN]:
@@ -26,9 +30,10 @@ def din_pair(dropout: float) -> tuple[DIN, DIN]:
     return fast, literal
 
 
-def batch(rows: int, length: int, padded: bool) -> tuple[torch.Tensor, ...]:
+def batch(rows: int, length: int, padded: bool, num_items: int = 30) -> tuple[torch.Tensor, ...]:
+    """(item_seq, item_id, likes, views); history items drawn from 1..num_items - 1."""
     g = torch.Generator().manual_seed(3)
-    item_seq = torch.randint(1, 30, (rows, length), generator=g)
+    item_seq = torch.randint(1, num_items, (rows, length), generator=g)
     if padded:  # left padding of every length, an empty history, gaps
         item_seq = item_seq * (torch.arange(length) >= torch.randint(0, length + 1, (rows, 1), generator=g))
         item_seq[0] = 0
@@ -61,6 +66,43 @@ def test_fast_training_step_is_the_literal_one(dropout: float, padded: bool) -> 
     assert grads_fast.keys() == grads_literal.keys()
     for name, grad in grads_fast.items():
         torch.testing.assert_close(grad, grads_literal[name], rtol=1e-10, atol=1e-12, msg=name)
+
+
+def attention_on_real_positions(attention: DINAttention) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
+    """The literal DINAttention.forward with its MLP run on the real (non-padding) positions only, row-major: the
+    literal modules on the (P, 4d) features, so nn.Dropout draws the packed form's (P, H) masks."""
+
+    def forward(target: Tensor, history: Tensor, mask: Tensor) -> Tensor:
+        rows, cols = mask.nonzero(as_tuple=True)  # (P,), (P,) row-major
+        x, t = history[rows, cols], target[rows]  # (P, d), (P, d)
+        weights = attention.score(attention.mlp(torch.cat([t, x, t - x, t * x], dim=-1)))  # (P, 1)
+        return torch.zeros_like(target).index_add(0, rows, weights * x)  # (B, d)
+
+    return forward
+
+
+@pytest.mark.parametrize("dropout", [0.3, 0.0])
+@pytest.mark.parametrize("padded", [False, True])
+def test_distinct_items_are_the_literal_form(dropout: float, padded: bool) -> None:
+    """Items 1..4 only, so every item repeats across rows and positions (U <= 4 distinct of P >= 40 positions):
+    the item encoder sees the B targets and the U distinct items, and the logits and every parameter gradient are
+    the literal dense form's. With dropout and padding the literal form's attention MLP runs on the real positions
+    only (`attention_on_real_positions`): the dense form draws masks for the padding positions too."""
+    fast, literal = din_pair(dropout)
+    if dropout and padded:
+        literal.attention.forward = attention_on_real_positions(literal.attention)
+    inputs = batch(12, 6, padded, num_items=5)
+    history_ids = inputs[0][inputs[0] > 0]
+    distinct = history_ids.unique().numel()
+    assert distinct <= 4 < history_ids.numel()
+    with forward_calls(fast.items) as encoded:
+        out_fast, grads_fast = logits_and_gradients(fast, inputs, seed=7)
+    assert encoded == [(torch.Size([12 + distinct]),)]
+    out_literal, grads_literal = logits_and_gradients(literal, inputs, seed=7)
+    torch.testing.assert_close(out_fast, out_literal, rtol=1e-12, atol=1e-12)
+    assert grads_fast.keys() == grads_literal.keys()
+    for name, grad in grads_fast.items():
+        torch.testing.assert_close(grad, grads_literal[name], rtol=1e-12, atol=1e-12, msg=name)
 
 
 def test_relu_dropout_is_relu_then_dropout() -> None:
