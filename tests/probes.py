@@ -6,8 +6,8 @@ a path with itself and stay green. These probes observe the path taken, mostly t
 - folded QNN: the folded layer never calls its (D, D*R) `linear`;
 - item table: once prepared, `items(ids)` gathers rows of the (N, 3E) table, so the id embedding is called once
   for all N items when the table is prepared and not at all afterwards;
-- packed history: the item encoder receives the (B + P,) targets and non-padding history ids, not (B, S + 1),
-  and the attention module's `forward_packed` is called;
+- packed history: the item encoder receives the (B + P,) targets and non-padding history ids (DIN: the (B + U,)
+  targets and distinct history ids), not (B, S + 1), and the attention module's `forward_packed` is called;
 - the winner's transformer by span: its encoder runs on pieces of the grid narrower than the (B, S) history,
   where the dense form runs once on the whole (B, S, 2I) grid.
 Whether a part holds a prepared inference form (models.inference) is read by `prepared` (the one place that
