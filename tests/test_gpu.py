@@ -86,6 +86,22 @@ def test_bf16_training_step_keeps_fp32_master_weights(tiny_data: MMCTRDataModule
     assert not optimizer_state
 
 
+@pytest.mark.parametrize("experiment", ["qin", "din", "transformer_dcn"])
+@pytest.mark.parametrize("device", DEVICES)
+def test_bf16_autocast_keeps_the_logits_fp32(tiny_data: MMCTRDataModule, tmp_path: Path, device: str,
+                                             experiment: str):
+    """The output Linear runs in fp32 under bf16 autocast (models.interaction.logit_head): bf16 logits would
+    carry 8 significant bits, tying rows in the validation AUC that picks the best epoch. In training and eval."""
+    module = tiny_module(tiny_data, tmp_path, f"+experiment={experiment}", *tiny_model_overrides(experiment)).to(device)
+    batch = first_batch(tiny_data, device)
+    for training in (True, False):
+        module.train(training)
+        with torch.no_grad(), torch.autocast(device, dtype=torch.bfloat16):
+            logits = module(batch)
+        assert logits.dtype == torch.float32
+        assert (logits != logits.bfloat16().float()).any()  # values a bf16 Linear could not have returned
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_lightning_fit_bf16_mixed(tiny_data: MMCTRDataModule, tmp_path: Path, device: str):
     module = tiny_module(tiny_data, tmp_path)

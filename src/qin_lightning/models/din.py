@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from qin_lightning.errors import ConfigError
 from qin_lightning.models.history import DistinctItems, attend, can_pack, lookup_items
-from qin_lightning.models.interaction import MLP, init_linear
+from qin_lightning.models.interaction import MLP, init_linear, logit_head
 from qin_lightning.models.items import ItemEncoder, level_embeddings
 from qin_lightning.models.ragged import Ragged, row_sum
 
@@ -160,4 +160,4 @@ class DIN(nn.Module):
         pooled = attend(self.attention, target, history, item_seq > 0)  # (B, I)
         levels = [self.likes_embedding(likes_level), self.views_embedding(views_level)]  # 2 x (B, E)
         x = torch.cat([*levels, target, pooled], dim=-1)  # (B, 2E + 2I) = (B, 640)
-        return self.head(self.dnn(x)).squeeze(-1)  # (B,)
+        return logit_head(self.head, self.dnn(x))  # (B,), fp32 logits

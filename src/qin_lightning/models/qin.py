@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from qin_lightning.models.attention import TargetAttention
 from qin_lightning.models.history import attend, can_pack, lookup_items
-from qin_lightning.models.interaction import QuadraticNetwork, init_linear
+from qin_lightning.models.interaction import QuadraticNetwork, init_linear, logit_head
 from qin_lightning.models.items import ItemEncoder, level_embeddings
 
 
@@ -55,4 +55,4 @@ class QIN(nn.Module):
         pooled = attend(self.attention, target, history, item_seq > 0)  # (B, I), eq. 3
         levels = [self.likes_embedding(likes_level), self.views_embedding(views_level)]  # 2 x (B, E)
         x = torch.cat([*levels, target, pooled], dim=-1)  # (B, D) = (B, 2E + 2I)
-        return self.head(self.interaction(x)).squeeze(-1)  # (B,), eq. 4 then the linear head
+        return logit_head(self.head, self.interaction(x))  # (B,), eq. 4 then the linear head (fp32 logits)

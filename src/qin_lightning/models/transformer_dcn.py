@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from qin_lightning.errors import ConfigError
-from qin_lightning.models.interaction import MLP, init_linear
+from qin_lightning.models.interaction import MLP, init_linear, logit_head
 from qin_lightning.models.items import ItemEncoder, level_embeddings
 
 
@@ -229,4 +229,4 @@ class TransformerDCN(nn.Module):
         levels = [self.likes_embedding(likes_level), self.views_embedding(views_level)]  # 2 x (B, E)
         x0 = torch.cat([*levels, target, sequence], dim=-1)  # (B, 2E + I + (k + 1) 2I) = (B, 9088)
         both = torch.cat([self.cross(x0), self.dnn(x0)], dim=-1)  # (B, 9088 + 256)
-        return self.head(self.head_mlp(both)).squeeze(-1)  # (B,)
+        return logit_head(self.head, self.head_mlp(both))  # (B,), fp32 logits
