@@ -46,9 +46,11 @@ def seconds_per_epoch(run: dict[str, Any]) -> float:
 
 
 def training_hours(runs: list[dict[str, Any]]) -> float:
-    """Training time of the runs, each as its mean epoch time x its epochs (a resumed run's `train_seconds`
-    and `timing` cover only its last invocation)."""
-    return sum(seconds_per_epoch(r) * r["epochs_trained"] for r in runs) / 3600
+    """CPU-hours of training of the runs: each run's mean epoch time x its epochs x its threads (a resumed run's
+    `train_seconds` and `timing` cover only its last invocation). Wall time on the run's threads, so an upper
+    bound on its CPU time where other work shared the cores."""
+    return sum(seconds_per_epoch(r) * r["epochs_trained"] * int((r.get("machine") or {}).get("threads") or 1)
+               for r in runs) / 3600
 
 
 def simd(run: dict[str, Any]) -> str:
@@ -140,7 +142,8 @@ def header(plan_path: Path, plan: dict[str, Any], runs: list[Run], folder: Path,
                                                      for e, opts in shrink.items()) + ".")
     lines += [
         f"Seeds {', '.join(str(s) for s in plan['seeds'])}. Runs completed: {len(runs)} of {expected}; "
-        f"about {hours:.1f} h of training (each run's mean epoch time x its epochs), two runs at a time on 2 cores.",
+        f"about {hours:.1f} CPU-hours of training (each run's mean epoch time x its epochs x its threads, an upper "
+        "bound on its CPU time where the cores were shared), two runs at a time on 2 cores.",
         "",
         "```bash",
         f"python experiments/converged/sweep.py {plan_path.as_posix()} --jobs 2   # resumable",

@@ -3,23 +3,27 @@ seed spread, on the default synthetic data and on MovieLens.
 
     python experiments/precision/table.py          # writes experiments/precision/table.md and prints it
 
-The runs come from the converged sweeps: the fp32 side is the `qin` row of `experiments/converged/synthetic.yaml`
-and `experiments/movielens/converged.yaml`, the bf16 side the same protocol and seeds with `trainer=cpu_bf16`
-(`experiments/converged/synthetic_bf16.yaml`, `experiments/movielens/converged_bf16.yaml`), each trained to
-early stopping:
+The runs come from the converged sweeps, each trained to early stopping, the bf16 side with the same protocol
+and seeds as its fp32 side plus `trainer=cpu_bf16`:
 
-    python experiments/converged/sweep.py experiments/converged/synthetic_bf16.yaml --jobs 2
-    python experiments/converged/sweep.py experiments/movielens/converged_bf16.yaml --jobs 2
+    python experiments/converged/sweep.py experiments/converged/synthetic_fp32_avx512.yaml --jobs 2   # 5 seeds
+    python experiments/converged/sweep.py experiments/converged/synthetic_bf16.yaml --jobs 2          # 5 seeds
+    python experiments/converged/sweep.py experiments/movielens/converged_rating_100k_bf16.yaml --jobs 2
+    python experiments/converged/sweep.py experiments/movielens/converged_bf16.yaml --jobs 2          # 3 seeds
+
+The fp32 sides: the fp32 twin on the bf16 machine (`synthetic_fp32_avx512.yaml`), the `qin` row of
+`experiments/movielens/converged_rating_100k.yaml` (real labels, per-user time split; same machine), and for
+the older sampled-protocol MovieLens runs `experiments/movielens/converged_fp32_avx512.yaml`. The `qin` rows of
+the first converged tables (`experiments/converged/synthetic.yaml`, `experiments/movielens/converged.yaml`) were
+trained on an AVX2 machine: one row per data set compares them with the fp32 twin (what the machine alone
+changes).
 
 The validation columns are shown, never tested. The comparison is on the test split, through the package's one
-implementation (qin_lightning.report.compare, as `qin-report` and experiments/converged/table.py): compared -
-reference test AUC with its 95% interval and p (a paired user bootstrap where the runs kept predictions, else a
-seed-paired t-test on the recorded test AUCs), Holm-adjusted across the table's six comparisons. The fp32 rows of the
-converged tables were trained on an AVX2 machine and the bf16 runs on one with bf16 kernels, so each data set
-also has the fp32 twin on the bf16 machine (`experiments/converged/synthetic_fp32_avx512.yaml`,
-`experiments/movielens/converged_fp32_avx512.yaml`): one row
-compares bf16 with fp32 on the same CPU, one fp32 with fp32 across the two machines (what the machine alone
-changes). The last columns give reference / compared; the CPU column is `machine` of the records.
+implementation (qin_lightning.report.compare, as `qin-report` and experiments/converged/table.py), once per data
+set (one test split each): compared - reference test AUC with its 95% interval and p (a paired user bootstrap
+where every run of that data set kept its predictions, else a seed-paired t-test on the recorded test AUCs; the
+test column says which), Holm-adjusted across all the table's comparisons. The last columns give reference /
+compared; the CPU column is `machine` of the records.
 """
 
 from __future__ import annotations
@@ -32,7 +36,8 @@ from pathlib import Path
 
 from qin_lightning.files import atomic_write_text
 from qin_lightning.report.collect import Run, find_runs
-from qin_lightning.report.compare import TableTests, compare
+from qin_lightning.report.compare import compare
+from qin_lightning.report.stats import Comparison, with_holm
 from qin_lightning.report.tables import comparison_cells, comparison_header
 
 HERE = Path(__file__).resolve().parent
@@ -46,17 +51,19 @@ _spec.loader.exec_module(_converged)
 mean_std, seconds_per_epoch = _converged.mean_std, _converged.seconds_per_epoch
 
 # (data, what is compared, reference records, compared records): the `runs/` folders the sweep driver fills.
-# The fp32 rows of the converged tables were trained on an AVX2 machine, the bf16 runs on one with bf16 kernels
-# (AVX-512 + avx512_bf16); fp32 rounding differs with the SIMD width, so the fp32 twin on the bf16 machine
-# (synthetic_fp32_avx512, converged_fp32_avx512) separates bf16's effect from the machine's.
+# The fp32 rows of the first converged tables were trained on an AVX2 machine, the bf16 runs on one with bf16
+# kernels (AVX-512 + avx512_bf16); fp32 rounding differs with the SIMD width, so the fp32 twins on the bf16
+# machine separate bf16's effect from the machine's.
 SYNTHETIC, MOVIELENS = EXPERIMENTS / "converged", EXPERIMENTS / "movielens"
 COMPARISONS = [
     ("synthetic", "bf16 vs fp32, same CPU", SYNTHETIC / "synthetic_fp32_avx512", SYNTHETIC / "synthetic_bf16"),
-    ("synthetic", "bf16 vs the converged table's fp32", SYNTHETIC / "synthetic", SYNTHETIC / "synthetic_bf16"),
     ("synthetic", "fp32 vs fp32, the machine alone", SYNTHETIC / "synthetic", SYNTHETIC / "synthetic_fp32_avx512"),
-    ("movielens", "bf16 vs fp32, same CPU", MOVIELENS / "converged_fp32_avx512", MOVIELENS / "converged_bf16"),
-    ("movielens", "bf16 vs the converged table's fp32", MOVIELENS / "converged", MOVIELENS / "converged_bf16"),
-    ("movielens", "fp32 vs fp32, the machine alone", MOVIELENS / "converged", MOVIELENS / "converged_fp32_avx512"),
+    ("ml-100k, rating protocol", "bf16 vs fp32, same CPU", MOVIELENS / "converged_rating_100k",
+     MOVIELENS / "converged_rating_100k_bf16"),
+    ("ml-latest-small, sampled protocol", "bf16 vs fp32, same CPU", MOVIELENS / "converged_fp32_avx512",
+     MOVIELENS / "converged_bf16"),
+    ("ml-latest-small, sampled protocol", "fp32 vs fp32, the machine alone", MOVIELENS / "converged",
+     MOVIELENS / "converged_fp32_avx512"),
 ]
 
 
@@ -88,7 +95,7 @@ def label(data: str, what: str) -> str:
     return f"{data}: {what}"
 
 
-def row(data: str, what: str, reference_folder: Path, compared_folder: Path, tests: TableTests) -> str:
+def row(data: str, what: str, reference_folder: Path, compared_folder: Path, tests: dict[str, Comparison]) -> str:
     reference = {s: r.record for s, r in runs(reference_folder).items()}
     compared = {s: r.record for s, r in runs(compared_folder).items()}
     a_ref = [r["best_val_auc"] for r in reference.values()]
@@ -98,7 +105,8 @@ def row(data: str, what: str, reference_folder: Path, compared_folder: Path, tes
     test_cmp = [r.test_auc for r in runs(compared_folder).values() if r.test_auc is not None]
     return (f"| {data} | {what} | {cell(a_ref)} | {cell(a_cmp)} | {'–' if diff is None else f'{diff:+.4f}'} | "
             f"{cell(test_ref)} | {cell(test_cmp)} | "
-            f"{' | '.join(comparison_cells(tests.comparisons.get(label(data, what))))} | "
+            f"{' | '.join(comparison_cells(tested := tests.get(label(data, what))))} | "
+            f"{tested.method if tested else '–'} | "
             f"{mean([r['best_epoch'] + 1 for r in reference.values()])} / "
             f"{mean([r['best_epoch'] + 1 for r in compared.values()])} | "
             f"{mean([seconds_per_epoch(r) for r in reference.values()])} / "
@@ -106,13 +114,35 @@ def row(data: str, what: str, reference_folder: Path, compared_folder: Path, tes
             f"{machines(runs(reference_folder))} / {machines(runs(compared_folder))} |")
 
 
+def kept_predictions(reference_folder: Path, compared_folder: Path) -> bool:
+    """Whether every run of a comparison kept its test predictions (so it can join its data set's bootstrap)."""
+    return all(r.predictions is not None for f in (reference_folder, compared_folder) for r in runs(f).values())
+
+
+def tests_by_split() -> tuple[dict[str, Comparison], list[str]]:
+    """Every comparison's test, computed per data set (the paired bootstrap needs one test split; comparisons
+    whose runs kept no predictions are tested apart, by the seed t-test), Holm-adjusted across the whole table;
+    and one sentence per group saying which test it got."""
+    groups: dict[tuple[str, bool], list[tuple[str, str, Path, Path]]] = {}
+    for data, what, ref, cmp in COMPARISONS:
+        groups.setdefault((data, kept_predictions(ref, cmp)), []).append((data, what, ref, cmp))
+    comparisons: list[Comparison] = []
+    notes = []
+    for (data, _), members in groups.items():
+        tests = compare([(label(d, what), list(runs(cmp).values()), list(runs(ref).values()))
+                         for d, what, ref, cmp in members])
+        comparisons += tests.comparisons.values()
+        notes.append(f"{data} ({', '.join(what for _, what, _, _ in members)}): {tests.note}.")
+    return {c.row: c for c in with_holm(comparisons)}, notes
+
+
 def table() -> str:
-    tests = compare([(label(data, what), list(runs(cmp).values()), list(runs(ref).values()))
-                     for data, what, ref, cmp in COMPARISONS])
+    tests, notes = tests_by_split()
     columns = ["data", "comparison", "reference val AUC (n)", "compared val AUC (n)", "val: compared − reference",
-               "reference test AUC (n)", "compared test AUC (n)", *comparison_header("reference"),
+               "reference test AUC (n)", "compared test AUC (n)", *comparison_header("reference"), "test",
                "best epoch (1-based)", "s / epoch", "CPU"]
-    lines = [f"Test comparisons: {tests.note}; Holm across the {len(tests.comparisons)} comparisons.", "",
+    lines = [f"Test comparisons, per data set (one test split each); Holm across the table's {len(tests)}"
+             " comparisons:", "", *(f"- {n}" for n in notes), "",
              "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     return "\n".join([*lines, *(row(*c, tests) for c in COMPARISONS)]) + "\n"
 
