@@ -74,7 +74,7 @@ def test_predictions_path_and_strict_reading(tmp_path: Path) -> None:
 
 def test_qin_report_pairs_two_trained_runs_over_users(trained: tuple[Path, dict]) -> None:
     """End to end: a second run (softmax attention, same seed and data) beside the first; qin-report finds both
-    kept prediction files and the data's test split, and computes the paired user bootstrap."""
+    kept prediction files and the data's test split, and computes the paired bootstrap over users and seeds."""
     run, results = trained
     sweep = run.parent
     overrides = tiny_overrides(sweep) + tiny_model_overrides() + ["+experiment=ablation_softmax", "test_after_fit=true"]

@@ -214,10 +214,10 @@ def _split_with_predictions(tmp_path: Path, seeds: int) -> None:
             job += 1
 
 
-def test_kept_predictions_give_the_paired_user_bootstrap(tmp_path: Path) -> None:
+def test_kept_predictions_give_the_paired_bootstrap(tmp_path: Path) -> None:
     _split_with_predictions(tmp_path, seeds=2)
     md = write_report(tmp_path) and (tmp_path / "report.md").read_text()
-    assert "Significance: paired bootstrap over the test split's users (2000 resamples" in md
+    assert "Significance: paired bootstrap over the test split's users and the seeds (2000 resamples" in md
     row = next(line for line in md.splitlines() if line.startswith("| ablation_softmax |"))
     cells = [c.strip() for c in row.split("|")]
     difference, (low, high) = float(cells[8]), (float(v) for v in cells[9].strip("[]").split(", "))

@@ -1,5 +1,6 @@
-"""report/stats.py: the weighted AUC of a replicate, the paired user bootstrap's coverage and size on simulated
-scores with a known AUC difference, Holm on a worked example, the seed-paired t-test."""
+"""report/stats.py: the weighted AUC of a replicate, the paired bootstrap's coverage and size on simulated scores
+with a known AUC difference (user effects; whole-run seed effects), Holm on a worked example, the seed-paired
+t-test."""
 
 from __future__ import annotations
 
@@ -37,26 +38,30 @@ def test_replicate_auc_equals_the_auc_of_the_materialised_rows() -> None:
 USERS, ROWS, SHARED_SD, OWN_SD = 80, 8, 0.6, 1.0
 
 
-def _simulated(rng: np.random.Generator, mu: tuple[float, float], seeds: int) -> tuple[UserSplit, list[Pairing]]:
-    """USERS users x ROWS rows, label rate 0.3; a score = label x (mu + the run's own offset for the user) + the
-    user's offset shared by every run + row noise. The run's offsets move a user's positives together in the
-    difference of two runs, so users, not rows, are the independent units (resampling rows undercovers)."""
+def _simulated(rng: np.random.Generator, mu: tuple[float, float], seeds: int,
+               seed_sd: float = 0.0) -> tuple[UserSplit, list[Pairing]]:
+    """USERS users x ROWS rows, label rate 0.3; a score = label x (mu + the run's shift + the run's own offset for
+    the user) + the user's offset shared by every run + row noise. The run's offsets move a user's positives
+    together in the difference of two runs, so users, not rows, are the independent units (resampling rows
+    undercovers); the run's shift N(0, seed_sd^2) moves all of its users: a seed that trained better or worse."""
     user = np.repeat(np.arange(USERS), ROWS)
     labels = rng.random(len(user)) < 0.3
     split = UserSplit.of(user, labels)
     shared = rng.normal(0.0, SHARED_SD, USERS)[user]
 
     def run(m: float) -> SortedRun:
-        own = rng.normal(0.0, OWN_SD, USERS)[user]
+        shift = rng.normal(0.0, seed_sd) if seed_sd else 0.0  # no draw without it: the other tests' streams
+        own = rng.normal(0.0, OWN_SD, USERS)[user] + shift
         return SortedRun(split, (labels * (m + own) + shared + rng.normal(0.0, 1.0, len(user))).astype(np.float32))
 
     runs_a, runs_b = [run(mu[0]) for _ in range(seeds)], [run(mu[1]) for _ in range(seeds)]
     return split, [Pairing("a", tuple(range(seeds)), tuple(runs_a), tuple(runs_b))]
 
 
-def _true_difference(mu: tuple[float, float]) -> float:
-    """Population AUC of positives N(mu, shared^2 + own^2 + 1) over negatives N(0, shared^2 + 1), per model."""
-    sd = math.sqrt(2 * SHARED_SD**2 + OWN_SD**2 + 2.0)
+def _true_difference(mu: tuple[float, float], seed_sd: float = 0.0) -> float:
+    """Population AUC of positives N(mu + shift, shared^2 + own^2 + 1) over negatives N(0, shared^2 + 1), per
+    model, averaged over the run's shift N(0, seed_sd^2)."""
+    sd = math.sqrt(2 * SHARED_SD**2 + OWN_SD**2 + 2.0 + seed_sd**2)
     return float(scipy.stats.norm.cdf(mu[0] / sd) - scipy.stats.norm.cdf(mu[1] / sd))
 
 
@@ -77,6 +82,27 @@ def test_bootstrap_interval_covers_the_truth_and_the_null_is_rarely_rejected(mu:
         assert rejected <= 24
     else:
         assert rejected >= 20  # and it has some power at this size
+
+
+def test_bootstrap_covers_the_truth_when_whole_seeds_train_better_or_worse() -> None:
+    """Runs that shift as a whole (seed_sd 0.6, 8 seeds a row): the interval must carry the seed spread to cover
+    the expected difference (>= 85% of 200: 183 here; resampling users alone covers 76), and a true null is
+    rejected in <= 12% (10 here)."""
+    rng = np.random.default_rng(11)
+    for mu, check in (((1.3, 1.0), "coverage"), ((1.0, 1.0), "size")):
+        truth = _true_difference(mu, seed_sd=0.6)
+        covered = rejected = 0
+        for rep in range(200):
+            split, pairings = _simulated(rng, mu=mu, seeds=8, seed_sd=0.6)
+            (c,) = paired_bootstrap(split, pairings, n_resamples=300, seed=rep)
+            covered += c.low <= truth <= c.high
+            rejected += c.p < 0.05
+        if check == "coverage":
+            assert covered >= 170, covered
+            print(f"whole-seed effects: covered {covered} of 200")
+        else:
+            assert rejected <= 24, rejected
+            print(f"whole-seed effects: null rejected {rejected} of 200")
 
 
 def test_bootstrap_is_deterministic_and_pairs_every_seed() -> None:

@@ -2,10 +2,10 @@
 
 11 experiments x 5 seeds of simulated kept predictions on one 10,000-row test split of 1,000 users, written as a
 sweep folder of records (`runs/<E>_seed<S>.json` + `.preds.parquet`, the data's `test.parquet`) in a temporary
-folder; then the report's whole comparison path on it, as `qin-report` runs it: collect the records, read and
-check every kept prediction file and the split, the paired user bootstrap of every row against `qin` (2,000
-resamples) and Holm. Writes `stats_speed.json` beside this script: wall and CPU seconds, the sizes, the CPU count
-and the load average before the run (the machine is shared).
+folder; then the report's whole comparison path on it, as `qin-report` runs it: collect the records, read and check
+every kept prediction file and the split, the paired bootstrap over users and seeds of every row against `qin`
+(2,000 resamples) and Holm. Writes `stats_speed.json` beside this script: wall and CPU seconds, the sizes, the CPU
+count and the load average before the run (the machine is shared).
 """
 
 from __future__ import annotations

@@ -19,10 +19,10 @@ trained on an AVX2 machine: one row per data set compares them with the fp32 twi
 changes).
 
 The validation columns are shown, never tested. The comparison is on the test split, through the package's one
-implementation (qin_lightning.report.compare, as `qin-report` and experiments/converged/table.py), once per data
-set (one test split each): compared - reference test AUC with its 95% interval and p (a paired user bootstrap
-where every run of that data set kept its predictions, else a seed-paired t-test on the recorded test AUCs; the
-test column says which), Holm-adjusted across all the table's comparisons. The last columns give reference /
+implementation (qin_lightning.report.compare, as `qin-report` and experiments/converged/table.py), once per data set
+(one test split each): compared - reference test AUC with its 95% interval and p (a paired bootstrap over users and
+seeds where every run of that data set kept its predictions, else a seed-paired t-test on the recorded test AUCs;
+the test column says which), Holm-adjusted across all the table's comparisons. The last columns give reference /
 compared; the CPU column is `machine` of the records.
 """
 

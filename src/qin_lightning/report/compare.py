@@ -2,9 +2,9 @@
 
 Every comparison of a table is one row's runs against its baseline row's runs on the test split. When every run
 kept its test predictions and the test split they were scored on can be read (its `user_id` and `label`), the
-comparisons are paired user bootstraps; otherwise the table falls back to the seed-paired t-test on the recorded
-test AUCs and says why. Either way the p-values are Holm-adjusted across the table. Validation numbers are never
-used here.
+comparisons are paired bootstraps over users and seeds; otherwise the table falls back to the seed-paired
+t-test on the recorded test AUCs and says why. Either way the p-values are Holm-adjusted across the table.
+Validation numbers are never used here.
 """
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ from qin_lightning.report.stats import (
 )
 from qin_lightning.training.results import read_predictions
 
-BOOTSTRAP_NOTE = ("paired bootstrap over the test split's users ({resamples} resamples, the same for every row,"
-                  " baseline and seed) of the seed-mean test AUC difference; 95% percentile interval")
+BOOTSTRAP_NOTE = ("paired bootstrap over the test split's users and the seeds ({resamples} resamples; each draws"
+                  " the users, the same for every row, baseline and seed, and each row's seeds, a seed's row and"
+                  " baseline runs together) of the seed-mean test AUC difference; 95% percentile interval")
 AUC_TOLERANCE = 1e-5  # the record's AUC is torchmetrics' float32 result of the same probabilities
 T_TEST_NOTE = ("seed-paired t-test on the recorded test AUCs (95% t interval): {why}, so no paired test over users"
                " could be computed")
