@@ -34,8 +34,8 @@ def logit_head(head: nn.Linear, x: Tensor) -> Tensor:
     """The output Linear(H, 1) on x (B, H) -> logits (B,), in fp32 under autocast.
 
     Under bf16 autocast the Linear would return bf16 logits: 8 significant bits, so logits near 4 are multiples
-    of 1/32 and a batch of 4,096 rows holds ~1,400 distinct values. The ties blunt the validation AUC that picks
-    the best epoch and stops training, and the loss sees rounded logits. This one product (H multiply-adds a row)
+    of 1/32 and nearby rows tie. The ties blunt the validation AUC that picks the best epoch and stops training,
+    and the loss sees rounded logits. This one product (H multiply-adds a row)
     costs nothing in fp32; without autocast it is the plain Linear in x's own dtype (float64 tests stay float64).
     """
     if torch.is_autocast_enabled(x.device.type):
