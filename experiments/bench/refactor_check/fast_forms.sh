@@ -4,20 +4,24 @@
 # steps of the plain and fast paths, then the validation AUC of the trained weights) on the tree before them
 # (git archive b7c0622~1 src, unpacked in a temporary folder) and on this tree, one after the other in the same venv.
 # Every AUC must agree to float rounding (the fast forms draw the same dropout masks as before).
+# Another base: `bash experiments/bench/refactor_check/fast_forms.sh REV` (records fast_forms_{before,after}_REV.json;
+# 0cc1690 = before DIN's distinct-item first layer and the fp32 logit, 2026-12-05).
 set -euo pipefail
+REV=${1:-b7c0622~1}
+SUFFIX=${1:+_$1}
 cd "$(dirname "$0")/../../.."
 OUT=experiments/bench/refactor_check
 OLD=$(mktemp -d)
 trap 'rm -rf "$OLD"' EXIT
-git archive b7c0622~1 src | tar -x -C "$OLD"
+git archive "$REV" src | tar -x -C "$OLD"
 ARGS=(--data-scale tiny --train-rows 2000 --eval-rows 500 --batch-size 256 --rounds 2 --threads 1 --no-onnx
       --requests 20 --experiment qin,din,transformer_dcn --override model.net.embedding_dim=32
       --override model.net.mm_projection_dim=32)
 PYTHONPATH="$OLD/src" .venv/bin/python -m qin_lightning.bench "${ARGS[@]}" --data-root "$OLD/data" \
-    --out "$OUT/fast_forms_before.json" > /dev/null
+    --out "$OUT/fast_forms_before$SUFFIX.json" > /dev/null
 PYTHONPATH=src .venv/bin/python -m qin_lightning.bench "${ARGS[@]}" --data-root "$OLD/data" \
-    --out "$OUT/fast_forms_after.json" > /dev/null
-.venv/bin/python - "$OUT/fast_forms_before.json" "$OUT/fast_forms_after.json" <<'PY'
+    --out "$OUT/fast_forms_after$SUFFIX.json" > /dev/null
+.venv/bin/python - "$OUT/fast_forms_before$SUFFIX.json" "$OUT/fast_forms_after$SUFFIX.json" <<'PY'
 import json, sys
 before, after = (json.load(open(path))["experiments"] for path in sys.argv[1:])
 for name in before:
