@@ -66,8 +66,7 @@ def lookup_items(
 
 def attend(attention: nn.Module, target: Tensor, history: Tensor | PackedHistory, mask: Tensor) -> Tensor:
     """attention(target (B, I), history, mask (B, S)) -> pooled history (B, I), for either history form."""
-    if isinstance(history, PackedHistory) and history.distinct is not None:
-        return attention.forward_packed(target, history.values, history.ragged, mask, history.distinct)
     if isinstance(history, PackedHistory):
-        return attention.forward_packed(target, history.values, history.ragged, mask)
+        distinct = () if history.distinct is None else (history.distinct,)  # only DIN's attention asks for it
+        return attention.forward_packed(target, history.values, history.ragged, mask, *distinct)
     return attention(target, history, mask)
