@@ -62,6 +62,7 @@ def tiny_overrides(tmp: Path) -> list[str]:
         "data.synthetic.max_len=8",
         "trainer.max_epochs=2",
         "trainer.accelerator=cpu",
+        "trainer.precision=32-true",  # fp32 on every CPU (the default `auto` is bf16 where the CPU has bf16 kernels)
         "trainer.enable_model_summary=false",
         "callbacks.progress_bar=null",
         "callbacks.model_summary=null",

@@ -114,11 +114,33 @@ def test_lightning_fit_bf16_mixed(tiny_data: MMCTRDataModule, tmp_path: Path, de
     assert all(p.dtype == torch.float32 for p in module.parameters())
 
 
+def tiny_unpinned(tmp: Path) -> list[str]:
+    """tiny_overrides without its fp32 pin, for tests of the precision a trainer config chooses."""
+    return [o for o in tiny_overrides(tmp) if not o.startswith("trainer.precision=")]
+
+
 def test_cpu_bf16_trainer_config_composes_bf16_mixed(tmp_path: Path):
-    cfg = compose_train(tiny_overrides(tmp_path) + ["trainer=cpu_bf16"], tmp_path / "run")
+    cfg = compose_train(tiny_unpinned(tmp_path) + ["trainer=cpu_bf16"], tmp_path / "run")
     assert (cfg.trainer.accelerator, cfg.trainer.precision) == ("cpu", "bf16-mixed")
-    default = compose_train(tiny_overrides(tmp_path), tmp_path / "run")
-    assert default.trainer.precision == "32-true"  # the faithful default stays fp32
+    assert compose_train(tiny_unpinned(tmp_path) + ["trainer=cpu"], tmp_path / "run").trainer.precision == "32-true"
+    assert compose_train([], tmp_path / "run").trainer.precision == "auto"  # resolved when the trainer is built
+
+
+@pytest.mark.parametrize("has_bf16", [False, True])
+def test_auto_precision_is_bf16_only_where_the_cpu_has_bf16_kernels(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                    has_bf16: bool):
+    """trainer.precision=auto (the default): bf16-mixed on a CPU with bf16 kernels, 32-true on one without;
+    a stated precision (trainer=cpu, trainer=cpu_bf16) is kept as stated."""
+    from qin_lightning.training import build, machine
+
+    monkeypatch.setattr(machine, "cpu_has_bf16", lambda: has_bf16)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    expected = {"trainer.precision=auto": "bf16-mixed" if has_bf16 else "32-true", "trainer=cpu": "32-true",
+                "trainer=cpu_bf16": "bf16-mixed"}
+    for override, precision in expected.items():
+        cfg = compose_train([*tiny_unpinned(tmp_path), override], tmp_path / "r")
+        assert build.trainer_precision(cfg) == precision, override
+        assert build.build_trainer(cfg, [], []).precision == precision, override
 
 
 @pytest.mark.parametrize("has_bf16", [False, True])
@@ -131,7 +153,7 @@ def test_cpu_bf16_warns_only_without_bf16_instructions(tmp_path: Path, monkeypat
     for trainer, warned in (("cpu_bf16", not has_bf16), ("cpu", False)):
         caplog.clear()
         with caplog.at_level("WARNING", logger="qin_lightning.train"):
-            build.warn_slow_cpu_bf16(compose_train(tiny_overrides(tmp_path) + [f"trainer={trainer}"], tmp_path / "r"))
+            build.warn_slow_cpu_bf16(compose_train(tiny_unpinned(tmp_path) + [f"trainer={trainer}"], tmp_path / "r"))
         assert ["trainer.precision=32-true" in r.getMessage() for r in caplog.records] == ([True] if warned else [])
 
 

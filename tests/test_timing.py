@@ -95,11 +95,17 @@ def test_timing_with_real_clock_is_consistent(tmp_path: Path) -> None:
 
 
 def test_results_name_the_machine_the_seconds_come_from(tmp_path: Path) -> None:
-    """results.json `machine`: seconds per epoch of two runs are comparable only on the same CPU / SIMD level."""
+    """results.json `machine`: seconds per epoch of two runs are comparable only on the same CPU / SIMD level;
+    `precision`: what the default trainer.precision=auto trained in on this machine."""
     import torch
 
-    cfg = compose_train(tiny_overrides(tmp_path) + tiny_model_overrides() + ["trainer.max_epochs=1"], tmp_path / "run")
-    facts = train(cfg)["machine"]
+    from qin_lightning.training.machine import auto_precision
+
+    cfg = compose_train(tiny_overrides(tmp_path) + tiny_model_overrides() + ["trainer.max_epochs=1",
+                                                                             "trainer.precision=auto"], tmp_path / "run")
+    results = train(cfg)
+    assert results["precision"] == auto_precision(on_gpu=False)
+    facts = results["machine"]
     assert facts["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     assert isinstance(facts["cpu_bf16_kernels"], bool) and facts["torch"] == torch.__version__
     assert facts["threads"] >= 1 and facts["cpu"]

@@ -32,7 +32,7 @@ SIZE = [
     "data.synthetic.train_rows=100000", "data.synthetic.valid_rows=20000", "data.synthetic.num_items=3000",
     "data.synthetic.num_tags=500", "data.batch_size=2048", "threads=2",
 ]
-TRAINERS = {"32": "trainer=cpu", "bf16": "trainer=cpu_bf16"}
+TRAINERS = {"32": "trainer=cpu", "bf16": "trainer=cpu_bf16"}  # each states its precision (conf/trainer)
 
 
 def overrides(precision: str, epochs: int, run_dir: Path, extra: list[str]) -> list[str]:

@@ -54,7 +54,22 @@ def build_trainer(cfg: DictConfig, callbacks: list[Callback], loggers: list[Logg
     shown = with_display_flags(callbacks, enable_model_summary=cfg.trainer.get("enable_model_summary", True))
     trust = bool(cfg.get("trust_checkpoint", False))
     warn_slow_cpu_bf16(cfg)
-    return instantiate(cfg.trainer, logger=loggers or False, plugins=[SafeCheckpointIO(trust=trust)], **shown)
+    return instantiate(cfg.trainer, precision=trainer_precision(cfg), logger=loggers or False,
+                       plugins=[SafeCheckpointIO(trust=trust)], **shown)
+
+
+def trainer_precision(cfg: DictConfig) -> str:
+    """``cfg.trainer.precision``, with ``auto`` (the default) resolved for this machine: bf16-mixed where the
+    device has bf16 kernels, 32-true elsewhere (``machine.auto_precision``). Logged once when resolved."""
+    precision = str(cfg.trainer.get("precision", "32-true"))
+    if precision != "auto":
+        return precision
+    on_gpu = trains_on_gpu(cfg.trainer.get("accelerator"))
+    resolved = machine.auto_precision(on_gpu)
+    logging.getLogger("qin_lightning.train").info(
+        "trainer.precision=auto: %s (%s %s bf16 kernels); trainer.precision=32-true trains in fp32", resolved,
+        "this GPU" if on_gpu else "this CPU", "has" if resolved == "bf16-mixed" else "has no")
+    return resolved
 
 
 def warn_slow_cpu_bf16(cfg: DictConfig) -> None:

@@ -27,6 +27,14 @@ def cpu_has_bf16() -> bool:
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
+def auto_precision(on_gpu: bool) -> str:
+    """What ``trainer.precision=auto`` trains in: ``bf16-mixed`` where the device has bf16 kernels (a CUDA GPU
+    that supports bf16; a CPU with avx512_bf16 / AMX), ``32-true`` elsewhere (without those kernels bf16 matrix
+    products take a fallback many times slower than fp32)."""
+    has_bf16 = torch.cuda.is_bf16_supported() if on_gpu else cpu_has_bf16()
+    return "bf16-mixed" if has_bf16 else "32-true"
+
+
 def machine(device: torch.device | None = None) -> dict[str, Any]:
     """The facts that decide a run's speed on this machine (`device`: the one that trained, if a GPU)."""
     facts: dict[str, Any] = {

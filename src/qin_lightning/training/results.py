@@ -96,6 +96,7 @@ def completed_record(cfg: DictConfig, dm: pl.LightningDataModule, module: CTRMod
         "train_seconds": round(seconds, 2),
         "timing": epoch_timing(trainer),  # per-epoch train / val / checkpoint seconds (training.timing)
         "machine": machine(module.device),  # what the seconds were measured on (training.machine)
+        "precision": str(trainer.precision),  # as trained: trainer.precision=auto resolved (training.build)
         "fast_dev_run": bool(trainer.fast_dev_run),
         "overrides": overrides(),
     }
