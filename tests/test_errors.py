@@ -8,6 +8,7 @@ config mistakes and the non-finite guard.
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -192,6 +193,21 @@ def test_cli_unknown_attention_activation(tmp_path: Path) -> None:
     proc = run_cli(tmp_path, [*tiny_overrides(tmp_path), *tiny_model_overrides(),
                               "model.net.attention.activation=gelu"])
     assert_one_line_error(proc, "model.net.attention.activation: unknown value 'gelu'", "relu")
+
+
+def test_cli_unknown_optimized_metric_fails_before_training(tmp_path: Path) -> None:
+    """A sweep objective no run records (it used to come back NaN after the whole fit) is one line, up front."""
+    proc = run_cli(tmp_path, [*tiny_overrides(tmp_path), *tiny_model_overrides(), "optimized_metric=val/gauc"])
+    assert_one_line_error(proc, "optimized_metric", "'val/gauc'", "val/auc, val/logloss")
+    assert not list((tmp_path / "logs").rglob("*.ckpt"))  # nothing was trained
+
+
+def test_every_accepted_optimized_metric_is_a_number_every_run_records(tmp_path: Path) -> None:
+    from qin_lightning.report.tables import OBJECTIVES
+
+    results = train(compose_train([*tiny_overrides(tmp_path), *tiny_model_overrides(), "trainer.max_epochs=1"],
+                                  tmp_path / "run"))
+    assert all(math.isfinite(results[key]) for key in OBJECTIVES.values())
 
 
 POISON_CALLBACK = '''

@@ -13,7 +13,6 @@ non-finite loss) end with ``error: <one line>`` and exit status 2 (``debug=true`
 from __future__ import annotations
 
 import logging
-import math
 import sys
 import time
 import traceback
@@ -32,6 +31,7 @@ from qin_lightning.data import layout
 from qin_lightning.errors import ConfigError, QinError
 from qin_lightning.files import atomic_write_json
 from qin_lightning.memory_reuse import reuse_freed_memory
+from qin_lightning.report.tables import objective_key
 from qin_lightning.serving.load import read_checkpoint
 from qin_lightning.training.build import build_datamodule, build_module, build_trainer, instantiate_list
 from qin_lightning.training.callbacks import StopReason
@@ -53,6 +53,7 @@ warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit the configured model; returns the results written to ``results.json``."""
     started = time.time()
+    objective_key(str(cfg.get("optimized_metric", "val/auc")))  # a metric no run records fails here, not after fit
     set_threads(cfg.get("threads"))
     if reuse_freed_memory(bool(cfg.get("reuse_freed_memory", True))):
         log.info("reuse_freed_memory: freed tensor memory stays in the process for the next step (glibc mallopt)")
@@ -136,8 +137,7 @@ def main(cfg: DictConfig) -> float | None:
         if isinstance(err, QinError) and not debug:
             exit_with_error(err)
         raise
-    metric = cfg.get("optimized_metric", "val/auc")
-    value = results["best_val_auc"] if metric == "val/auc" else results.get(metric.replace("/", "_"), math.nan)
+    value = results[objective_key(str(cfg.get("optimized_metric", "val/auc")))]
     print(
         f"run folder: {output_dir(cfg)} (results.json, checkpoints/, csv/); best epoch {results['best_epoch']} of"
         f" {results['epochs_trained']}, {results['n_params']:,} parameters, {results['train_seconds']:.0f} s",
