@@ -140,6 +140,21 @@ def test_a_resumed_run_stays_in_its_row(tmp_path: Path) -> None:
     assert collected.varying == [] and [r.aucs for r in collected.rows] == [[0.7, 0.8]]
 
 
+def test_rows_split_by_the_precision_trained_in_not_by_how_the_command_stated_it(tmp_path: Path) -> None:
+    """A plan that starts stating its fp32 mid-sweep (older records: no override, no `precision`) keeps each row
+    whole; a bf16 run, by override, trainer config or record, is its own row."""
+    _run(tmp_path, "0_qin_seed1", _full("qin", 1, [0.6, 0.7], []))  # before trainer.precision=auto: fp32
+    _run(tmp_path, "1_qin_seed2", _full("qin", 2, [0.6, 0.8], ["trainer.precision=32-true"]))
+    _run(tmp_path, "2_qin_seed3", _full("qin", 3, [0.6, 0.9], ["trainer.precision=32-true"], precision="32-true"))
+    collected = write_report(tmp_path)
+    assert collected.varying == [] and [r.aucs for r in collected.rows] == [[0.7, 0.8, 0.9]]
+    _run(tmp_path, "3_qin_seed1", _full("qin", 1, [0.6, 0.75], ["trainer=cpu_bf16"]))  # an older bf16 record
+    _run(tmp_path, "4_qin_seed2", _full("qin", 2, [0.6, 0.85], [], precision="bf16-mixed"))  # auto resolved
+    collected = write_report(tmp_path)
+    rows = {(dict(r.setting)["trainer"], dict(r.setting)["trainer.precision"]): r.aucs for r in collected.rows}
+    assert rows == {("–", "32-true"): [0.7, 0.8, 0.9], ("cpu_bf16", "bf16-mixed"): [0.75], ("–", "bf16-mixed"): [0.85]}
+
+
 def test_curve_labels_name_only_the_overrides_a_row_sets() -> None:
     """A key only one experiment sets (the winner's cross_rank) splits rows but labels only that row."""
     setting = (("model.net.cross_rank", "64"),)

@@ -47,6 +47,8 @@ ORDER = list(PAPER_ROW)
 # `ckpt_path` only says that a run was resumed (an exact resume continues the same run)
 NOT_A_ROW_KEY = ("seed", "experiment", "ckpt_path")
 DEFAULT_MAX_EPOCHS = 100  # conf/trainer/default.yaml
+PRECISION = "trainer.precision"  # rows split by the precision a run trained in, not by how the command said it
+BF16_TRAINERS = ("cpu_bf16", "gpu")  # the trainer configs that set bf16-mixed before trainer.precision=auto
 MAX_RECORD_BYTES = 1 << 20  # a results.json is ~10 KB; anything past 1 MiB is refused unread
 PREDICTION_FILES = ("test.preds.parquet", "eval_test.preds.parquet")  # in a run folder, in this order
 
@@ -80,6 +82,7 @@ RECORD_FIELDS: dict[str, tuple[str, Any]] = {
                     lambda v: isinstance(v, list) and all(isinstance(h, dict) and _number(h.get("auc")) for h in v)),
     "test_eval": ("a mapping with a number 'auc'", lambda v: isinstance(v, dict) and _number(v.get("auc"))),
     "data_dir": ("a string", lambda v: isinstance(v, str)),
+    "precision": ("a string", lambda v: isinstance(v, str)),
 }
 NULLABLE = {"experiment", "error", "seed", "best_epoch", "stop_reason", "overrides", "val_history", "data_dir",
             "best_val_logloss"}
@@ -277,13 +280,25 @@ def _load_run(name: str, record_path: Path, run_dir: Path | None) -> Run:
         check_record(record, record_path)
     except Unreadable as err:
         return Run(name, None, parse_overrides(hydra_overrides or []), f"unreadable: {err}")
-    run = Run(name, record, parse_overrides(record.get("overrides") or hydra_overrides or []), None, max_epochs,
-              _kept_predictions(record_path, run_dir))
+    overrides = parse_overrides(record.get("overrides") or hydra_overrides or [])
+    overrides[PRECISION] = trained_precision(record, overrides)
+    run = Run(name, record, overrides, None, max_epochs, _kept_predictions(record_path, run_dir))
     if record.get("status") != "completed":
         run.problem = f"{record.get('status', 'unknown')}: {record.get('error', 'no error message')}"
     elif record.get("best_val_auc") is None or not math.isfinite(record["best_val_auc"]):
         run.problem = "completed without a validation AUC (e.g. fast_dev_run)"
     return run
+
+
+def trained_precision(record: dict[str, Any], overrides: dict[str, str]) -> str:
+    """The precision a run trained in: its record's ``precision`` (written since trainer.precision=auto); for an
+    older record, what its overrides composed to then (32-true unless they said otherwise or chose a bf16 trainer
+    config). A plan that later states the fp32 it always used therefore keeps its rows whole."""
+    if record.get("precision") is not None:
+        return str(record["precision"])
+    if PRECISION in overrides:
+        return overrides[PRECISION]
+    return "bf16-mixed" if overrides.get("trainer") in BF16_TRAINERS else "32-true"
 
 
 def find_runs(sweep_dir: Path) -> list[Run]:
