@@ -187,17 +187,14 @@ def test_early_stopping_and_lr_reductions_are_one_line_each(tmp_path: Path, capl
 
 def test_null_callbacks_are_really_removed(tmp_path: Path) -> None:
     """`callbacks.X=null` leaves no progress bar / model summary: Lightning must not add its defaults back."""
-    from hydra.utils import instantiate
     from lightning.pytorch.callbacks import ModelSummary, ProgressBar
 
-    from qin_lightning.training.callbacks import ParameterSummary, with_display_flags
-    from qin_lightning.training.build import instantiate_list
+    from qin_lightning.training.build import build_trainer, instantiate_list
+    from qin_lightning.training.callbacks import ParameterSummary
 
     def trainer_callbacks(overrides: list[str]) -> list[object]:
         cfg = compose_train(overrides, tmp_path / "run")
-        callbacks = instantiate_list(cfg.callbacks)
-        shown = with_display_flags(callbacks, enable_model_summary=cfg.trainer.enable_model_summary)
-        return instantiate(cfg.trainer, logger=False, **shown).callbacks
+        return build_trainer(cfg, instantiate_list(cfg.callbacks), []).callbacks
 
     dropped = trainer_callbacks(["callbacks.progress_bar=null", "callbacks.model_summary=null"])
     assert not [c for c in dropped if isinstance(c, (ProgressBar, ModelSummary))]
