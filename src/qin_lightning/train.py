@@ -48,6 +48,8 @@ from qin_lightning.training.tracking import finish_wandb, start_wandb
 log = logging.getLogger("qin_lightning.train")
 # Lightning 2.6 on torch 2.13: an internal deprecation notice printed on every run, nothing for the user to do
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+# bf16-mixed keeps fp32 master weights, so the summary's 32-bit size estimate is the right one
+warnings.filterwarnings("ignore", message=r"Precision bf16-mixed is not supported by the model summary")
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
