@@ -5,6 +5,7 @@ the roofline: the step's dense matrix products (shapes from the profile) timed a
 against the step's own wall time (fastest of `--steps` steps timed outside the profiler).
 
     PYTHONPATH=src python experiments/bench/step_profile.py > experiments/bench/step_profile.txt
+    PYTHONPATH=src python experiments/bench/step_profile.py --override model.net.interaction.dropout_draw=sfc64
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from qin_lightning.bench import BenchArgs, compose_config
 from qin_lightning.data.datamodule import MMCTRDataModule
 from qin_lightning.data.synthetic import SyntheticConfig
 from qin_lightning.training.build import build_module
+from qin_lightning.training.machine import machine
 
 GEMMS = ("aten::addmm", "aten::mm", "aten::bmm", "aten::matmul")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -34,6 +36,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--override", action="append", default=[], help="a model config override (repeatable)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -43,7 +46,7 @@ def main() -> None:
         dm = MMCTRDataModule(str(Path(tmp) / "data"), max_len=64, batch_size=2048, synthetic=config)
         dm.prepare_data()
         dm.setup("fit")
-        cfg = compose_config(BenchArgs())  # the published QIN (model=qin), fast paths on
+        cfg = compose_config(BenchArgs(overrides=args.override))  # the published QIN (model=qin), fast paths on
         module = build_module(cfg, dm)
         optimizer = module.configure_optimizers()["optimizer"]
         clip = cfg.trainer.gradient_clip_val
@@ -69,6 +72,7 @@ def main() -> None:
     total = sum(e.self_cpu_time_total for e in events)
     by_op = collections.Counter({e.key: e.self_cpu_time_total for e in events})
     n_params = sum(p.numel() for p in module.parameters())
+    print(f"{machine()}; overrides {args.override or 'none'}")
     print(f"torch {torch.__version__}, {args.threads} threads, {args.steps} steps of batch 2048, "
           f"{n_params:,} parameters; self CPU time {total / 1e6:.2f} s = {total / 1e3 / args.steps:.0f} ms per step\n")
     print(f"{'op':40s} {'share':>7s} {'ms/step':>9s}")

@@ -3,7 +3,7 @@ that you supply, run on fuxictr 2.3.10 from the package registry in its own virt
 (experiments/bench/whole_run.py), on the same generated data, one after the other; both wall times, their ratio,
 both validation AUC curves and the machine go into one JSON record.
 
-    python experiments/peer/side_by_side.py --qin-repo ../QIN --out experiments/peer/side_by_side.json
+    python experiments/peer/side_by_side.py --qin-repo ../QIN --draws torch,sfc64 --out experiments/peer/side_by_side.json
 
 Defaults: the size of whole_run.py (100,000 train / 20,000 validation rows of the synthetic MMCTR data, 3,000 items,
 500 tags, 64-long histories of mean 8), 8 epochs, batch 2048, 2 threads; ours in fp32 and, on a CPU with bf16
@@ -53,6 +53,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--precision", default="auto",
                    help="ours: comma-separated 32, bf16 (whole_run.py); auto: 32,bf16 on a CPU with bf16 kernels, else 32")
     p.add_argument("--their-workers", type=int, default=2, help="loader processes of their MMCTRDataLoader")
+    p.add_argument("--draws", default="torch",
+                   help="ours: comma-separated dropout mask draws of the QNN (model.net.interaction.dropout_draw): "
+                        "torch (the default), sfc64; each precision runs with each")
     return p.parse_args(argv)
 
 
@@ -74,6 +77,10 @@ def check_args(args: argparse.Namespace) -> None:
     precisions = args.precision.split(",")
     if not precisions or any(p not in ("32", "bf16") for p in precisions):
         raise ConfigError(f"--precision: {args.precision!r}, expected a comma-separated list of 32, bf16")
+    from qin_lightning.models.dropout import DROPOUT_DRAWS
+
+    if any(d not in DROPOUT_DRAWS for d in args.draws.split(",")):
+        raise ConfigError(f"--draws: {args.draws!r}, expected a comma-separated list of {', '.join(DROPOUT_DRAWS)}")
 
 
 def ensure_venv(venv: Path) -> dict[str, str]:
@@ -182,17 +189,21 @@ def run_theirs(env_info: dict[str, str], repo: Path, config_dir: Path, folder: P
 
 
 def run_ours(args: argparse.Namespace, overrides: list[str], folder: Path) -> dict[str, Any]:
-    """experiments/bench/whole_run.py for each precision, on the generated data; its record."""
+    """experiments/bench/whole_run.py for each draw and precision, on the generated data; its record (runs of
+    the sfc64 draw are named with the suffix `_sfc64`)."""
     out = folder / "ours.json"
     extra = [o for o in overrides if o.startswith(("data.synthetic.train_rows", "data.synthetic.valid_rows",
                                                    "data.batch_size", "threads", "paths.cache_dir"))]
-    command = [sys.executable, str(REPO / "experiments" / "bench" / "whole_run.py"), "--out", str(out),
-               "--precision", args.precision, "--epochs", str(args.epochs)]
-    for o in extra:
-        command += ["--override", o]
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SystemExit(f"error: our run failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    for draw in args.draws.split(","):
+        command = [sys.executable, str(REPO / "experiments" / "bench" / "whole_run.py"), "--out", str(out),
+                   "--precision", args.precision, "--epochs", str(args.epochs)]
+        if draw != "torch":
+            command += ["--tag", f"_{draw}", "--override", f"model.net.interaction.dropout_draw={draw}"]
+        for o in extra:
+            command += ["--override", o]
+        done = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise SystemExit(f"error: our run failed ({done.returncode}):\n{done.stderr[-3000:]}")
     return json.loads(out.read_text())
 
 
@@ -214,7 +225,8 @@ def main(argv: list[str] | None = None) -> int:
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": {**machine(), "cpu_count": os.cpu_count()},
         "their_repo_commit": git_commit(args.qin_repo), "their_model": THEIR_MODEL,
         "settings": {"epochs": args.epochs, "batch_size": args.batch_size, "threads": args.threads,
-                     "their_loader_workers": args.their_workers, "precision_ours": args.precision},
+                     "their_loader_workers": args.their_workers, "precision_ours": args.precision,
+                     "draws_ours": args.draws},
     }
     env_info = ensure_venv(venv)
     record["their_environment"] = {k: v for k, v in env_info.items() if k != "python"}

@@ -7,9 +7,11 @@ import torch
 from torch import Tensor, nn
 
 from qin_lightning.errors import ConfigError
+from qin_lightning.models.dropout import Dropout
 
 QNN_ACTIVATIONS = ("prelu", "relu", "none")
 PLACEMENTS = ("post", "mid")
+DRAW_KEY = "model.net.interaction.dropout_draw"  # "torch" (nn.Dropout's masks) | "sfc64" (models.dropout)
 
 
 def make_activation(name: str, key: str) -> nn.Module:
@@ -70,6 +72,7 @@ class QuadraticLayer(nn.Module):
         activation: str,
         placement: str,
         fast: bool,
+        dropout_draw: str = "torch",
     ) -> None:
         super().__init__()
         self.input_dim, self.num_row, self.placement = input_dim, num_row, placement
@@ -79,8 +82,8 @@ class QuadraticLayer(nn.Module):
         norm_dim = input_dim if placement == "post" else input_dim * num_row
         self.norm = nn.BatchNorm1d(norm_dim) if batch_norm else None
         self.activation = make_activation(activation, "model.net.interaction.activation")
-        self.dropout_h = nn.Dropout(dropout)
-        self.dropout_y = nn.Dropout(dropout)
+        self.dropout_h = Dropout(dropout, dropout_draw, DRAW_KEY)
+        self.dropout_y = Dropout(dropout, dropout_draw, DRAW_KEY)
         self.prepared: tuple[Tensor, Tensor, Tensor | None] | None = None  # the fold, once prepared
 
     def fold(self) -> tuple[Tensor, Tensor, Tensor | None]:
@@ -119,12 +122,13 @@ class QuadraticLayer(nn.Module):
                 y = y + shift
             return self.dropout_y(self.activation(y)) + x
         h = self.linear(x)  # (B, D*R)
+        rows = (-1, self.num_row, self.input_dim)  # dropout on the (B, R, D) view: the sum's gradient needs no copy
         if self.placement == "mid":
             if self.norm is not None:
                 h = self.norm(h)
-            h = self.dropout_h(self.activation(h)).view(-1, self.num_row, self.input_dim)  # (B, R, D)
+            h = self.dropout_h(self.activation(h).view(rows))  # (B, R, D)
             return self.dropout_y(x * h.sum(1) + x)
-        h = self.dropout_h(h).view(-1, self.num_row, self.input_dim)  # (B, R, D)
+        h = self.dropout_h(h.view(rows))  # (B, R, D)
         y = x * h.sum(1)  # (B, D)
         if self.norm is not None:
             y = self.norm(y)
@@ -146,6 +150,7 @@ class QuadraticNetwork(nn.Module):
         activation: str = "prelu",
         placement: str = "post",
         fast: bool = True,
+        dropout_draw: str = "torch",
     ) -> None:
         super().__init__()
         if placement not in PLACEMENTS:
@@ -159,7 +164,7 @@ class QuadraticNetwork(nn.Module):
             )
         self.out_dim = input_dim
         self.layers = nn.ModuleList(
-            QuadraticLayer(input_dim, num_row, dropout, batch_norm, activation, placement, fast)
+            QuadraticLayer(input_dim, num_row, dropout, batch_norm, activation, placement, fast, dropout_draw)
             for _ in range(num_layers)
         )
 
@@ -180,6 +185,7 @@ class MLP(nn.Module):
         dropout: float = 0.1,
         batch_norm: bool = True,
         activation: str = "relu",
+        dropout_draw: str = "torch",
     ) -> None:
         super().__init__()
         if len(hidden_units) == 0:
@@ -194,7 +200,7 @@ class MLP(nn.Module):
                 layers.append(nn.BatchNorm1d(units))
             layers.append(make_activation(activation, "model.net.interaction.activation"))
             if dropout > 0:
-                layers.append(nn.Dropout(dropout))
+                layers.append(Dropout(dropout, dropout_draw, DRAW_KEY))
             width = units
         self.net = nn.Sequential(*layers)
         self.out_dim = width
@@ -227,6 +233,7 @@ class QuadraticAlphaLayer(nn.Module):
         dropout: float,
         batch_norm: bool,
         align_heads: bool,
+        dropout_draw: str = "torch",
     ) -> None:
         super().__init__()
         if input_dim % field_dim or field_dim % num_heads:
@@ -239,8 +246,8 @@ class QuadraticAlphaLayer(nn.Module):
         self.linear = nn.Linear(input_dim, input_dim * num_row)
         init_linear(self.linear)
         self.norm = nn.BatchNorm1d(input_dim * num_row) if batch_norm else None
-        self.dropout_h = nn.Dropout(dropout)
-        self.dropout_y = nn.Dropout(dropout)
+        self.dropout_h = Dropout(dropout, dropout_draw, DRAW_KEY)
+        self.dropout_y = Dropout(dropout, dropout_draw, DRAW_KEY)
 
     def forward(self, x: Tensor) -> Tensor:
         # x (B, D) -> (B, D)
@@ -270,11 +277,13 @@ class QuadraticAlphaNetwork(nn.Module):
         dropout: float = 0.1,
         batch_norm: bool = True,
         align_heads: bool = False,
+        dropout_draw: str = "torch",
     ) -> None:
         super().__init__()
         self.out_dim = input_dim
         self.layers = nn.ModuleList(
-            QuadraticAlphaLayer(input_dim, field_dim, num_row, num_heads, dropout, batch_norm, align_heads)
+            QuadraticAlphaLayer(input_dim, field_dim, num_row, num_heads, dropout, batch_norm, align_heads,
+                                dropout_draw)
             for _ in range(num_layers)
         )
 
