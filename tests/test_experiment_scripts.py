@@ -23,7 +23,8 @@ SHELL_SCRIPTS = sorted(EXPERIMENTS.rglob("*.sh"))
 # scripts with an argparse `main()` behind `if __name__ == "__main__"` (the others run at import: compile only)
 WITH_HELP = ["bench/int8_accuracy.py", "bench/memory_reuse.py", "bench/onnx_latency_repeats.py", "bench/step_profile.py",
              "bench/fp32_levers.py",
-             "bench/whole_run.py", "bench/converged_profile.py", "bench/compile_check.py", "peer/side_by_side.py",
+             "bench/whole_run.py", "bench/converged_profile.py", "bench/converged_epochs.py", "bench/compile_check.py",
+             "peer/side_by_side.py",
              "peer/their_run.py",
              "converged/stats_speed.py", "converged/sweep.py", "converged/table.py", "movielens/plan_cost.py",
              "precision/table.py",
