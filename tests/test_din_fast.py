@@ -105,8 +105,9 @@ def test_distinct_items_are_the_literal_form(dropout: float, padded: bool) -> No
         torch.testing.assert_close(grad, grads_literal[name], rtol=1e-12, atol=1e-12, msg=name)
 
 
-def test_relu_dropout_is_relu_then_dropout() -> None:
-    h = torch.randn(50, 40, dtype=torch.float64, requires_grad=True)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_relu_dropout_is_relu_then_dropout(dtype: torch.dtype) -> None:
+    h = torch.randn(50, 40, dtype=dtype, requires_grad=True)
     dropout = torch.nn.Dropout(0.25).train()
     torch.manual_seed(1)
     expected = dropout(torch.relu(h))

@@ -41,6 +41,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def plan_threads(job: Job) -> int | None:
+    """The intra-op threads each training run uses: the plan's last `threads=` override (None: the config's)."""
+    values = [int(o.split("=", 1)[1]) for o in job.overrides if o.startswith("threads=")]
+    return values[-1] if values else None
+
+
 def time_epochs(job: Job, epochs: int) -> dict[str, Any]:
     """Train `job` for `epochs` epochs in a temporary folder; its timing, wall time and size."""
     with tempfile.TemporaryDirectory(prefix="qin_epochs_") as tmp:
@@ -76,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
         raise ConfigError(f"--experiments: {', '.join(missing)} not in {args.plan}")
     record: dict[str, Any] = {
         "command": "python experiments/bench/converged_epochs.py " + " ".join(sys.argv[1:] if argv is None else argv),
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": {**machine(), "cpu_count": os.cpu_count()},
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": {**machine(), "threads": plan_threads(jobs[0]), "cpu_count": os.cpu_count()},
         "plan": str(args.plan), "epochs": args.epochs, "models": {},
     }
     for name in names:

@@ -26,7 +26,8 @@ def relu_dropout(h: Tensor, dropout: nn.Dropout, draw: str = "torch") -> Tensor:
         mask = torch.empty_like(h).bernoulli_(keep).div_(keep)  # (..., H), as F.dropout draws it for relu(h)
     else:
         mask = sfc64_keep_mask(h.shape, keep, h.dtype)  # (..., H)
-    return h * mask.mul_(h > 0)
+    positive = torch.gt(h, 0, out=torch.empty_like(h))  # (..., H) 1.0 where h > 0: written as floats, no bool copy
+    return h * mask.mul_(positive)
 
 
 class DINAttention(nn.Module):
