@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import compose_train, tiny_overrides
+from hydra.utils import instantiate
 from test_train import AUC_GAIN, LEARNABLE
 
 from qin_lightning.errors import ConfigError
 from qin_lightning.models import dropout as dropout_module
-from qin_lightning.models.dropout import Dropout, sfc64_keep_mask
+from qin_lightning.models.dropout import Dropout, dropout_mask, sfc64_keep_mask
 from qin_lightning.models.interaction import MLP, QuadraticAlphaNetwork, QuadraticLayer, QuadraticNetwork
 from qin_lightning.train import train
 
@@ -62,6 +63,30 @@ def test_sfc64_mask_follows_torch_seed_not_thread_count(monkeypatch: pytest.Monk
     assert not torch.equal(flat[:1000], flat[1000:2000])
     assert masks[0].dtype == torch.float32
     assert masks[0].unique().tolist() == [0.0, torch.tensor(1 / 0.9, dtype=torch.float32).item()]
+
+
+def test_sfc64_dropout_multiplies_by_the_sfc64_mask_not_torchs() -> None:
+    """Dropout("sfc64") in training is x * sfc64_keep_mask drawn from the same torch state, not nn.Dropout's output;
+    off the CPU (here the meta device) the mask is torch's own."""
+    x = torch.randn(40, 300)
+    torch.manual_seed(5)
+    out = Dropout(0.2, "sfc64").train()(x)
+    torch.manual_seed(5)
+    assert torch.equal(out, x * sfc64_keep_mask(x.shape, 0.8))
+    torch.manual_seed(5)
+    assert not torch.equal(out, torch.nn.Dropout(0.2).train()(x))
+    assert dropout_mask(torch.empty(3, 4, device="meta"), 0.8, "sfc64").device.type == "meta"
+
+
+@pytest.mark.parametrize("interaction", ["qnn", "qnn_alpha", "mlp"])
+def test_the_config_option_reaches_every_dropout_of_the_interaction(interaction: str, tmp_path: Path) -> None:
+    """`model.net.interaction.dropout_draw` is torch by default and sfc64 when set, in every Dropout it builds."""
+    for overrides, draw in (([], "torch"), (["model.net.interaction.dropout_draw=sfc64"], "sfc64")):
+        cfg = compose_train([f"model/interaction={interaction}", "model.net.embedding_dim=8", *overrides],
+                            tmp_path / "run")
+        network = instantiate(cfg.model.net.interaction)(16)  # D = 16: 2 fields of width 8 for QNN-alpha
+        draws = [m.draw for m in network.modules() if isinstance(m, torch.nn.Dropout)]
+        assert draws and set(draws) == {draw}
 
 
 def test_sfc64_is_identity_outside_training_and_at_p_zero() -> None:

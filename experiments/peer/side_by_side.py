@@ -3,7 +3,8 @@ that you supply, run on fuxictr 2.3.10 from the package registry in its own virt
 (experiments/bench/whole_run.py), on the same generated data, one after the other; both wall times, their ratio,
 both validation AUC curves and the machine go into one JSON record.
 
-    python experiments/peer/side_by_side.py --qin-repo ../QIN --draws torch,sfc64 --out experiments/peer/side_by_side.json
+    python experiments/peer/side_by_side.py --qin-repo ../QIN --draws torch,sfc64 \
+        --out experiments/peer/side_by_side.json
 
 Defaults: the size of whole_run.py (100,000 train / 20,000 validation rows of the synthetic MMCTR data, 3,000 items,
 500 tags, 64-long histories of mean 8), 8 epochs, batch 2048, 2 threads; ours in fp32 and, on a CPU with bf16

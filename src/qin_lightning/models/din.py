@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from qin_lightning.models.dropout import check_draw, sfc64_keep_mask
+from qin_lightning.models.dropout import check_draw, dropout_mask
 from qin_lightning.models.history import DistinctItems, attend, can_pack, lookup_items
 from qin_lightning.models.interaction import MLP, init_linear, logit_head
 from qin_lightning.models.items import ItemEncoder, level_embeddings
@@ -18,14 +18,10 @@ def relu_dropout(h: Tensor, dropout: nn.Dropout, draw: str = "torch") -> Tensor:
 
     torch: the mask is the noise nn.Dropout draws for relu(h) on the CPU (bernoulli(1 - p) over h's shape, divided
     by 1 - p) times (h > 0): the same draws, values and gradients as the two modules.
-    sfc64: the mask is `models.dropout.sfc64_keep_mask` instead (seeded from torch's default generator, kept with
-    the same probability, other draws, several times faster on a CPU that is not Intel's).
+    sfc64: on a CPU tensor the mask is `models.dropout.sfc64_keep_mask` instead (seeded from torch's default
+    generator, kept with the same probability, other draws).
     """
-    keep = 1.0 - dropout.p
-    if draw == "torch" or h.device.type != "cpu":
-        mask = torch.empty_like(h).bernoulli_(keep).div_(keep)  # (..., H), as F.dropout draws it for relu(h)
-    else:
-        mask = sfc64_keep_mask(h.shape, keep, h.dtype)  # (..., H)
+    mask = dropout_mask(h, 1.0 - dropout.p, draw)  # (..., H), as F.dropout draws it for relu(h) with "torch"
     positive = torch.gt(h, 0, out=torch.empty_like(h))  # (..., H) 1.0 where h > 0: written as floats, no bool copy
     return h * mask.mul_(positive)
 
@@ -39,7 +35,8 @@ class DINAttention(nn.Module):
 
     def __init__(self, input_dim: int, hidden_units: list[int], dropout: float, dropout_draw: str = "torch") -> None:
         super().__init__()
-        self.dropout_draw = check_draw(dropout_draw, "model.net.attention_dropout_draw")  # the packed (CPU) form's mask generator: relu_dropout
+        # the mask generator of the packed (CPU) form's relu_dropout
+        self.dropout_draw = check_draw(dropout_draw, "model.net.attention_dropout_draw")
         self.mlp = MLP(4 * input_dim, hidden_units, dropout=dropout, batch_norm=False, activation="relu")
         self.score = nn.Linear(self.mlp.out_dim, 1)
         init_linear(self.score)

@@ -3,7 +3,8 @@
 On a CPU that is not Intel's, torch draws dropout masks in one thread, one value at a time
 (`bernoulli_scalar_kernel`: its MKL path is taken on Intel CPUs only). At the QNN's sizes that is about 16% of an
 fp32 training step on the project's AMD machine (experiments/bench/step_profile_avx512.txt). The "sfc64" draw
-gives each element the same chance of being kept, from other random numbers, about 10x faster there.
+gives each element the same chance of being kept, from other random numbers, in parallel chunks: 13% off that
+step (experiments/bench/step_profile_avx512_sfc64.txt).
 """
 
 from __future__ import annotations
@@ -58,12 +59,20 @@ def sfc64_keep_mask(shape: torch.Size, keep: float, dtype: torch.dtype = torch.f
     return torch.from_numpy(out).view(shape).to(dtype)
 
 
+def dropout_mask(like: Tensor, keep: float, draw: str) -> Tensor:
+    """The scaled keep mask for `like` (0 or 1 / keep, `like`'s shape and dtype): torch's draw as F.dropout makes
+    it (bernoulli(keep) / keep), or on a CPU tensor with draw "sfc64" `sfc64_keep_mask` (elsewhere torch's)."""
+    if draw == "sfc64" and like.device.type == "cpu":
+        return sfc64_keep_mask(like.shape, keep, like.dtype)
+    return torch.empty_like(like).bernoulli_(keep).div_(keep)
+
+
 class Dropout(nn.Dropout):
     """nn.Dropout whose mask comes from `draw`: "torch" (nn.Dropout's own, the default) or "sfc64".
 
-    sfc64 applies in training to CPU tensors with 0 < p < 1 (elsewhere this is nn.Dropout): x * mask, with
-    mask = `sfc64_keep_mask` (kept with probability 1 - p, scaled by 1 / (1 - p)): the distribution of
-    nn.Dropout's output, from other random numbers. No parameters or buffers: state dicts are nn.Dropout's.
+    sfc64 applies in training with 0 < p < 1 (elsewhere this is nn.Dropout): x * `dropout_mask` (on a CPU tensor
+    kept with probability 1 - p from SFC64, scaled by 1 / (1 - p)): the distribution of nn.Dropout's output, from
+    other random numbers. No parameters or buffers: state dicts are nn.Dropout's.
     """
 
     def __init__(self, p: float, draw: str = "torch", key: str = "dropout_draw") -> None:
@@ -71,9 +80,9 @@ class Dropout(nn.Dropout):
         self.draw = check_draw(draw, key)
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.draw == "torch" or not self.training or not 0 < self.p < 1 or x.device.type != "cpu":
+        if self.draw == "torch" or not self.training or not 0 < self.p < 1:
             return super().forward(x)
-        return x * sfc64_keep_mask(x.shape, 1.0 - self.p, x.dtype)  # (...), as F.dropout: x * (mask / keep)
+        return x * dropout_mask(x, 1.0 - self.p, self.draw)  # (...), as F.dropout: x * (mask / keep)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, draw={self.draw}"
