@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import pytest
@@ -37,23 +39,35 @@ def tiny_args(tmp: Path, model: str = "qin", **changes) -> BenchArgs:
 
 LITERAL = {"fast_attention": False, "folded_qnn": False, "packed": False, "item_table": False}
 FAST = {"fast_attention": True, "folded_qnn": True, "packed": True, "item_table": True}
+MEASUREMENTS = ("measure_training", "measure_epoch", "measure_inference", "measure_parity", "measure_latency")
+
+
+def call_site() -> str:
+    """The bench measurement (eager.measure_*) on the call stack: which loop a step or a prediction belongs to."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code.co_name in MEASUREMENTS and frame.f_globals.get("__name__") == eager.__name__:
+            return frame.f_code.co_name
+        frame = frame.f_back
+    return "elsewhere"
 
 
 def test_cli_writes_json_with_parity(tmp_path: Path, capsys: pytest.CaptureFixture,
                                      monkeypatch: pytest.MonkeyPatch):
-    # what really ran: the switches of every training step, the path of every eager prediction (probes)
-    step_switches: set[tuple[bool, ...]] = set()
-    predicted_paths: list[dict[str, bool | None]] = []
+    # what really ran, per loop (call site): the switches of every training step, the path of every eager
+    # prediction (probes); a loop whose "plain" side silently ran the fast paths would show more fast calls
+    step_switches: dict[str, Counter[tuple[bool, ...]]] = defaultdict(Counter)
+    predicted_paths: dict[str, list[dict[str, bool | None]]] = defaultdict(list)
     step, predict = eager.Trainer.step, eager.predict
 
     def recorded_step(self: eager.Trainer, batch: Batch) -> None:
-        step_switches.add(tuple(fast_path_state(self.module.net).values()))
+        step_switches[call_site()][tuple(fast_path_state(self.module.net).values())] += 1
         step(self, batch)
 
     def recorded_predict(net: nn.Module, batch: Batch, precision: str, device: torch.device) -> torch.Tensor:
         with path_taken(net) as taken:
             probs = predict(net, batch, precision, device)
-        predicted_paths.append(taken)
+        predicted_paths[call_site()].append(taken)
         return probs
 
     monkeypatch.setattr(eager.Trainer, "step", recorded_step)
@@ -73,10 +87,15 @@ def test_cli_writes_json_with_parity(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert len(record["train_rounds_samples_per_s"]["plain"]) == 2
     assert record["max_abs_prob_diff"] < 1e-5 and record["auc_abs_diff"] < 1e-6
     assert record["model"]["fast_paths"]["attention.fast"] is True
-    # "plain" trained and predicted with every switch off, "fast" with every one on (nothing in between)
-    assert step_switches == {(False,) * 4, (True,) * 4}
-    assert LITERAL in predicted_paths and FAST in predicted_paths
-    assert all(path in (LITERAL, FAST) for path in predicted_paths), predicted_paths
+    # in every loop (warm-up included), "plain" trained and predicted with every switch off as often as "fast"
+    # with every one on, and nothing in between; --epoch is off, so only measure_training steps:
+    # warm-up 1 + rounds 2 x train-steps 1 each
+    assert dict(step_switches) == {"measure_training": {(False,) * 4: 3, (True,) * 4: 3}}, dict(step_switches)
+    assert set(predicted_paths) == {"measure_inference", "measure_parity", "measure_latency"}, set(predicted_paths)
+    for site, paths in predicted_paths.items():
+        assert all(path in (LITERAL, FAST) for path in paths), (site, paths)
+        literal, fast = paths.count(LITERAL), paths.count(FAST)
+        assert literal == fast > 0, (site, literal, fast)
     # the serve extra (installed by `make test`) present: the ONNX keys must be there, not skipped
     if importlib.util.find_spec("onnxruntime") is None:
         assert "onnxruntime not installed" in record["onnx_skipped"]
