@@ -136,6 +136,22 @@ def test_low_rank_cross_net_is_the_factored_full_rank_one() -> None:
         CrossNetV2(12, rank=0)
 
 
+@pytest.mark.parametrize("rank", [None, 3])
+def test_cross_net_gradients_match_finite_differences(rank: int | None) -> None:
+    """The cross network's gradients with respect to its input and every weight are the finite-difference ones
+    (torch.autograd.gradcheck, float64): a detach anywhere inside (of x_0, of x_l, of a layer's output) drops a
+    term of the Jacobian and fails, where a "gradient is non-zero" check would still pass."""
+    torch.manual_seed(0)
+    net = CrossNetV2(6, num_layers=3, rank=rank).double()
+    names, weights = zip(*((n, p.detach().clone().requires_grad_()) for n, p in net.named_parameters()))
+    x0 = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
+
+    def cross(x: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
+        return torch.func.functional_call(net, dict(zip(names, params)), (x,))
+
+    assert torch.autograd.gradcheck(cross, (x0, *weights), eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
 def test_eval_is_deterministic_with_and_without_autograd() -> None:
     model = tiny_winner().eval()
     batch = tiny_batch()
