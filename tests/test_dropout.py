@@ -120,6 +120,33 @@ def test_qnn_dropout_on_the_row_view_is_the_published_form_draw_for_draw() -> No
     assert torch.equal(*(torch.autograd.grad(y, x, g)[0] for y in (ours, published)))
 
 
+@pytest.mark.parametrize("placement", ["post", "mid"])
+def test_qnn_layer_built_with_sfc64_trains_with_the_sfc64_masks(placement: str) -> None:
+    """A QuadraticLayer built with dropout_draw=sfc64, in training, multiplies by the sfc64 masks drawn from the same
+    torch state (the rows' (B, R, D) mask first, then the output's (B, D) one), values and gradients: a layer that
+    called F.dropout (torch's draw) instead of its switchable Dropout gives other masks and fails."""
+    torch.manual_seed(0)
+    layer = QuadraticLayer(8, 3, dropout=0.2, batch_norm=True, activation="prelu", placement=placement,
+                           fast=False, dropout_draw="sfc64").train()
+    x = torch.randn(32, 8, requires_grad=True)
+    torch.manual_seed(5)
+    ours = layer(x)
+    torch.manual_seed(5)
+    keep = 1.0 - 0.2
+    row_mask, out_mask = sfc64_keep_mask(torch.Size([32, 3, 8]), keep), sfc64_keep_mask(torch.Size([32, 8]), keep)
+    if placement == "post":
+        h = layer.linear(x).view(-1, 3, 8) * row_mask  # (B, R, D)
+        reference = layer.activation(layer.norm(x * h.sum(1))) * out_mask + x
+    else:
+        h = layer.activation(layer.norm(layer.linear(x))).view(-1, 3, 8) * row_mask  # (B, R, D)
+        reference = (x * h.sum(1) + x) * out_mask
+    torch.testing.assert_close(ours, reference, rtol=1e-6, atol=1e-6)
+    g = torch.randn_like(ours)
+    grads = [torch.autograd.grad(y, (x, layer.linear.weight), g) for y in (ours, reference)]
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+
 def test_sfc64_qnn_is_the_same_function_in_eval_mode() -> None:
     torch.manual_seed(0)
     torch_draws = QuadraticNetwork(16, num_layers=2, num_row=2)
