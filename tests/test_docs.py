@@ -1,14 +1,19 @@
-"""The README, the results READMEs and the config comments name only things that exist.
+"""The README, the documentation site (docs/), the study READMEs and the config comments name only things that exist.
 
 Checked: `make` targets, `python -m qin_lightning.<module>` modules, scripts and repository paths, Markdown
 links, `+experiment=` names and config-group options, `callbacks.<name>` keys, no machine-specific paths, and
-every `python -m qin_lightning.train ...` command line composes with the real Hydra configs.
+every `python -m qin_lightning.train ...` command line composes with the real Hydra configs. The site builds with
+`mkdocs build --strict` (offline), its tables of results are included from the committed records, and the
+README's results table matches its record cell by cell.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,7 +21,10 @@ from conftest import CONFIG_DIR, REPO_ROOT
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-DOCS = [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "experiments").glob("*/README.md"))]
+SITE = sorted((REPO_ROOT / "docs").rglob("*.md"))
+DOCS = [REPO_ROOT / "README.md", *SITE, REPO_ROOT / "experiments" / "README.md",
+        *sorted((REPO_ROOT / "experiments").glob("*/README.md"))]
+README_MAX_LINES = 250
 CONFIGS = sorted(Path(CONFIG_DIR).rglob("*.yaml"))
 GROUPS = ("data", "model", "trainer", "logger", "callbacks", "hparams_search", "paths", "model/attention",
           "model/interaction", "hydra/launcher")
@@ -163,3 +171,67 @@ def test_documented_train_commands_compose(where: str, args: list[str]) -> None:
     GlobalHydra.instance().clear()
     with initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR):
         compose(config_name="train", overrides=_composable(args))
+
+
+def test_readme_is_a_landing_page() -> None:
+    """The README lands (what it is, two commands, where to go next); the manual is docs/."""
+    lines = (REPO_ROOT / "README.md").read_text().splitlines()
+    assert len(lines) <= README_MAX_LINES, f"README.md has {len(lines)} lines, at most {README_MAX_LINES}"
+    assert len(SITE) >= 10, f"docs/ has {len(SITE)} pages"
+
+
+def test_site_builds_strict(tmp_path: Path) -> None:
+    """`mkdocs build --strict` (mkdocs.yml): every page, nav entry, link, anchor, snippet and API reference
+    resolves, offline. A broken link or a docstring mkdocstrings cannot render fails here."""
+    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1", "NO_COLOR": "1"}
+    done = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
+                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    results = (tmp_path / "site" / "results" / "index.html").read_text()
+    assert results.count("<table>") >= 5, "the results page lost its included tables"
+
+
+SNIPPET = re.compile(r'^--8<-- "([^":]+)(?::(\d+):(-?\d+))?"\s*$', flags=re.M)
+
+
+def test_site_tables_are_included_from_their_records() -> None:
+    """Results in docs/ come from the committed records by a snippet include, never copied: each include names
+    an existing record, and one that skips the record's first line skips exactly its `# ` title."""
+    found = [(page, *m.groups()) for page in SITE for m in SNIPPET.finditer(page.read_text())]
+    assert len(found) >= 6, f"{len(found)} includes: the pattern stopped matching"
+    for page, record, start, _end in found:
+        path = REPO_ROOT / record
+        assert path.is_file(), f"{_rel(page)}: includes {record}, which does not exist"
+        if start == "2":
+            first = path.read_text().splitlines()[0]
+            assert first.startswith("# "), f"{_rel(page)}: skips line 1 of {record}, which is not its title: {first}"
+
+
+def _md_table(lines: list[str]) -> tuple[list[str], list[list[str]]]:
+    """The header and rows of the Markdown table that starts at lines[0]."""
+    rows = []
+    for line in lines:
+        if not line.startswith("|"):
+            break
+        rows.append([cell.strip() for cell in re.split(r"(?<!\\)\|", line.strip())[1:-1]])
+    return rows[0], [r for r in rows[2:]]
+
+
+def test_readme_results_match_their_record() -> None:
+    """The README's results table (marked `<!-- record: PATH -->`) repeats cells of the record's table: each of
+    its cells equals the record's cell in the column of the same name, for the row of the same first cell."""
+    text = (REPO_ROOT / "README.md").read_text()
+    marks = list(re.finditer(r"<!-- record: (\S+) -->\n", text))
+    assert marks, "README.md: no results table marked with its record"
+    for mark in marks:
+        header, rows = _md_table(text[mark.end():].splitlines())
+        record = (REPO_ROOT / mark.group(1)).read_text().splitlines()
+        start = next(i for i, line in enumerate(record) if line.startswith("| experiment |"))
+        record_header, record_rows = _md_table(record[start:])
+        by_name = {row[0]: dict(zip(record_header, row)) for row in record_rows}
+        assert rows and all(column in record_header for column in header[1:]), (header, record_header)
+        for row in rows:
+            name = row[0].strip("`")
+            assert name in by_name, f"README.md: row {name} is not in {mark.group(1)}"
+            for column, cell in zip(header[1:], row[1:]):
+                assert cell == by_name[name][column], f"README.md: {name} {column}: {cell} != {by_name[name][column]}"
