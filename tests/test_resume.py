@@ -37,6 +37,30 @@ class StopAt(pl.Callback):
             next(c for c in trainer.callbacks if isinstance(c, GracefulInterrupt)).request_stop(signal.SIGTERM)
 
 
+class CountSteps(pl.Callback):
+    """Writes the (epoch, batch) of every training step this process ran to `path` when training ends: a resumed
+    run starts after the checkpoint's step; one that silently restarted from scratch runs every step again."""
+
+    def __init__(self, path: str) -> None:
+        self.path, self.steps = Path(path), []  # type: list[tuple[int, int]]
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: object,
+                           batch: object, batch_idx: int) -> None:
+        self.steps.append((trainer.current_epoch, batch_idx))
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.path.write_text(json.dumps(self.steps))
+
+
+def counting(path: Path) -> list[str]:
+    """Overrides that add CountSteps writing to `path`."""
+    return ["+callbacks.count_steps._target_=test_resume.CountSteps", f"+callbacks.count_steps.path={path}"]
+
+
+def steps_run(path: Path) -> list[tuple[int, int]]:
+    return [tuple(step) for step in json.loads(path.read_text())]
+
+
 def _cfg(tmp_path: Path, run: str, extra: list[str] = ()):  # type: ignore[assignment]
     return compose_train(tiny_overrides(tmp_path) + tiny_model_overrides() + RESUME + list(extra), tmp_path / run)
 
@@ -72,8 +96,11 @@ def test_resume_mid_epoch_is_exact(reference: tuple[Path, dict], stop: tuple[int
         train(cfg)
     ckpt = torch.load(tmp / run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["epoch"] == stop[0] and ckpt["global_step"] == stop[0] * 16 + stop[1] + 1
-    resumed = train(_cfg(tmp, run, ["ckpt_path=last"]))
+    resumed = train(_cfg(tmp, run, ["ckpt_path=last", *counting(tmp / f"{run}_steps.json")]))
     assert _history(resumed) == _history(ref)
+    # resumed, not rerun from scratch (which would reproduce the history too): only the steps after the checkpoint
+    steps = steps_run(tmp / f"{run}_steps.json")
+    assert len(steps) == 4 * 16 - ckpt["global_step"] and steps[0] == (stop[0], stop[1] + 1), steps[:3]
     assert resumed["best_val_auc"] == ref["best_val_auc"]
     # metrics.csv holds the rows from before the interrupt too (Lightning's CSVLogger would start afresh). Only
     # the train epoch means of the interrupted epoch differ: Lightning does not checkpoint its running means.
@@ -93,8 +120,10 @@ def test_resume_mid_epoch_is_exact(reference: tuple[Path, dict], stop: tuple[int
 def test_resume_from_epoch_boundary_is_exact(reference: tuple[Path, dict]) -> None:
     tmp, ref = reference
     train(_cfg(tmp, "short", ["trainer.max_epochs=2"]))  # last.ckpt = end of epoch 1 (after validation)
-    resumed = train(_cfg(tmp, "short", ["ckpt_path=last"]))
+    resumed = train(_cfg(tmp, "short", ["ckpt_path=last", *counting(tmp / "short_steps.json")]))
     assert _history(resumed) == _history(ref)
+    steps = steps_run(tmp / "short_steps.json")  # resumed: epochs 2 and 3 only
+    assert len(steps) == 2 * 16 and steps[0] == (2, 0), steps[:3]
     assert _metrics_rows(tmp / "short") == _metrics_rows(tmp / "reference")  # every row, epoch means included
     assert len(resumed["timing"]["epoch_s"]) == 4  # the 2 epochs before the resume are kept
 
@@ -230,10 +259,13 @@ def test_sigkill_inside_a_training_step_then_resume_matches(reference: tuple[Pat
     stopped = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert (stopped["epoch"], stopped["global_step"]) == (0, 16), "expected epoch 0's end-of-epoch checkpoint"
     assert not (run_dir / "results.json").exists()  # killed: nothing ran after the signal
-    train(compose_train(overrides + ["ckpt_path=last"], run_dir))
+    train(compose_train(overrides + ["ckpt_path=last", *counting(tmp_path / "steps.json")], run_dir))
     resumed = json.loads((run_dir / "results.json").read_text())
     assert resumed["status"] == "completed" and _history(resumed) == _history(ref)
-    # resumed, not rerun from scratch (which would also reproduce the history): epoch 0's seconds are the child's
+    # resumed, not rerun from scratch (which would also reproduce the history): the resumed process ran epochs 1-3
+    # only (48 steps from (1, 0)), and epoch 0's seconds are the child's
+    steps = steps_run(tmp_path / "steps.json")
+    assert len(steps) == 3 * 16 and steps[0] == (1, 0), steps[:3]
     carried = stopped["callbacks"]["EpochTiming"]["open_epoch"]["epoch_s"]  # epoch 0, closed after the save
     assert resumed["timing"]["epoch_s"][0] == round(carried, 3)
 
