@@ -235,3 +235,14 @@ def test_readme_results_match_their_record() -> None:
             assert name in by_name, f"README.md: row {name} is not in {mark.group(1)}"
             for column, cell in zip(header[1:], row[1:]):
                 assert cell == by_name[name][column], f"README.md: {name} {column}: {cell} != {by_name[name][column]}"
+
+
+def test_paper_aucs_in_the_docs_match_the_experiment_configs() -> None:
+    """The paper's AUC beside each `+experiment=NAME` command in docs/experiments.md is the one that experiment's
+    config states (`valid AUC x` in its header comment): the docs do not keep a copy of their own."""
+    rows = re.findall(r"^\| `python -m qin_lightning\.train \+experiment=(\w+)` \|.*\| ([0-9.]+)(?: \([^)]*\))? \|$",
+                      (REPO_ROOT / "docs" / "experiments.md").read_text(), flags=re.M)
+    assert len(rows) >= 7, f"{len(rows)} rows with a paper AUC: the pattern stopped matching"
+    for name, auc in rows:
+        header = (Path(CONFIG_DIR) / "experiment" / f"{name}.yaml").read_text()
+        assert re.search(rf"AUC {re.escape(auc)}\b", header), f"docs/experiments.md: {name} {auc} is not in its config"
