@@ -24,7 +24,7 @@ from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import DictConfig, open_dict  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-from qin_lightning.cli import CONFIG_DIR  # noqa: E402  (the configs ship inside the package)
+from qin_lightning.config import CONFIG_DIR  # noqa: E402  (the configs ship inside the package)
 from qin_lightning.data.datamodule import MMCTRDataModule  # noqa: E402
 from qin_lightning.data.synthetic import SyntheticConfig  # noqa: E402
 

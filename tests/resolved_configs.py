@@ -22,7 +22,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf, open_dict
 
-from qin_lightning.cli import CONFIG_DIR
+from qin_lightning.config import CONFIG_DIR
 
 RECORD = Path(__file__).with_name("resolved_configs.json")
 FIXED = ["paths.cache_dir=CACHE", "paths.log_dir=LOGS", "paths.data_dir=DATA"]

@@ -203,7 +203,7 @@ def test_cli_unknown_optimized_metric_fails_before_training(tmp_path: Path) -> N
 
 
 def test_every_accepted_optimized_metric_is_a_number_every_run_records(tmp_path: Path) -> None:
-    from qin_lightning.report.tables import OBJECTIVES
+    from qin_lightning.config import OBJECTIVES
 
     results = train(compose_train([*tiny_overrides(tmp_path), *tiny_model_overrides(), "trainer.max_epochs=1"],
                                   tmp_path / "run"))

@@ -15,10 +15,10 @@ from omegaconf import OmegaConf
 from qin_lightning.data import layout
 from qin_lightning.errors import QinError
 from qin_lightning.eval import evaluate
+from qin_lightning.predictions import TEST_PREDICTIONS, predictions_path, read_predictions, write_predictions
 from qin_lightning.report import write_report
 from qin_lightning.train import train
 from qin_lightning.training.metrics import split_metrics
-from qin_lightning.training.results import TEST_PREDICTIONS, predictions_path, read_predictions, write_predictions
 
 
 @pytest.fixture(scope="module")

@@ -9,16 +9,16 @@ import sys
 
 import pytest
 
-from qin_lightning import memory_reuse
+from qin_lightning import machine
 
 
 def test_disabled_changes_nothing() -> None:
-    assert memory_reuse.reuse_freed_memory(False) is False
+    assert machine.reuse_freed_memory(False) is False
 
 
 def test_other_platforms_change_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(memory_reuse.sys, "platform", "darwin")
-    assert memory_reuse.reuse_freed_memory(True) is False
+    monkeypatch.setattr(machine.sys, "platform", "darwin")
+    assert machine.reuse_freed_memory(True) is False
 
 
 # Run in a fresh process (the setting lasts for the life of the process that applies it): 64 MiB from malloc,
@@ -26,7 +26,7 @@ def test_other_platforms_change_nothing(monkeypatch: pytest.MonkeyPatch) -> None
 # served by mmap; arena: the heap). malloc / free with nothing in between: glibc's default would trim the heap.
 EFFECT = """
 import ctypes, json, torch
-from qin_lightning.memory_reuse import reuse_freed_memory
+from qin_lightning.machine import reuse_freed_memory
 
 class MallInfo2(ctypes.Structure):
     _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
@@ -79,7 +79,7 @@ def test_applied_on_glibc_and_tensors_still_compute() -> None:
 def test_train_config_enables_it_by_default() -> None:
     from hydra import compose, initialize_config_dir
 
-    from qin_lightning.cli import CONFIG_DIR
+    from qin_lightning.config import CONFIG_DIR
 
     with initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR):
         assert compose(config_name="train").reuse_freed_memory is True

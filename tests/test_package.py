@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO_ROOT
 
-from qin_lightning.cli import CONFIG_DIR
+from qin_lightning.config import CONFIG_DIR
 
 TORCH_PIN = "torch==2.13.0"
 SCRIPTS = ("qin-train", "qin-eval", "qin-predict", "qin-export", "qin-prepare", "qin-report", "qin-bench")

@@ -211,7 +211,7 @@ def _split_with_predictions(tmp_path: Path, seeds: int) -> None:
     import pyarrow.parquet as pq
 
     from qin_lightning.training.metrics import split_metrics
-    from qin_lightning.training.results import write_predictions
+    from qin_lightning.predictions import write_predictions
 
     rng = np.random.default_rng(0)
     users, labels = np.repeat(np.arange(200), 5), rng.random(1000) < 0.3

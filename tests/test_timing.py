@@ -13,8 +13,8 @@ import pytest
 from conftest import compose_train, tiny_model_overrides, tiny_overrides
 
 import qin_lightning.training.timing as timing_module
-from qin_lightning.training.timing import PHASES
 from qin_lightning.train import train
+from qin_lightning.training.timing import PHASES
 
 
 class FakeClock:
@@ -99,7 +99,7 @@ def test_results_name_the_machine_the_seconds_come_from(tmp_path: Path) -> None:
     `precision`: what the default trainer.precision=auto trained in on this machine."""
     import torch
 
-    from qin_lightning.training.machine import auto_precision
+    from qin_lightning.machine import auto_precision
 
     cfg = compose_train(tiny_overrides(tmp_path) + tiny_model_overrides() + ["trainer.max_epochs=1",
                                                                              "trainer.precision=auto"], tmp_path / "run")

@@ -217,21 +217,21 @@ def test_model_summary_has_no_flops_column(capsys: pytest.CaptureFixture[str]) -
 
 def test_thread_default_is_portable(monkeypatch: pytest.MonkeyPatch) -> None:
     """No os.sched_getaffinity (macOS, Windows) and no os.process_cpu_count (Python < 3.13): os.cpu_count()."""
-    from qin_lightning import cli
+    from qin_lightning import machine
 
     monkeypatch.delattr(os, "sched_getaffinity", raising=False)
     monkeypatch.delattr(os, "process_cpu_count", raising=False)
     monkeypatch.setattr(os, "cpu_count", lambda: 3)
-    assert cli.usable_cpus() == 3
+    assert machine.usable_cpus() == 3
     monkeypatch.setattr(os, "cpu_count", lambda: None)
-    assert cli.usable_cpus() == 1
+    assert machine.usable_cpus() == 1
     monkeypatch.setattr(os, "process_cpu_count", lambda: 5, raising=False)
-    assert cli.usable_cpus() == 5
+    assert machine.usable_cpus() == 5
     import torch
 
     before = torch.get_num_threads()
     try:
-        cli.set_threads(None)
+        machine.set_threads(None)
         assert 1 <= torch.get_num_threads() <= 5
     finally:
         torch.set_num_threads(before)

@@ -24,6 +24,8 @@ from hydra import compose, initialize_config_dir
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from qin_lightning import machine
+from qin_lightning.checkpoint import UnsafeCheckpointError, read_checkpoint
 from qin_lightning.data import layout, reader
 from qin_lightning.data.datamodule import MMCTRDataModule
 from qin_lightning.data.movielens.source import MovieLensSource
@@ -34,7 +36,7 @@ from qin_lightning.export import main as export_main
 from qin_lightning.files import FileWriteError
 from qin_lightning.predict import predict
 from qin_lightning.serving.export import export_checkpoint
-from qin_lightning.serving.load import UnsafeCheckpointError, load_network, read_checkpoint
+from qin_lightning.serving.load import load_network
 from qin_lightning.serving.scorer import data_config, load_for_inference
 from qin_lightning.serving.stored_config import DATA_MODULES, DATA_PARTS, NETWORK_PARTS, NETWORKS, StoredConfigError
 from qin_lightning.serving.stored_config import build_datamodule as build_stored_datamodule
@@ -555,19 +557,19 @@ def test_training_memory_estimate_is_exact_and_checked(run: Path, tmp_path: Path
 def test_available_memory_readers(tmp_path: Path) -> None:
     meminfo = tmp_path / "meminfo"
     meminfo.write_text("MemTotal: 100 kB\nMemAvailable: 42 kB\n")
-    assert memory.meminfo_available(meminfo) == 42 * 1024
-    assert memory.meminfo_available(tmp_path / "missing") is None
+    assert machine.meminfo_available(meminfo) == 42 * 1024
+    assert machine.meminfo_available(tmp_path / "missing") is None
 
 
 def test_cgroup_limits_bound_the_available_memory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "memory.max").write_text("1000000\n")
     (tmp_path / "memory.current").write_text("400000\n")
-    monkeypatch.setattr(memory, "CGROUP_V2", tmp_path)
-    assert memory.cgroup_available() == 600_000
-    assert memory.cpu_available() == 600_000  # the smallest bound wins over MemAvailable
+    monkeypatch.setattr(machine, "CGROUP_V2", tmp_path)
+    assert machine.cgroup_available() == 600_000
+    assert machine.cpu_available() == 600_000  # the smallest bound wins over MemAvailable
     (tmp_path / "memory.max").write_text("max\n")  # no limit: MemAvailable (or sysconf) decides
-    monkeypatch.setattr(memory, "CGROUP_V1", tmp_path / "none")
-    assert memory.cgroup_available() is None
+    monkeypatch.setattr(machine, "CGROUP_V1", tmp_path / "none")
+    assert machine.cgroup_available() is None
 
 
 @pytest.mark.skipif(not Path("/proc/meminfo").is_file(), reason="Linux only: /proc/meminfo")
@@ -576,7 +578,7 @@ def test_available_memory_is_read_on_this_machine() -> None:
     memory check off silently)."""
     total = next(int(line.split()[1]) * 1024 for line in Path("/proc/meminfo").read_text().splitlines()
                  if line.startswith("MemTotal:"))
-    available = memory.cpu_available()
+    available = machine.cpu_available()
     assert available is not None and 0 < available <= total
 
 

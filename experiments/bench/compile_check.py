@@ -24,8 +24,8 @@ from qin_lightning.bench import BenchArgs, compose_config
 from qin_lightning.data.datamodule import MMCTRDataModule
 from qin_lightning.data.synthetic import SyntheticConfig
 from qin_lightning.files import atomic_write_json
+from qin_lightning.machine import machine
 from qin_lightning.training.build import build_module
-from qin_lightning.training.machine import machine
 
 
 def main() -> None:

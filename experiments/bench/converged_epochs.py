@@ -28,7 +28,7 @@ sys.path.insert(0, str(REPO / "experiments" / "converged"))
 
 from qin_lightning.errors import ConfigError  # noqa: E402
 from qin_lightning.files import atomic_write_json  # noqa: E402
-from qin_lightning.training.machine import machine  # noqa: E402
+from qin_lightning.machine import machine  # noqa: E402
 from sweep import Job, load_plan, select  # noqa: E402
 
 

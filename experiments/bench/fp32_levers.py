@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import torch
 
-from qin_lightning.training.machine import machine
+from qin_lightning.machine import machine
 
 
 def gemm_cases(batch: int, dim: int, rows: int) -> dict[str, tuple[Callable[[], torch.Tensor], Callable[[], torch.Tensor]]]:

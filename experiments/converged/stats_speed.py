@@ -23,11 +23,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from qin_lightning.files import atomic_write_text
+from qin_lightning.predictions import write_predictions
 from qin_lightning.report.collect import ORDER, collect
 from qin_lightning.report.stats import N_RESAMPLES
 from qin_lightning.report.tables import table_tests
 from qin_lightning.training.metrics import split_metrics
-from qin_lightning.training.results import write_predictions
 
 EXPERIMENTS, SEEDS, TEST_ROWS, USERS = ORDER[:11], 5, 10_000, 1_000
 

@@ -38,7 +38,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from qin_lightning.cli import CONFIG_DIR
+from qin_lightning.config import CONFIG_DIR
 from qin_lightning.files import atomic_write_json
 
 REPO = Path(__file__).resolve().parents[2]

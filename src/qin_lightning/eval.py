@@ -1,9 +1,9 @@
 """Evaluate a checkpoint: ``python -m qin_lightning.eval ckpt_path=<ckpt> [split=valid|test] [data.root=...]``.
 
 Prints and writes AUC, logloss and gAUC of one split; on the test split it also keeps the probabilities in
-``<output stem>.preds.parquet`` (qin_lightning.training.results: one float32 column ``prob``, row order). The
-network and the data configuration come from the checkpoint (`qin_config`, written by `qin_lightning.train`); only
-where the data lives (``data.root``) and the batch size (``data.batch_size``) may be overridden. With
+``<output stem>.preds.parquet`` (qin_lightning.predictions: ``prob``, ``user_id``, ``label`` in row order and the
+split's key). The network and the data configuration come from the checkpoint (`qin_config`, written by
+`qin_lightning.train`); only where the data lives (``data.root``) and the batch size (``data.batch_size``) may be overridden. With
 ``onnx=<model.onnx>`` the probabilities come from that exported model (qin_lightning.export, e.g. its `--weights
 int8` form) run in onnxruntime instead of the checkpoint's network; the checkpoint still names the data. The
 data's item tables must be the ones the model was trained with (same rows, same values), else the ids would
@@ -21,13 +21,14 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig
 
-from qin_lightning.cli import CONFIG_DIR, run_reporting_errors, set_threads
+from qin_lightning.config import CONFIG_DIR
 from qin_lightning.data import layout
-from qin_lightning.errors import ConfigError, QinError
+from qin_lightning.errors import ConfigError, QinError, run_reporting_errors
 from qin_lightning.files import atomic_write_json
+from qin_lightning.machine import set_threads
+from qin_lightning.predictions import predictions_path, split_key, write_predictions
 from qin_lightning.serving.scorer import exported_session, load_for_inference, scored_batches
 from qin_lightning.training.metrics import split_metrics
-from qin_lightning.training.results import predictions_path, write_predictions
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
@@ -75,7 +76,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     }
     if split == layout.TEST:  # kept for the report's paired tests: <output stem>.preds.parquet
         results["predictions"] = str(predictions_path(out))
-        write_predictions(predictions_path(out), probs)
+        write_predictions(predictions_path(out), probs, users, labels, split_key(dm.data_dir, split))
     atomic_write_json(out, results)
     results["output"] = str(out)
     return results

@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from qin_lightning.cli import run_reporting_errors
+from qin_lightning.errors import run_reporting_errors
 from qin_lightning.serving.export import (
     DEFAULT_BLOCK_SIZE, FORMATS, INPUT_NAMES, OUTPUT_NAME, WEIGHTS, export_checkpoint,
 )

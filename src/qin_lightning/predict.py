@@ -20,10 +20,11 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig
 
-from qin_lightning.cli import CONFIG_DIR, run_reporting_errors, set_threads
+from qin_lightning.config import CONFIG_DIR
 from qin_lightning.data import layout
-from qin_lightning.errors import ConfigError, QinError
+from qin_lightning.errors import ConfigError, QinError, run_reporting_errors
 from qin_lightning.files import atomic_writer
+from qin_lightning.machine import set_threads
 from qin_lightning.serving.scorer import exported_session, load_for_inference, scored_batches
 
 HEADER = "ID,Task2\n"

@@ -16,7 +16,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf
 
-from qin_lightning.bench.args import PROG, BenchArgs, check, configurations, overrides_for, parse_args, precisions_of
+from qin_lightning.bench.args import BenchArgs, PROG, check, configurations, overrides_for, parse_args, precisions_of
 from qin_lightning.bench.data import (DeviceBatches, cycle_batches, eval_batches, load_data, loader_epochs,
                                      single_requests)
 from qin_lightning.bench.eager import (Trainer, measure_epoch, measure_inference, measure_latency, measure_parity,
@@ -24,13 +24,13 @@ from qin_lightning.bench.eager import (Trainer, measure_epoch, measure_inference
 from qin_lightning.bench.onnx import measure_onnx
 from qin_lightning.bench.system import peak_rss_mb, rss_mb
 from qin_lightning.bench.table import table
-from qin_lightning.cli import CONFIG_DIR, run_reporting_errors
+from qin_lightning.config import CONFIG_DIR
 from qin_lightning.data.datamodule import Batch, MMCTRDataModule
-from qin_lightning.errors import ConfigError
+from qin_lightning.errors import ConfigError, run_reporting_errors
 from qin_lightning.files import atomic_write_json
+from qin_lightning.machine import cpu_name, machine
 from qin_lightning.models.inference import fast_path_state, inference_form, set_fast_paths
 from qin_lightning.training.build import build_module
-from qin_lightning.training.machine import cpu_name, machine
 
 
 def compose_config(args: BenchArgs) -> DictConfig:

@@ -1,5 +1,5 @@
 """What the benchmark reads off the machine: memory, percentiles, synchronised wall time (the CPU's name:
-`qin_lightning.training.machine`)."""
+`qin_lightning.machine`)."""
 
 from __future__ import annotations
 

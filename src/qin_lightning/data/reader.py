@@ -36,7 +36,7 @@ from qin_lightning.data.layout import (
     split_path,
 )
 from qin_lightning.errors import DataValidationError
-from qin_lightning.training.memory import cpu_available
+from qin_lightning.machine import cpu_available
 
 CHUNK_ROWS = 131_072  # rows per read chunk: bounds the transient memory of reading a split
 # list elements per read chunk: a chunk holds fewer rows when the lists are long, and a list longer than this
@@ -271,6 +271,7 @@ def read_item_info(root: Path, emb_dim: int | None = EMB_DIM, num_tags: int | No
     n = pf.metadata.num_rows
     if n == 0:
         raise _fail(path, "has 0 rows, expected at least the padding row 0")
+    check_item_info_fits(path, pf)
 
     tags_parts: list[np.ndarray] = []
     mm_parts: list[np.ndarray] = []
@@ -382,6 +383,8 @@ def iter_split(
     if total == 0:
         raise _fail(path, "split is empty (0 rows), expected at least one row")
     columns = [c for c in SPLIT_COLUMNS if c != LABEL or has_label]
+    longest = declared_list_length(path, pf, [ITEM_SEQ])
+    check_fits_in_memory(path, total, max_len if max_len is not None else longest, has_label)
     hist_len: int | None = None
     for start, batch in _iter_chunks(path, pf, columns):
         user = _scalar(path, batch, USER_ID, start)
@@ -479,6 +482,34 @@ def check_fits_in_memory(path: Path, rows: int, width: int, has_label: bool) -> 
     if free is not None and needed > free:
         raise _fail(path, f"the footer declares {rows:,} rows of {width} history items, which need "
                           f"{needed / 2**30:,.1f} GiB, expected at most the {free / 2**30:,.1f} GiB available")
+
+
+def declared_values(pf: pq.ParquetFile, column: str) -> int:
+    """List elements of `column` in all row groups, as the parquet metadata declares them (read before any value;
+    `_iter_chunks` holds the file to them as it reads)."""
+    total = 0
+    for g in range(pf.metadata.num_row_groups):
+        group = pf.metadata.row_group(g)
+        for i in range(group.num_columns):
+            if group.column(i).path_in_schema.split(".")[0] == column:
+                total += group.column(i).num_values
+    return total
+
+
+def check_item_info_fits(path: Path, pf: pq.ParquetFile) -> None:
+    """item_info's tables must fit in the available memory before they are read: int64 tags and float32 vectors
+    from the values its metadata declares, each held twice while read (decoded chunks, then the joined table)."""
+    rows = pf.metadata.num_rows
+    needed = 2 * (8 * declared_values(pf, ITEM_TAGS) + 8 * declared_values(pf, ITEM_EMB) + 8 * rows)
+    free = cpu_available()
+    if free is not None and needed > free:
+        raise _fail(path, f"the footer declares {rows:,} items whose tags and vectors need {needed / 2**30:,.1f} GiB, "
+                          f"expected at most the {free / 2**30:,.1f} GiB available")
+
+
+def item_info_rows(root: Path | str) -> int:
+    """The rows item_info.parquet declares (its footer only: nothing else is read)."""
+    return int(_open(split_path(Path(root), ITEM_INFO)).metadata.num_rows)
 
 
 def validate_dataset(

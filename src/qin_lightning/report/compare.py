@@ -22,7 +22,7 @@ from qin_lightning.report.collect import Run
 from qin_lightning.report.stats import (
     N_RESAMPLES, Comparison, Pairing, SortedRun, UserSplit, paired_bootstrap, seed_t_test, with_holm,
 )
-from qin_lightning.training.results import read_predictions
+from qin_lightning.predictions import read_predictions
 
 BOOTSTRAP_NOTE = ("paired bootstrap over the test split's users and the seeds ({resamples} resamples; each draws"
                   " the users, the same for every row, baseline and seed, and each row's seeds, a seed's row and"

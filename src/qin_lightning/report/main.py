@@ -20,10 +20,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from qin_lightning.cli import run_reporting_errors
-from qin_lightning.errors import QinError
+from qin_lightning.errors import QinError, run_reporting_errors
 from qin_lightning.files import atomic_write_bytes, atomic_write_text
-from qin_lightning.report.collect import PAPER_AUC, Collected, collect
+from qin_lightning.report.collect import Collected, PAPER_AUC, collect
 from qin_lightning.report.plots import render_chart, render_curves
 from qin_lightning.report.study import workers_sweep_config, write_study_report
 from qin_lightning.report.tables import render_markdown

@@ -6,8 +6,8 @@ import math
 import statistics
 from pathlib import Path
 
-from qin_lightning.errors import ConfigError
-from qin_lightning.report.collect import PAPER_AUC, PAPER_ROW, Collected, Run, read_yaml
+from qin_lightning.config import OBJECTIVES
+from qin_lightning.report.collect import Collected, PAPER_AUC, PAPER_ROW, Run, read_yaml
 from qin_lightning.report.compare import TableTests, compare
 from qin_lightning.report.stats import ALPHA, Comparison
 
@@ -85,17 +85,6 @@ def render_table(collected: Collected, baseline: str, tests: TableTests) -> list
 
 def _seed(run: Run) -> int:
     return int((run.record or {}).get("seed") or -1)
-
-
-OBJECTIVES = {"val/auc": "best_val_auc", "val/logloss": "best_val_logloss"}  # optimized_metric -> results.json
-
-
-def objective_key(metric: str) -> str:
-    """The ``results.json`` key of a sweep's ``optimized_metric``; ConfigError for a metric no run records."""
-    if metric not in OBJECTIVES:
-        raise ConfigError(f"config key 'optimized_metric': {metric!r}, expected one of {', '.join(OBJECTIVES)} (the "
-                          "validation metrics every run records; the test split never chooses a trial)")
-    return OBJECTIVES[metric]
 
 
 def objective(run: Run, metric: str) -> float:

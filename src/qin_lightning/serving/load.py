@@ -14,10 +14,8 @@ with zero item tables shaped like the stored buffers, then the state dict is loa
 
 from __future__ import annotations
 
-import pickle
-import re
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from hydra.errors import HydraException
@@ -25,6 +23,8 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch import nn
 
+from qin_lightning.checkpoint import TRUST_HINT, read_checkpoint
+from qin_lightning.data.layout import NUM_LEVELS
 from qin_lightning.errors import QinError
 from qin_lightning.models.inference import rename_old_switches
 from qin_lightning.serving.stored_config import MOVED_TARGETS, build_network, plain_config
@@ -33,78 +33,7 @@ NET_PREFIX = "net."
 TAGS_KEY = "items.item_tags"
 MM_KEY = "items.item_mm"
 TAG_EMBEDDING_KEY = "items.tag_embedding.weight"
-TRUST_HINT = "trust_checkpoint=true"
-ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format
-PICKLE_PROTO = b"\x80"  # legacy torch.save (a pickle, protocol >= 2)
-
-
-class UnsafeCheckpointError(QinError):
-    """A checkpoint needs more than plain data to load (it could run code); refused unless trusted."""
-
-
-def read_checkpoint(path: str | Path, trust: bool = False, trust_hint: str = TRUST_HINT,
-                    map_location: str | Callable[..., Any] | None = "cpu") -> dict[str, Any]:
-    """The checkpoint dict, loaded with ``weights_only=True`` unless ``trust``; one-line QinError otherwise.
-
-    Refused: a file whose pickle names any Python object beyond plain data (the error names it), a missing,
-    truncated or corrupt file, and anything that is not a dict with a ``state_dict`` (not a Lightning checkpoint).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise QinError(f"{path}: checkpoint not found (expected a .ckpt file written by qin_lightning.train)")
-    _check_header(path)
-    try:
-        # weights_only=True explicitly: torch's TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD cannot turn it off
-        ckpt = torch.load(path, map_location=map_location, weights_only=not trust)
-    except pickle.UnpicklingError as err:
-        if "Weights only load failed" not in str(err):
-            raise QinError(f"{path}: truncated or corrupt checkpoint ({_first_line(err)})") from None
-        raise UnsafeCheckpointError(
-            f"{path}: refused to load: it contains {_disallowed(err)}, which a safe load (plain tensors, numbers, "
-            f"strings, lists and dicts) does not allow, since unpickling it could run code; if you trust the file "
-            f"and whoever made it, pass {trust_hint}"
-        ) from None
-    except Exception as err:  # torch/zipfile/pickle raise many types for a damaged file: all mean the same here
-        raise QinError(
-            f"{path}: truncated or corrupt checkpoint, not a complete PyTorch file ({_first_line(err)})"
-        ) from None
-    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
-        raise QinError(
-            f"{path}: not a Lightning checkpoint (no 'state_dict' entry); expected a .ckpt written by "
-            "qin_lightning.train"
-        )
-    return ckpt
-
-
-def _check_header(path: Path) -> None:
-    """A PyTorch file starts like a zip archive (torch.save) or a pickle (legacy torch.save); else say so."""
-    try:
-        with path.open("rb") as f:
-            head = f.read(4)
-    except OSError as err:
-        raise QinError(f"{path}: cannot read the checkpoint ({err.strerror or err})") from None
-    if not head:
-        raise QinError(f"{path}: empty file, expected a checkpoint written by qin_lightning.train")
-    if not (head.startswith(ZIP_MAGIC) or head.startswith(PICKLE_PROTO)):
-        raise QinError(
-            f"{path}: not a PyTorch checkpoint (starts with {head!r}, expected a zip archive written by torch.save)"
-        )
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return f"{type(err).__name__}: {text.splitlines()[0][:200]}" if text else type(err).__name__
-
-
-def _disallowed(err: BaseException) -> str:
-    """What torch's weights_only unpickler refused, from its message (e.g. "the Python object `posix.system`")."""
-    text = str(err)
-    found = re.search(r"GLOBAL ([\w.]+)", text)
-    if found:
-        return f"the Python object `{found.group(1)}`"
-    found = re.search(r"WeightsUnpickler error: \s*(\S[^\n]*)", text)
-    return f"a pickle instruction outside plain data ({found.group(1).strip()[:120]})" if found else \
-        "Python objects beyond plain data"
+LEVEL_KEYS = ("likes_embedding.weight", "views_embedding.weight")
 
 
 def _update_moved_targets(node: Any) -> None:
@@ -127,7 +56,43 @@ def network_state(ckpt: dict[str, Any], path: str | Path) -> dict[str, torch.Ten
     for key in (TAGS_KEY, MM_KEY, TAG_EMBEDDING_KEY):
         if key not in state:
             raise QinError(f"{path}: state_dict lacks '{NET_PREFIX}{key}' (expected the item tables of a QIN/DIN)")
+    check_network_state(state, path)
     return state
+
+
+def check_network_state(state: dict[str, torch.Tensor], path: str | Path) -> None:
+    """What the network indexes with must be inside what it indexes: the item tags inside the tag table, the
+    data's likes/views levels (0..NUM_LEVELS-1) inside the level tables; every weight finite. One QinError line."""
+    for key, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            raise QinError(f"{path}: state_dict {NET_PREFIX}{key}: expected a tensor, got {type(value).__name__}")
+    tags, mm, tag_table = state[TAGS_KEY], state[MM_KEY], state[TAG_EMBEDDING_KEY]
+    if tags.dtype != torch.long or not mm.dtype.is_floating_point or not tag_table.dtype.is_floating_point:
+        raise QinError(
+            f"{path}: state_dict net.items.*: expected int64 item_tags and float item_mm / tag_embedding.weight, "
+            f"got {tags.dtype}, {mm.dtype}, {tag_table.dtype}"
+        )
+    if tag_table.dim() != 2 or tags.dim() != 2 or mm.dim() != 2:
+        raise QinError(f"{path}: state_dict net.items.*: expected 2-D item tables, got shapes "
+                       f"{tuple(tags.shape)}, {tuple(mm.shape)}, {tuple(tag_table.shape)}")
+    if tags.shape[0] != mm.shape[0]:
+        raise QinError(f"{path}: state_dict {NET_PREFIX}{TAGS_KEY}: {tags.shape[0]:,} items, but "
+                       f"{NET_PREFIX}{MM_KEY} has {mm.shape[0]:,}; expected one row per item in both")
+    if tags.numel() and (int(tags.min()) < 0 or int(tags.max()) >= tag_table.shape[0]):
+        bad = int(tags.min()) if int(tags.min()) < 0 else int(tags.max())
+        row = int(torch.nonzero(tags == bad)[0, 0])
+        raise QinError(f"{path}: state_dict {NET_PREFIX}{TAGS_KEY}: row {row} holds tag id {bad}, expected "
+                       f"0..{tag_table.shape[0] - 1} (the rows of {NET_PREFIX}{TAG_EMBEDDING_KEY})")
+    for key in LEVEL_KEYS:
+        table = state.get(key)
+        if table is not None and (table.dim() != 2 or table.shape[0] < NUM_LEVELS):
+            raise QinError(f"{path}: state_dict {NET_PREFIX}{key}: shape {tuple(table.shape)}, expected at least "
+                           f"{NUM_LEVELS} rows (the data's levels are 0..{NUM_LEVELS - 1})")
+    for key, value in state.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            where = tuple(int(i) for i in torch.nonzero(~torch.isfinite(value))[0])
+            raise QinError(f"{path}: state_dict {NET_PREFIX}{key}: holds {float(value[where])} at {list(where)}, "
+                           "expected finite weights (a model with NaN or infinite weights predicts NaN)")
 
 
 def load_network(path: str | Path, trust: bool = False,

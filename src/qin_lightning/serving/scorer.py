@@ -2,7 +2,9 @@
 
 `load_for_inference` rebuilds the network and the data from a training checkpoint (strict, safe loading:
 qin_lightning.serving.load; the stored config is plain data built by qin_lightning.serving.stored_config);
-only where the data lives (``data.root``) and the batch size (``data.batch_size``) may be overridden. The data's item tables must be the ones the model was trained with (same rows, same values),
+where the data lives always comes from the user (``data.root``, ``+data.source.src``, else the user's own defaults:
+a checkpoint carries a model, not a place) and the batch size (``data.batch_size``) may be overridden. The data's
+item tables must be the ones the model was trained with (same rows, same values),
 else the ids would silently mean other items (`check_item_tables`). `scored_batches` yields the probabilities of
 the checkpoint's network in torch, or of an exported model (qin_lightning.export) in onnxruntime.
 """
@@ -17,39 +19,94 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from qin_lightning.cli import instantiate_reporting
-from qin_lightning.data import layout
+from qin_lightning.config import CONFIG_DIR, instantiate_reporting
+from qin_lightning.data import layout, reader
 from qin_lightning.data.datamodule import Batch, MMCTRDataModule, SplitDataset
 from qin_lightning.errors import ConfigError, QinError
 from qin_lightning.models.inference import inference_form
 from qin_lightning.serving.load import TRUST_HINT, load_network
-from qin_lightning.serving.stored_config import build_datamodule
 from qin_lightning.serving.runtime import feed, open_session
+from qin_lightning.serving.stored_config import build_datamodule
 
-DATA_OVERRIDES = ("root", "batch_size")  # the only data settings eval/predict may change
+DATA_OVERRIDES = ("root", "batch_size", "source")  # the only data settings eval/predict may change
+SOURCE_OVERRIDES = ("src",)  # of data.source: where the MovieLens release is (+data.source.src=PATH)
+PATHS_CONFIG = Path(CONFIG_DIR) / "paths" / "default.yaml"
+DATA_CONFIGS = {"synthetic": "synthetic.yaml", "source": "movielens.yaml", "folder": "mmctr.yaml"}
 
 
 # ---- loading ------------------------------------------------------------------------------------------------
+def data_kind(data: dict[str, Any]) -> str:
+    """Which kind of data a stored data config describes: a generated synthetic set, a converted source, a folder."""
+    if isinstance(data.get("synthetic"), dict):
+        return "synthetic"
+    return "source" if isinstance(data.get("source"), dict) else "folder"
+
+
+def user_data_paths(kind: str) -> dict[str, Any]:
+    """The user's own defaults for where data of `kind` lives: the package's data config of that kind resolved
+    with the user's ``paths`` config and environment (QIN_DATA_DIR, QIN_CACHE_DIR, QIN_MOVIELENS_SRC), never the
+    checkpoint's: {"root": ... or None, "src": ..., "cache_dir": ...}."""
+    tree = OmegaConf.create({"paths": OmegaConf.load(PATHS_CONFIG),
+                             "data": OmegaConf.load(Path(CONFIG_DIR) / "data" / DATA_CONFIGS[kind])})
+    root = OmegaConf.select(tree, "data.root")
+    return {"root": None if root in (None, "???") else str(root),
+            "src": OmegaConf.select(tree, "data.source.src", default=None),
+            "cache_dir": OmegaConf.select(tree, "data.source.cache_dir", default=None)}
+
+
 def data_config(run_cfg: dict[str, Any], overrides: DictConfig | dict | None, path: str | Path) -> dict[str, Any]:
-    """The checkpoint's data config with only `root` / `batch_size` replaced (ConfigError for anything else)."""
+    """The checkpoint's data config with every path taken from the user (a checkpoint carries a model, not a
+    place): ``root`` (and a MovieLens source's ``src`` / ``cache_dir``) from the command line (``data.root``,
+    ``+data.source.src``) or the user's own defaults (`user_data_paths`), never from the stored config; only
+    ``batch_size`` may change otherwise (ConfigError for anything else). Given ``data.root``, a MovieLens
+    conversion keeps its text-encoder cache in ``<data.root>/embeddings``."""
     if not isinstance(run_cfg.get("data"), dict) or "_target_" not in run_cfg["data"]:
         raise ConfigError(f"{path}: checkpoint's qin_config has no data config (it was not written by our training)")
     data = dict(run_cfg["data"])
     given = {k: v for k, v in (OmegaConf.to_container(overrides) if isinstance(overrides, DictConfig)
                                 else dict(overrides or {})).items() if v is not None}
     unknown = sorted(set(given) - set(DATA_OVERRIDES))
+    source_given = given.get("source", {})
+    if not unknown and (not isinstance(source_given, dict) or set(source_given) - set(SOURCE_OVERRIDES)):
+        unknown = ["source." + next(iter(sorted(set(source_given) - set(SOURCE_OVERRIDES))), "")] \
+            if isinstance(source_given, dict) else ["source"]
     if unknown:
         raise ConfigError(
             f"data.{unknown[0]}: cannot be overridden here; the model and data settings come from the checkpoint, "
-            f"only {', '.join('data.' + k for k in DATA_OVERRIDES)} may be given"
+            f"only {', '.join('data.' + k for k in DATA_OVERRIDES if k != 'source')} and data.source.src may be given"
         )
+    kind = data_kind(data)
+    defaults = user_data_paths(kind)
     if "root" in given:
         data["root"] = str(given["root"])
+    elif defaults["root"] is not None:
+        data["root"] = defaults["root"]
+    else:
+        raise ConfigError(
+            f"data.root: required: {path} was trained on a data folder, and a checkpoint never decides where data "
+            "is read; pass data.root=<the folder with train/valid/test/item_info.parquet>"
+        )
+    if kind == "source":
+        source = dict(data["source"])
+        source["src"] = str(source_given.get("src", defaults["src"]))
+        source["cache_dir"] = str(Path(str(given["root"])) / "embeddings") if "root" in given else defaults["cache_dir"]
+        data["source"] = source
     if "batch_size" in given:
         if int(given["batch_size"]) < 1:
             raise ConfigError(f"data.batch_size={given['batch_size']}, expected >= 1")
         data["batch_size"] = data["eval_batch_size"] = int(given["batch_size"])
     return data
+
+
+def check_item_count(net: nn.Module, dm: MMCTRDataModule, path: str | Path) -> None:
+    """Before the data is read: its item_info must declare the checkpoint's number of items (its footer only)."""
+    items = getattr(net, "items", None)
+    if items is None:
+        return
+    rows = reader.item_info_rows(dm.data_dir)
+    if rows != items.item_tags.shape[0]:
+        raise ConfigError(f"{dm.data_dir / layout.ITEM_INFO_FILE}: has {rows:,} items, but {path} was trained with "
+                          f"{items.item_tags.shape[0]:,} (not the dataset of this checkpoint)")
 
 
 def check_item_tables(net: nn.Module, dm: MMCTRDataModule, path: str | Path) -> None:
@@ -90,6 +147,7 @@ def load_for_inference(
     else:  # plain data of our own classes only, never instantiated with Hydra (serving.stored_config)
         dm = build_datamodule(data, ckpt_path, TRUST_HINT)
     dm.prepare_data()
+    check_item_count(net, dm, ckpt_path)
     dm.setup(stage)
     check_item_tables(net, dm, ckpt_path)
     return net, run_cfg, dm

@@ -16,8 +16,11 @@ Instead (`plain_config`, then `build_network` / `build_datamodule`):
    (an int where the default is an int, ...), and a class may only be named as the value of such a parameter.
 3. Sizes are checked before anything is allocated: every int and every list length of ``model.net`` is at
    most the largest dimension (or the number) of the checkpoint's tensors, the network is first built on the
-   ``meta`` device (no storage) and every parameter and buffer shape must equal the stored one before it is
-   built for real; a synthetic dataset's declared rows must fit in the available memory.
+   ``meta`` device (no storage), creating at most a few times the stored tensors and elements (a config
+   declaring 3 million layers stops at the first one over), and every parameter and buffer shape must equal the
+   stored one before it is built for real (the stored tensors own their bytes: qin_lightning.checkpoint); the
+   stored ``data`` subtree is bounded (`check_data_bounds`) and a synthetic dataset's declared sizes must fit
+   in the available memory.
 
 ``trust_checkpoint=true`` (``--trust-checkpoint``) skips all of this and instantiates the stored config with
 Hydra, as a trusted config: for files the user trusts completely.
@@ -37,13 +40,13 @@ from qin_lightning.data.datamodule import MMCTRDataModule
 from qin_lightning.data.movielens.source import MovieLensSource
 from qin_lightning.data.synthetic import SyntheticConfig
 from qin_lightning.errors import QinError
+from qin_lightning.machine import cpu_available, creation_budget
 from qin_lightning.models.attention import MeanPooling, TargetAttention
 from qin_lightning.models.din import DIN
 from qin_lightning.models.inference import rename_old_switches
 from qin_lightning.models.interaction import MLP, QuadraticAlphaNetwork, QuadraticNetwork
 from qin_lightning.models.qin import QIN
 from qin_lightning.models.transformer_dcn import TransformerDCN
-from qin_lightning.training.memory import cpu_available
 
 Plain = Union[dict[str, "Plain"], list["Plain"], str, int, float, bool, None]
 TARGET = "_target_"
@@ -66,6 +69,11 @@ MOVED_TARGETS = {"qin_lightning.data.movielens.MovieLensSource": "qin_lightning.
 # what a constructor of ours raises for a value it cannot use (e.g. Path(None), a source path too long to stat)
 CONSTRUCTOR_ERRORS = (TypeError, ValueError, AttributeError, KeyError, IndexError, RuntimeError, OSError,
                       ArithmeticError)
+# building a stored model.net (meta device included) may create at most 3 x the stored elements + this many, and
+# this many tensors per stored tensor + BUILD_SLACK_TENSORS (a network creates each weight once or twice)
+BUILD_SLACK_ELEMENTS = 1_000_000
+BUILD_TENSORS_PER_STORED = 16
+BUILD_SLACK_TENSORS = 256
 # what the network takes from the checkpoint's tensors, never from its config
 NETWORK_TENSOR_ARGS = ("item_tags", "item_mm", "num_tags")
 
@@ -226,26 +234,20 @@ def build_network(net_config: Any, state: dict[str, Tensor], path: str | Path, t
     dims = [int(d) for t in state.values() for d in t.shape]
     _check_net_sizes(plain, "model.net", max([len(state), *dims]), len(state), path, trust_hint)
     tags, mm, tag_table = state["items.item_tags"], state["items.item_mm"], state["items.tag_embedding.weight"]
-    if tags.dtype != torch.long or not mm.dtype.is_floating_point or not tag_table.dtype.is_floating_point:
-        raise QinError(
-            f"{path}: state_dict net.items.*: expected int64 item_tags and float item_mm / tag_embedding.weight, "
-            f"got {tags.dtype}, {mm.dtype}, {tag_table.dtype}"
-        )
-    if tag_table.dim() != 2 or tags.dim() != 2 or mm.dim() != 2:
-        raise QinError(f"{path}: state_dict net.items.*: expected 2-D item tables, got shapes "
-                       f"{tuple(tags.shape)}, {tuple(mm.shape)}, {tuple(tag_table.shape)}")
+    stored_elements = sum(t.numel() for t in state.values())
+    budget = (3 * stored_elements + BUILD_SLACK_ELEMENTS, BUILD_TENSORS_PER_STORED * len(state) + BUILD_SLACK_TENSORS)
 
     def make(device: str) -> nn.Module:
-        with torch.device(device):
-            fixed = {"item_tags": torch.zeros(tags.shape, dtype=tags.dtype),
-                     "item_mm": torch.zeros(mm.shape, dtype=mm.dtype), "num_tags": int(tag_table.shape[0])}
-            try:
+        try:
+            with creation_budget(*budget, f"{path}: qin_config model.net (the checkpoint holds {len(state)} "
+                                          f"tensors of {stored_elements:,} elements)"), torch.device(device):
+                fixed = {"item_tags": torch.zeros(tags.shape, dtype=tags.dtype),
+                         "item_mm": torch.zeros(mm.shape, dtype=mm.dtype), "num_tags": int(tag_table.shape[0])}
                 return _Builder(NETWORKS, NETWORK_PARTS, True, path, trust_hint, fixed).build(plain, "model.net")
-            except QinError:
-                raise
-            except CONSTRUCTOR_ERRORS as err:
-                raise QinError(f"{path}: qin_config model.net: cannot build the network ({_first_line(err)})") \
-                    from None
+        except QinError:
+            raise
+        except CONSTRUCTOR_ERRORS as err:
+            raise QinError(f"{path}: qin_config model.net: cannot build the network ({_first_line(err)})") from None
 
     _check_shapes(make("meta"), state, path)
     net = make("cpu")
@@ -271,10 +273,40 @@ def _check_shapes(meta_net: nn.Module, state: dict[str, Tensor], path: str | Pat
                            f"qin_config.model.net), got {tuple(state[key].shape)}")
 
 
+# bounds of a stored data config's own settings (the synthetic generator's and a source's: their classes)
+DATA_BOUNDS: dict[str, tuple[int, int, bool]] = {  # key: (lowest, highest, may be null)
+    "max_len": (1, 65_536, False),
+    "batch_size": (1, 1_048_576, False),
+    "eval_batch_size": (1, 1_048_576, True),
+    "num_workers": (0, 256, False),
+    "seed": (0, 2**63 - 1, False),
+    "num_tags": (1, 2**31 - 1, True),
+}
+
+
+def check_data_bounds(plain: Plain, path: str | Path, trust_hint: str) -> None:
+    """The stored data module's own numbers within `DATA_BOUNDS` (before anything is built or allocated)."""
+    if not isinstance(plain, dict):
+        return  # the builder refuses it
+    for key, (low, high, nullable) in DATA_BOUNDS.items():
+        if key not in plain:
+            continue
+        value = plain[key]
+        if value is None and nullable:
+            continue
+        if type(value) is not int or not low <= value <= high:
+            expected = f"an integer in {low:,}..{high:,}" + (" or null" if nullable else "")
+            raise _refuse(path, f"data.{key}", expected, _shown(value), trust_hint)
+    if "pin_memory" in plain and plain["pin_memory"] is not None and type(plain["pin_memory"]) is not bool:
+        raise _refuse(path, "data.pin_memory", "true, false or null", _shown(plain["pin_memory"]), trust_hint)
+
+
 def build_datamodule(data_config: Any, path: str | Path, trust_hint: str) -> MMCTRDataModule:
-    """Our data module described by a stored ``data`` config (plain, checked: module doc); a synthetic dataset
-    whose declared rows would not fit in the available memory is refused before it is generated."""
+    """Our data module described by a stored ``data`` config (plain, checked: module doc); its numbers bounded
+    (`check_data_bounds`, the generator's and source's own checks) and a synthetic dataset whose declared sizes
+    would not fit in the available memory refused, before anything is generated or read."""
     plain = plain_config(data_config, "data", path, trust_hint)
+    check_data_bounds(plain, path, trust_hint)
     dm = _Builder(DATA_MODULES, DATA_PARTS, False, path, trust_hint).build(plain, "data")
     synthetic = dm.synthetic
     if synthetic is not None:
@@ -283,16 +315,18 @@ def build_datamodule(data_config: Any, path: str | Path, trust_hint: str) -> MMC
         if free is not None and needed > free:
             rows = synthetic.train_rows + synthetic.valid_rows + synthetic.test_rows
             raise StoredConfigError(
-                f"{path}: qin_config data.synthetic: expected a dataset that fits in memory, got {rows:,} rows and "
-                f"{synthetic.num_items:,} items needing at least {needed / 2**30:,.1f} GiB to generate "
-                f"(available: {free / 2**30:,.1f} GiB)"
+                f"{path}: qin_config data.synthetic: expected a dataset that fits in memory, got {rows:,} rows, "
+                f"{synthetic.num_items:,} items and {synthetic.num_topics:,} topics needing at least "
+                f"{needed / 2**30:,.1f} GiB to generate (available: {free / 2**30:,.1f} GiB)"
             )
     return dm
 
 
 def synthetic_bytes(synthetic: SyntheticConfig) -> int:
-    """A lower bound of the memory generating `synthetic` takes: its largest split's int64 histories and
-    per-row columns, and the float64 item vectors and tags (qin_lightning.data.synthetic)."""
+    """A lower bound of the memory generating `synthetic` takes (qin_lightning.data.synthetic): its largest
+    split's int64 histories and per-row columns, the float64 item vectors and their noise, the int64 tags and
+    their draws, the topics' centroids and tag pools, the users' topics."""
     rows = max(synthetic.train_rows, synthetic.valid_rows, synthetic.test_rows)
-    return 8 * (rows * (synthetic.max_len + 6) + synthetic.num_items * (synthetic.emb_dim + synthetic.tags_per_item)
-                + 2 * synthetic.num_users)
+    items = synthetic.num_items * (3 * synthetic.emb_dim + 3 * synthetic.tags_per_item + 6)
+    topics = synthetic.num_topics * (synthetic.emb_dim + 3)
+    return 8 * (rows * (synthetic.max_len + 6) + items + topics + 3 * synthetic.num_users)

@@ -12,13 +12,34 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
 
-from qin_lightning.cli import instantiate_reporting
-from qin_lightning.errors import ConfigError
-from qin_lightning.training import machine
+from qin_lightning import machine
+from qin_lightning.config import instantiate_reporting
+from qin_lightning.errors import ConfigError, expect_int, expect_number, missing_values
 from qin_lightning.training.callbacks import with_display_flags
 from qin_lightning.training.checkpoint_io import SafeCheckpointIO
 from qin_lightning.training.memory import check_training_memory, estimate_training_memory, trains_on_gpu
 from qin_lightning.training.module import CTRModule
+
+
+def check_train_config(cfg: DictConfig) -> None:
+    """ConfigError (one line) for a composed training config that cannot run: a mandatory value left unset
+    (``data=mmctr`` without ``data.root``), a value of the wrong type or range on the command line
+    (``data.batch_size=abc``, ``data.batch_size=0``, ``model.lr=abc``, ``threads=abc``), or a GPU asked for on a
+    machine without one. Runs before anything is built, so such a run leaves no run folder."""
+    missing_values(cfg)
+    expect_int(cfg, "seed", minimum=0)
+    expect_int(cfg, "threads", nullable=True)
+    for key in ("data.batch_size", "data.eval_batch_size", "data.max_len", "trainer.max_epochs"):
+        expect_int(cfg, key)
+    for key in ("data.num_workers", "trainer.min_epochs", "callbacks.early_stopping.patience"):
+        expect_int(cfg, key, minimum=0)
+    expect_number(cfg, "model.lr", inclusive=False)
+    expect_number(cfg, "model.embedding_l2")
+    expect_number(cfg, "trainer.gradient_clip_val", nullable=True)
+    accelerator = str(cfg.trainer.get("accelerator") or "auto").lower()
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"trainer.accelerator={accelerator}: this machine has no CUDA GPU (torch.cuda.is_available()"
+                          " is false); use trainer=cpu or trainer=auto")
 
 
 def build_datamodule(cfg: DictConfig) -> pl.LightningDataModule:

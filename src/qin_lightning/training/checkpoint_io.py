@@ -1,7 +1,7 @@
 """How Lightning reads and writes our checkpoints during training (``Trainer(plugins=[SafeCheckpointIO()])``).
 
 - Read (``trainer.fit(ckpt_path=...)``, i.e. ``train ckpt_path=last|<file>``, on every rank): through
-  ``qin_lightning.serving.load.read_checkpoint``, i.e. ``torch.load(weights_only=True)`` unless the user passed
+  ``qin_lightning.checkpoint.read_checkpoint``, i.e. ``torch.load(weights_only=True)`` unless the user passed
   ``trust_checkpoint=true``; a refused, truncated or foreign file is one ``error:`` line.
 - Write (best, ``last.ckpt``, mid-epoch and interrupt checkpoints): ``torch.save`` into a temporary file beside
   the target, fsync, rename (``qin_lightning.files.atomic_writer``). A ``kill -9`` or a full disk at any moment
@@ -18,8 +18,8 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.fabric.utilities.types import _PATH
 
+from qin_lightning.checkpoint import read_checkpoint
 from qin_lightning.files import atomic_writer
-from qin_lightning.serving.load import read_checkpoint
 
 
 class SafeCheckpointIO(TorchCheckpointIO):

@@ -13,20 +13,17 @@ limit minus usage (v2 ``memory.max``/``memory.current``, v1 ``memory.limit_in_by
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from qin_lightning.cli import instantiate_reporting
+from qin_lightning.config import instantiate_reporting
 from qin_lightning.errors import ConfigError
+from qin_lightning.machine import cpu_available
 
 BYTES_PER_PARAMETER = 4 * 4  # fp32 weight + gradient + Adam exp_avg + exp_avg_sq
-CGROUP_V2 = Path("/sys/fs/cgroup")
-CGROUP_V1 = Path("/sys/fs/cgroup/memory")
 
 
 @dataclass(frozen=True)
@@ -54,46 +51,6 @@ def estimate_training_memory(net_cfg: DictConfig, item_tags: Tensor, item_mm: Te
     parameters = sum(p.numel() for p in net.parameters() if p.requires_grad)
     buffers = sum(b.numel() * b.element_size() for b in net.buffers())
     return TrainingMemory(parameters, parameters * BYTES_PER_PARAMETER, buffers)
-
-
-def _read_int(path: Path) -> int | None:
-    try:
-        text = path.read_text().strip()
-    except OSError:
-        return None
-    return int(text) if text.isdigit() else None  # "max" (no limit) -> None
-
-
-def cgroup_available() -> int | None:
-    """Limit minus usage of this process's memory cgroup (v2 or v1), None when there is no limit."""
-    for limit_file, usage_file in ((CGROUP_V2 / "memory.max", CGROUP_V2 / "memory.current"),
-                                   (CGROUP_V1 / "memory.limit_in_bytes", CGROUP_V1 / "memory.usage_in_bytes")):
-        limit, usage = _read_int(limit_file), _read_int(usage_file)
-        if limit is not None and usage is not None and limit < 1 << 60:  # v1 reports "no limit" as ~2^63
-            return max(limit - usage, 0)
-    return None
-
-
-def meminfo_available(meminfo: Path = Path("/proc/meminfo")) -> int | None:
-    """``MemAvailable`` of /proc/meminfo in bytes (Linux), None elsewhere."""
-    try:
-        for line in meminfo.read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
-
-
-def cpu_available() -> int | None:
-    """Bytes of RAM this process may still use (smallest known bound), None when nothing can be read."""
-    known = [v for v in (cgroup_available(), meminfo_available()) if v is not None]
-    if not known:
-        try:
-            known = [os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")]
-        except (ValueError, OSError, AttributeError):
-            return None
-    return min(known)
 
 
 def trains_on_gpu(accelerator: str | None) -> bool:

@@ -1,44 +1,31 @@
 """What a training run records: its ``results.json`` (completed, failed or interrupted) and how to resume it.
 
 Also the facts of the Hydra job the record names (overrides, the sweep it belongs to, the data config chosen),
-and the kept predictions of every test-split evaluation: ``<name>.preds.parquet`` beside its JSON (a training
-run's ``test.preds.parquet``, ``qin-eval``'s ``<output stem>.preds.parquet``), one float32 column ``prob`` in the
-split's row order, exactly the probabilities its metrics were computed from. The users and labels are the data's
-own; the report pairs runs over them (qin_lightning.report.stats).
+and the test-split scoring after fit, whose probabilities are kept beside the record
+(``qin_lightning.predictions``).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-import numpy as np
-import torch
-import pyarrow as pa
-import pyarrow.parquet as pq
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
-from qin_lightning.data import layout
-from qin_lightning.data.datamodule import MMCTRDataModule
-from qin_lightning.errors import QinError
-from qin_lightning.files import FileWriteError, atomic_write_json, atomic_writer
-from qin_lightning.serving.scorer import predict_batches
-from qin_lightning.training.machine import machine
-from qin_lightning.training.metrics import split_metrics
+from qin_lightning.files import FileWriteError, atomic_write_json
+from qin_lightning.machine import machine
 from qin_lightning.training.module import CTRModule
 from qin_lightning.training.resume import TrainingInterrupted
 from qin_lightning.training.timing import epoch_timing
 
 log = logging.getLogger("qin_lightning.train")
 
-PREDICTIONS_SUFFIX = ".preds.parquet"
-TEST_PREDICTIONS = "test" + PREDICTIONS_SUFFIX  # a training run's, beside its results.json
-PROB = "prob"
 
 
 def sweep_name() -> str | None:
@@ -48,6 +35,30 @@ def sweep_name() -> str | None:
     except ValueError:
         return None
     return Path(hc.sweep.dir).name if hc.mode == RunMode.MULTIRUN else None
+
+
+# a job folder's name: at most this many characters after ``<job number>_``
+RUN_FOLDER_CHARS = 80
+_OVERRIDE_START = re.compile(r",(?=[+~]*[\w./@-]+=)")  # the commas that start another key=value
+
+
+def run_folder_name(override_dirname: str, fallback: str) -> str:
+    """A multirun job folder's name from Hydra's ``hydra.job.override_dirname`` (``key=value`` items joined by
+    commas): each key shortened to its last part (``model/attention=softmax`` -> ``attention=softmax``,
+    ``model.net.interaction.dropout=0.1`` -> ``dropout=0.1``), long floats to 4 significant digits, characters that
+    do not belong in a folder name replaced, at most ``RUN_FOLDER_CHARS`` characters; ``fallback`` when empty."""
+    items = []
+    for item in _OVERRIDE_START.split(str(override_dirname)) if override_dirname else []:
+        key, sep, value = item.partition("=")
+        short_key = re.split(r"[./]", key.lstrip("+~"))[-1]
+        try:
+            number = float(value)
+            value = f"{number:.4g}" if len(value) > 7 and "." in value else value
+        except ValueError:
+            pass
+        items.append(f"{short_key}{sep}{value}")
+    name = re.sub(r"[^\w.,=+-]+", "-", ",".join(items)).strip("-")
+    return name[:RUN_FOLDER_CHARS] or str(fallback)
 
 
 def output_dir(cfg: DictConfig) -> Path:
@@ -73,7 +84,7 @@ def overrides() -> list[str]:
 
 def completed_record(cfg: DictConfig, dm: pl.LightningDataModule, module: CTRModule, trainer: pl.Trainer,
                      stop_outcome: dict[str, Any], best_checkpoint: str, test_metrics: dict[str, float],
-                     seconds: float) -> dict[str, Any]:
+                     seconds: float, wandb_run_id: str | None = None) -> dict[str, Any]:
     """The ``results.json`` of a finished run: the best validated epoch, its history and how training ended."""
     history = module.val_history
     best = max(history, key=lambda h: h["auc"]) if history else None
@@ -95,10 +106,12 @@ def completed_record(cfg: DictConfig, dm: pl.LightningDataModule, module: CTRMod
         **test_metrics,
         "train_seconds": round(seconds, 2),
         "timing": epoch_timing(trainer),  # per-epoch train / val / checkpoint seconds (training.timing)
-        "machine": machine(module.device),  # what the seconds were measured on (training.machine)
+        "machine": machine(module.device),  # what the seconds were measured on (qin_lightning.machine)
         "precision": str(trainer.precision),  # as trained: trainer.precision=auto resolved (training.build)
         "fast_dev_run": bool(trainer.fast_dev_run),
         "overrides": overrides(),
+        "tags": list(cfg.get("tags") or []),
+        "wandb_run_id": wandb_run_id,  # logger=wandb: the run under <run folder>/wandb/ (offline-run-*-<id>)
     }
 
 
@@ -112,6 +125,7 @@ def record_failure(cfg: DictConfig, err: BaseException, status: str = "failed") 
         "stop_reason": status,
         "stopped_epoch": getattr(err, "epoch", None),
         "overrides": overrides(),
+        "tags": list(cfg.get("tags") or []),
     }
     if isinstance(err, TrainingInterrupted):
         record["checkpoint"] = err.checkpoint
@@ -127,54 +141,3 @@ def resume_command(cfg: DictConfig) -> str:
     kept = [o for o in overrides() if not o.startswith(("ckpt_path=", "hydra.run.dir="))]
     args = " ".join([*kept, f"hydra.run.dir={output_dir(cfg)}", "ckpt_path=last"])
     return f"python -m qin_lightning.train {args}"
-
-
-def predictions_path(json_path: str | Path) -> Path:
-    """Where the predictions of an evaluation written to ``json_path`` are kept: eval_test.json ->
-    eval_test.preds.parquet."""
-    path = Path(json_path)
-    return path.with_name(path.stem + PREDICTIONS_SUFFIX)
-
-
-def write_predictions(path: str | Path, probs: np.ndarray) -> None:
-    """Keep a split's probabilities (row order, float32) in ``path``, atomically."""
-    table = pa.table({PROB: pa.array(np.asarray(probs, dtype=np.float32))})
-    with atomic_writer(path) as f:
-        pq.write_table(table, f)
-
-
-def read_predictions(path: str | Path, rows: int) -> np.ndarray:
-    """The kept probabilities of ``path``: exactly one float32 column ``prob`` of ``rows`` rows (the row count
-    is checked in the footer before anything is read), all in [0, 1]."""
-    path = Path(path)
-    try:
-        parquet = pq.ParquetFile(path)
-    except (OSError, pa.ArrowException) as err:
-        raise QinError(f"{path}: not a readable parquet file ({str(err).splitlines()[0][:200]})") from None
-    names = parquet.schema_arrow.names
-    if names != [PROB] or parquet.schema_arrow.field(PROB).type != pa.float32():
-        found = ", ".join(f"{f.name}: {f.type}" for f in parquet.schema_arrow)
-        raise QinError(f"{path}: expected exactly one column '{PROB}' (float32), got {found or 'no columns'}")
-    if parquet.metadata.num_rows != rows:
-        raise QinError(f"{path}: column '{PROB}': expected {rows} rows (the test split's), got "
-                       f"{parquet.metadata.num_rows}")
-    probs = np.array(parquet.read().column(PROB).to_numpy(zero_copy_only=False), dtype=np.float32)
-    if len(probs) != rows:
-        raise QinError(f"{path}: column '{PROB}': expected {rows} rows, got {len(probs)} (the footer claims {rows})")
-    bad = np.flatnonzero(~((probs >= 0.0) & (probs <= 1.0)))
-    if bad.size:
-        raise QinError(f"{path}: column '{PROB}', row {int(bad[0])}: expected a probability in [0, 1], got "
-                       f"{probs[bad[0]]}")
-    return probs
-
-
-def score_test_split(net: torch.nn.Module, dm: MMCTRDataModule, out_dir: Path) -> dict[str, float]:
-    """Score the test split with the best weights (the scorer qin-eval uses, in row order), keep the
-    probabilities in ``out_dir / test.preds.parquet`` and return ``test_auc``, ``test_logloss``, ``test_gauc``
-    and ``test_gauc_users`` computed from exactly those probabilities."""
-    data = dm.dataset(layout.TEST)
-    device = next(net.parameters()).device
-    probs = np.concatenate([p for _, p in predict_batches(net, data, dm.eval_batch_size, device)])
-    write_predictions(out_dir / TEST_PREDICTIONS, probs)
-    metrics = split_metrics(probs, data.label.numpy(), data.user_id.numpy())
-    return {f"test_{key}": value for key, value in metrics.items()}

@@ -19,7 +19,7 @@ from pathlib import Path
 import polars as pl
 
 from qin_lightning.errors import DataValidationError
-from qin_lightning.training.memory import cpu_available
+from qin_lightning.machine import cpu_available
 
 ML100K_GENRES = (
     "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary", "Drama",
@@ -28,6 +28,8 @@ ML100K_GENRES = (
 # inflated / compressed size of a zip member: the releases measure <= 4.96 (ml-100k u.item; ml-latest-small
 # ratings.csv 3.63); a 2 MB zip inflating to 1 GB (ratio 500) is refused before it is read
 MAX_COMPRESSION_RATIO = 20
+MAX_FOLDER_ENTRIES = 1_000  # entries listed per folder level of a release folder (a release has about 6)
+MAX_TEXT_CHARS = 1_000  # a title, genre list or tag (the releases' longest title: 180 characters)
 
 
 # ---- reading a release ---------------------------------------------------------------------------------
@@ -38,18 +40,21 @@ class _Release:
         self.src = src
         self._zip: zipfile.ZipFile | None = None
         self._files: dict[str, str] = {}  # basename -> member name / path
+        self._extent: dict[int, int] = {}  # zip member's header offset -> bytes it really occupies in the file
         if src.is_file():
             try:
                 self._zip = zipfile.ZipFile(src)
             except zipfile.BadZipFile:
                 raise DataValidationError(f"{src}: not a zip archive, expected a MovieLens zip or folder") from None
             names = [n for n in self._zip.namelist() if not n.endswith("/") and not _ignored(n)]
+            repeated = sorted({n for n in names if names.count(n) > 1}) if len(set(names)) != len(names) else []
+            if repeated:
+                raise DataValidationError(f"{src}: {repeated[0]}: appears {names.count(repeated[0])} times in the zip, "
+                                          "expected each member once")
+            self._extent = member_extents(self._zip, src.stat().st_size)
             self._files = _pick_level([(n.split("/"), n) for n in names], src)
         elif src.is_dir():
-            entries = [
-                (p.relative_to(src).parts, str(p)) for p in src.rglob("*") if p.is_file() and not _ignored(str(p.relative_to(src)))
-            ]
-            self._files = _pick_level([(list(parts), path) for parts, path in entries if len(parts) <= 2], src)
+            self._files = _pick_level([(list(parts), path) for parts, path in _two_levels(src)], src)
         else:
             raise DataValidationError(f"{src}: no such file or folder, expected a MovieLens zip or folder")
 
@@ -63,7 +68,7 @@ class _Release:
             raise DataValidationError(f"{self.src}: missing {name}")
         if self._zip is not None:
             info = self._zip.getinfo(self._files[name])
-            check_member(self.src, info)
+            check_member(self.src, info, self._extent.get(info.header_offset, 0))
             try:
                 with self._zip.open(info) as member:
                     data = member.read(info.file_size + 1)  # zipfile stops at the declared size
@@ -81,16 +86,52 @@ class _Release:
         return sorted(self._files)
 
 
-def check_member(src: Path, info: zipfile.ZipInfo) -> None:
-    """A zip member's declared sizes before it is inflated: a compression ratio above MAX_COMPRESSION_RATIO
-    (no MovieLens release comes near it: a zip bomb does) or more bytes than the memory available are refused."""
-    ratio = info.file_size / max(info.compress_size, 1)
+def member_extents(archive: zipfile.ZipFile, file_size: int) -> dict[int, int]:
+    """Bytes each member really occupies in the zip file (header offset -> bytes up to the next member's header
+    or the central directory): its compressed data can be no larger, whatever its header declares."""
+    starts = sorted({info.header_offset for info in archive.infolist()})
+    end = min(getattr(archive, "start_dir", file_size), file_size)
+    limits = starts[1:] + [end]
+    return {start: max(0, min(limit, file_size) - start) for start, limit in zip(starts, limits)}
+
+
+def check_member(src: Path, info: zipfile.ZipInfo, extent: int | None = None) -> None:
+    """A zip member's sizes before it is inflated: a compression ratio above MAX_COMPRESSION_RATIO (no MovieLens
+    release comes near it: a zip bomb does), measured against the bytes the member really occupies in the file
+    (`extent`, `member_extents`) and not only its declared compressed size, or more bytes than the memory
+    available are refused."""
+    compressed = info.compress_size if extent is None else min(info.compress_size, extent)
+    ratio = info.file_size / max(compressed, 1)
     if ratio > MAX_COMPRESSION_RATIO:
         raise DataValidationError(
             f"{src}: {info.filename}: expected a compression ratio of at most {MAX_COMPRESSION_RATIO} (MovieLens "
-            f"releases: <= 5), got {ratio:,.0f} ({info.compress_size:,} bytes declaring {info.file_size:,})"
+            f"releases: <= 5), got {ratio:,.0f} ({compressed:,} compressed bytes in the file for "
+            f"{info.file_size:,} declared)"
         )
     _check_size(src, info.filename, info.file_size)
+
+
+def _two_levels(src: Path) -> list[tuple[tuple[str, ...], str]]:
+    """Files of a release folder at depth 1 and 2 only (a release never nests deeper), listed without walking
+    further, following no link out and skipping what cannot be read: src=/ lists two levels, not the disk."""
+    found: list[tuple[tuple[str, ...], str]] = []
+    try:
+        top = sorted(src.iterdir())[:MAX_FOLDER_ENTRIES]
+    except OSError as err:
+        raise DataValidationError(f"{src}: cannot list the folder ({err.strerror or err})") from None
+    for entry in top:
+        try:
+            if _ignored(entry.name) or entry.is_symlink():
+                continue
+            if entry.is_file():
+                found.append(((entry.name,), str(entry)))
+            elif entry.is_dir():
+                for inner in sorted(entry.iterdir())[:MAX_FOLDER_ENTRIES]:
+                    if not _ignored(inner.name) and not inner.is_symlink() and inner.is_file():
+                        found.append(((entry.name, inner.name), str(inner)))
+        except OSError:  # unreadable (permissions): not part of a release
+            continue
+    return found
 
 
 def _check_size(src: Path, name: str, size: int) -> None:
@@ -236,6 +277,19 @@ def load_movielens(src: Path | str) -> RawMovieLens:
     if any(nulls):
         col = ratings.columns[[bool(n) for n in nulls].index(True)]
         raise DataValidationError(f"{rel.src}: ratings column '{col}' has {max(nulls)} empty values, expected numbers")
+    finite = ratings["rating"].is_finite()
+    if not finite.all():
+        row = int(finite.not_().arg_true()[0])
+        raise DataValidationError(f"{rel.src}: ratings row {row + 1}: rating {ratings['rating'][row]}, expected a "
+                                  "finite number")
+    for frame, column, what in ((movies, "title", "movies"), (movies, "genres", "movies"), (tags, "tag", "tags")):
+        if frame is None:
+            continue
+        lengths = frame[column].str.len_chars().fill_null(0)
+        if lengths.len() and int(lengths.max()) > MAX_TEXT_CHARS:  # type: ignore[arg-type]
+            row = int(lengths.arg_max())  # type: ignore[arg-type]
+            raise DataValidationError(f"{rel.src}: {what} row {row + 1}: column '{column}' has "
+                                      f"{int(lengths[row]):,} characters, expected at most {MAX_TEXT_CHARS:,}")
     movies = movies.with_columns(
         pl.col("title").fill_null("").str.strip_chars(),
         pl.col("genres").fill_null("").str.split("|").list.eval(
