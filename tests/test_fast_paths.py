@@ -289,7 +289,8 @@ def test_fast_paths_of_the_new_networks():
     alpha = QIN(tags, mm, num_tags, embedding_dim=4, mm_projection_dim=4,
                 interaction=functools.partial(QuadraticAlphaNetwork, field_dim=4, num_heads=2)).double()
     winner = TransformerDCN(tags, mm, num_tags, embedding_dim=4, mm_projection_dim=4, feedforward_dim=8,
-                            first_k_cols=3, dnn_units=[8], head_units=[4], cross_rank=4).double()
+                            first_k_cols=3, dnn_units=[8], head_units=[4], cross_rank=4,
+                            history_mask="history").double()  # the span form exists for this mask only
     assert fast_path_state(alpha) == {"fast": True, "items.fast": True, "attention.fast": True}
     assert fast_path_state(winner) == {"items.fast": True, "transformer.fast": True}
     batch = tiny_batch()  # history spans 7, 3, 1, 0 (keeps 1), 5, 2: three span buckets

@@ -56,8 +56,8 @@ def test_shapes_empty_history_and_gradients() -> None:
 
 
 def test_masking_rules() -> None:
-    """Padding outputs are zero; an empty history keeps its last position ([0 | target]) as the published code."""
-    model = tiny_winner().eval()
+    """history_mask=history: padding outputs are zero; an empty history keeps its last position ([0 | target])."""
+    model = tiny_winner(history_mask="history").eval()
     item_seq, item_id, likes, views = tiny_batch()
     vectors = model.items(torch.cat([item_seq, item_id.unsqueeze(1)], 1))
     with torch.no_grad():
@@ -71,8 +71,9 @@ def test_masking_rules() -> None:
 
 @pytest.mark.parametrize("extra", [9, 0])
 def test_more_left_padding_changes_nothing(extra: int) -> None:
-    """Left padding is invisible, also when the history is shorter than first_k_cols (zeros fill the window)."""
-    model = tiny_winner(first_k_cols=10).eval()
+    """history_mask=history: left padding is invisible, also when the history is shorter than first_k_cols (zeros
+    fill the window)."""
+    model = tiny_winner(first_k_cols=10, history_mask="history").eval()
     item_seq, item_id, likes, views = tiny_batch()  # S = 7 < k = 10
     longer = torch.cat([torch.zeros(6, 9 + extra, dtype=torch.long), item_seq], dim=1)
     with torch.no_grad():
@@ -98,7 +99,7 @@ def test_transformer_on_each_span_is_the_dense_grid(train: bool) -> None:
     torch.manual_seed(0)
     fast = TransformerDCN(tags, mm, num_tags, embedding_dim=4, mm_projection_dim=4, feedforward_dim=16,
                           first_k_cols=5, dnn_units=[16], head_units=[8], transformer_dropout=0.0,
-                          dnn_dropout=0.0).double()
+                          dnn_dropout=0.0, history_mask="history").double()  # the span form: this mask only
     dense = copy.deepcopy(fast)
     dense.transformer.fast = False
     item_seq = random_histories(40, 23, tags.shape[0], seed=1)  # S = 23: buckets (11, 23], (5, 11], ..., (0, 1]

@@ -19,7 +19,8 @@ def winner_pair(dropout: float, num_heads: int) -> tuple[TransformerDCN, Transfo
     torch.manual_seed(0)
     fast = TransformerDCN(tags, mm, num_tags, embedding_dim=4, mm_projection_dim=4, feedforward_dim=16,
                           num_heads=num_heads, first_k_cols=5, cross_rank=3, dnn_units=[16], head_units=[8],
-                          transformer_dropout=dropout, dnn_dropout=dropout).double().train()
+                          transformer_dropout=dropout, dnn_dropout=dropout,
+                          history_mask="history").double().train()  # the span form exists for this mask only
     literal = copy.deepcopy(fast)
     literal.transformer.fast = False  # nn.TransformerEncoder's forward on the whole (B, S) grid
     return fast, literal

@@ -10,15 +10,22 @@ The winners' Transformer_DCN on FuxiCTR 2.3.7 (tech report arXiv 2505.03543):
     cross: x_{l+1} = x_0 * (W_l x_l + b_l) + x_l (3 layers)  ||  MLP [1024, 512, 256] (ReLU, dropout 0.2)
     logit = MLP [64, 32] (ReLU) -> Linear(32, 1) on [cross | MLP]            (B, 9344) -> (B,)
 
-An all-padding history keeps its last position unmasked (the published code does this so attention has a
-key): that position's output is kept, not zeroed. 267,898,881 parameters with the MicroLens vocabulary.
+`history_mask` (default `published`, the winners' code): their data loader's mask is 1 at a history item and
+their Transformer passes it as `src_key_padding_mask` (True = ignore), so attention masks the history items and
+attends to the padding positions, the outputs at the history items are zeroed and the max-pool runs over the
+padding positions; a full history keeps its last position (their `adjust_mask` unmasks the last position of a
+row whose mask is all ones). The history items therefore never reach the output except the last one of a full
+history; what does is the target, the padding item's vector and how many of the last `first_k_cols` positions
+are padding (experiments/peer/README.md has the probe). `history`: the mask the code's comments intend (padding
+masked, history attended; an all-padding history keeps its last position unmasked so attention has a key).
+267,898,881 parameters with the MicroLens vocabulary (either mask).
 Shrink options (faithful defaults): `first_k_cols`, `cross_rank` (DCN-V2's low-rank U (V^T x) form),
 `transformer_layers` / `feedforward_dim` / `num_heads` (the width d_model = 2I follows embedding_dim and
 mm_projection_dim). `fast` (exact, on by default): the item encoder's prepared item table at inference
-(models.inference), and on the CPU the transformer run on each row's span of the grid instead of all S positions
-(`SequenceTransformer.encode_by_span`; the dense grid on a GPU, in an ONNX export and under torch.compile), each
-span batch-first with the target's half of the first in-projection once per row (`PairEncoder`; the same dropout
-draws as nn.TransformerEncoder when the spans are the whole grid).
+(models.inference), and with `history_mask=history` on the CPU the transformer run on each row's span of the
+grid instead of all S positions (`SequenceTransformer.encode_by_span`; the dense grid on a GPU, in an ONNX
+export and under torch.compile), each span batch-first with the target's half of the first in-projection once
+per row (`PairEncoder`; the same dropout draws as nn.TransformerEncoder when the spans are the whole grid).
 """
 
 from __future__ import annotations
@@ -100,6 +107,9 @@ class PairEncoder(nn.TransformerEncoder):
         return x
 
 
+HISTORY_MASKS = ("published", "history")
+
+
 class SequenceTransformer(nn.Module):
     """[history item | target] sequence -> last `first_k_cols` outputs flattened + projected masked max-pool."""
 
@@ -112,8 +122,12 @@ class SequenceTransformer(nn.Module):
         dropout: float,
         first_k_cols: int,
         fast: bool = True,
+        history_mask: str = "published",
     ) -> None:
         super().__init__()
+        if history_mask not in HISTORY_MASKS:
+            raise ConfigError(f"model.net.history_mask: {history_mask!r}, expected one of {', '.join(HISTORY_MASKS)}")
+        self.history_mask = history_mask  # published: the winners' code masks the history items (module docstring)
         self.fast = fast  # encode rows grouped by history span (exact); False: the dense (B, S) grid
         width = 2 * item_dim
         if first_k_cols < 1 or width % num_heads:
@@ -138,9 +152,13 @@ class SequenceTransformer(nn.Module):
         s = history.shape[1]
         sequence = torch.cat([history, target.unsqueeze(1).expand(-1, s, -1)], dim=-1)  # (B, S, 2I)
         last = torch.arange(s, device=mask.device) == s - 1  # (S,)
-        padding = ~mask & ~(last & ~mask.any(1, keepdim=True))  # (B, S): an empty history keeps its last position
+        if self.history_mask == "published":  # their loader's mask (True = history item) as the key-padding mask
+            padding = mask & ~(last & mask.all(1, keepdim=True))  # (B, S): a full history keeps its last position
+        else:
+            padding = ~mask & ~(last & ~mask.any(1, keepdim=True))  # (B, S): an empty history keeps its last position
         tracing = torch.jit.is_tracing() or torch.compiler.is_compiling()  # ONNX export traces: the dense grid
-        if self.fast and not history.is_cuda and not tracing:
+        spans = self.history_mask == "history"  # the kept positions are each row's suffix only in this form
+        if self.fast and spans and not history.is_cuda and not tracing:
             z = self.encode_by_span(sequence, padding, target)  # (B, S, 2I), zeros before each row's first kept
         else:
             z = self.encoder(sequence, src_key_padding_mask=padding)  # (B, S, 2I)
@@ -206,13 +224,15 @@ class TransformerDCN(nn.Module):
         dnn_dropout: float = 0.2,
         head_units: list[int] = [64, 32],  # noqa: B006
         fast: bool = True,
+        history_mask: str = "published",
     ) -> None:
         super().__init__()
         self.items = ItemEncoder(item_tags, item_mm, num_tags, embedding_dim, mm_projection_dim, fast)
         self.likes_embedding, self.views_embedding = level_embeddings(num_levels, embedding_dim)
         item_dim = self.items.out_dim  # I = 2E + P (256)
         self.transformer = SequenceTransformer(
-            item_dim, transformer_layers, num_heads, feedforward_dim, transformer_dropout, first_k_cols, fast
+            item_dim, transformer_layers, num_heads, feedforward_dim, transformer_dropout, first_k_cols, fast,
+            history_mask,
         )
         dcn_dim = 2 * embedding_dim + item_dim + self.transformer.out_dim  # 9,088
         self.cross = CrossNetV2(dcn_dim, cross_layers, cross_rank)
