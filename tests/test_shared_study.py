@@ -1,6 +1,6 @@
 """One Optuna study shared by several workers on a real database: SQLite (one host) and a PostgreSQL server that
 the test starts (pgserver). Each worker is `python -m qin_lightning.train -m hparams_search=qin_optuna` with the
-same storage URL and study name, as README "Scaling out" shows; every trial is a seconds-long tiny run."""
+same storage URL and study name, as docs/sweeps.md shows; every trial is a seconds-long tiny run."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ STUDY = "shared"
 
 
 def start_worker(tmp_path: Path, storage: str, n_trials: int, extra: tuple[str, ...] = ()) -> subprocess.Popen[str]:
-    """One worker of the shared study, as a separate process (the README recipe on a tiny configuration)."""
+    """One worker of the shared study, as a separate process (the docs' recipe on a tiny configuration)."""
     overrides = [o for o in tiny_overrides(tmp_path) if not o.startswith("trainer.max_epochs")]
     # quoted: a URL's `?key=value` is not a plain Hydra override value
     args = ["hparams_search=qin_optuna", f"hydra.sweeper.storage='{storage}'", f"hydra.sweeper.study_name={STUDY}",
@@ -35,7 +35,7 @@ def start_worker(tmp_path: Path, storage: str, n_trials: int, extra: tuple[str, 
 
 
 def create_study(storage: str) -> None:
-    """The study and its tables, created once before the workers start (README "Scaling out"): optuna 2.10's
+    """The study and its tables, created once before the workers start (docs/sweeps.md): optuna 2.10's
     schema set-up is not safe against workers that start together on an empty database."""
     optuna_cli = Path(sys.executable).parent / "optuna"
     proc = subprocess.run([str(optuna_cli), "create-study", "--storage", storage, "--study-name", STUDY,

@@ -1,5 +1,5 @@
 """Untrusted files: checkpoints that cannot run code, vocabularies that cannot explode, runs that survive SIGKILL
-and a full disk (README "Security" and "Reliability")."""
+and a full disk (docs/security.md)."""
 
 from __future__ import annotations
 

@@ -1,10 +1,9 @@
 """Dropout with a choice of mask draw: torch's own (nn.Dropout, the default) or numpy's SFC64 (CPU, in parallel).
 
 On a CPU that is not Intel's, torch draws dropout masks in one thread, one value at a time
-(`bernoulli_scalar_kernel`: its MKL path is taken on Intel CPUs only). At the QNN's sizes that is about 16% of an
-fp32 training step on the project's AMD machine (experiments/bench/step_profile_avx512.txt). The "sfc64" draw
-gives each element the same chance of being kept, from other random numbers, in parallel chunks: 13% off that
-step (experiments/bench/step_profile_avx512_sfc64.txt).
+(`bernoulli_scalar_kernel`: its MKL path is taken on Intel CPUs only), a visible share of an fp32 training step
+at the QNN's sizes. The "sfc64" draw gives each element the same chance of being kept, from other random numbers,
+in parallel chunks. What each costs: experiments/bench/step_profile_avx512.txt and step_profile_avx512_sfc64.txt.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""An Optuna study shared by several workers, read whole (README "Scaling out").
+"""An Optuna study shared by several workers, read whole (docs/sweeps.md).
 
 - ``qin-report --storage URL --study NAME [FOLDER]``: every trial of the study from its database, ranked by the
   objective (best first), then the trials that failed or are still running -> ``FOLDER/study.md``;
