@@ -34,19 +34,16 @@ from pathlib import Path
 from typing import Any, Union
 
 import torch
+from hydra.utils import get_class
 from torch import Tensor, nn
 
+from qin_lightning.config import model_targets
 from qin_lightning.data.datamodule import MMCTRDataModule
 from qin_lightning.data.movielens.source import MovieLensSource
 from qin_lightning.data.synthetic import SyntheticConfig
 from qin_lightning.errors import QinError
 from qin_lightning.machine import cpu_available, creation_budget
-from qin_lightning.models.attention import MeanPooling, TargetAttention
-from qin_lightning.models.din import DIN
 from qin_lightning.models.inference import rename_old_switches
-from qin_lightning.models.interaction import MLP, QuadraticAlphaNetwork, QuadraticNetwork
-from qin_lightning.models.qin import QIN
-from qin_lightning.models.transformer_dcn import TransformerDCN
 
 Plain = Union[dict[str, "Plain"], list["Plain"], str, int, float, bool, None]
 TARGET = "_target_"
@@ -59,9 +56,11 @@ def _names(*classes: type) -> dict[str, type]:
 
 
 # the only classes a stored config may name, per subtree; `*_PARTS` only as a parameter of a `NETWORKS` /
-# `DATA_MODULES` class
-NETWORKS = _names(QIN, DIN, TransformerDCN)
-NETWORK_PARTS = _names(TargetAttention, MeanPooling, QuadraticNetwork, QuadraticAlphaNetwork, MLP)
+# `DATA_MODULES` class. The network classes are the ones the package's own model configs name
+# (conf/model/*.yaml and their attention/interaction parts: qin_lightning.config.model_targets)
+_NETWORK_TARGETS, _PART_TARGETS = model_targets()
+NETWORKS = _names(*map(get_class, _NETWORK_TARGETS))
+NETWORK_PARTS = _names(*map(get_class, _PART_TARGETS))
 DATA_MODULES = _names(MMCTRDataModule)
 DATA_PARTS = _names(SyntheticConfig, MovieLensSource)
 # classes that moved after checkpoints naming them were written: old name -> current name

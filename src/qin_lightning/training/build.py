@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from qin_lightning import machine
 from qin_lightning.config import instantiate_reporting
 from qin_lightning.errors import ConfigError, expect_int, expect_number, missing_values
+from qin_lightning.models.build import build_network
 from qin_lightning.training.callbacks import with_display_flags
 from qin_lightning.training.checkpoint_io import SafeCheckpointIO
 from qin_lightning.training.memory import check_training_memory, estimate_training_memory, trains_on_gpu
@@ -57,7 +58,7 @@ def build_module(cfg: DictConfig, dm: pl.LightningDataModule) -> CTRModule:
     if cfg.get("memory_check", True):  # before anything is allocated (training.memory)
         memory = estimate_training_memory(cfg.model.net, dm.item_tags, dm.item_mm, dm.num_tags)
         check_training_memory(memory, trains_on_gpu(cfg.trainer.get("accelerator")))
-    net = instantiate_reporting(cfg.model.net, item_tags=dm.item_tags, item_mm=dm.item_mm, num_tags=dm.num_tags)
+    net = build_network(cfg.model.net, dm.item_tags, dm.item_mm, dm.num_tags)
     model_kwargs = {k: v for k, v in cfg.model.items() if k != "net"}
     return instantiate_reporting(OmegaConf.create(model_kwargs), net=net)
 

@@ -19,9 +19,9 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from qin_lightning.config import instantiate_reporting
 from qin_lightning.errors import ConfigError
 from qin_lightning.machine import cpu_available
+from qin_lightning.models.build import build_network
 
 BYTES_PER_PARAMETER = 4 * 4  # fp32 weight + gradient + Adam exp_avg + exp_avg_sq
 
@@ -42,12 +42,8 @@ class TrainingMemory:
 def estimate_training_memory(net_cfg: DictConfig, item_tags: Tensor, item_mm: Tensor, num_tags: int) -> TrainingMemory:
     """Build ``net_cfg`` on the meta device (no storage) and count what training it in fp32 with Adam needs."""
     with torch.device("meta"):
-        net: nn.Module = instantiate_reporting(
-            net_cfg,
-            item_tags=torch.empty(item_tags.shape, dtype=item_tags.dtype),
-            item_mm=torch.empty(item_mm.shape, dtype=item_mm.dtype),
-            num_tags=num_tags,
-        )
+        net: nn.Module = build_network(net_cfg, torch.empty(item_tags.shape, dtype=item_tags.dtype),
+                                       torch.empty(item_mm.shape, dtype=item_mm.dtype), num_tags)
     parameters = sum(p.numel() for p in net.parameters() if p.requires_grad)
     buffers = sum(b.numel() * b.element_size() for b in net.buffers())
     return TrainingMemory(parameters, parameters * BYTES_PER_PARAMETER, buffers)
