@@ -36,14 +36,14 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
 
 def _eval_cfg(ckpt: str, **kw: object):
     base = {"ckpt_path": ckpt, "split": "valid", "output": None, "data": {"root": None, "batch_size": None},
-            "device": "cpu", "threads": 1, "debug": False}
+            "device": "cpu", "threads": 1, "traceback": False}
     base.update(kw)
     return OmegaConf.create(base)
 
 
 def _predict_cfg(ckpt: str, output: Path, **kw: object):
     base = {"ckpt_path": ckpt, "output": str(output), "zip": False, "overwrite": False,
-            "data": {"root": None, "batch_size": None}, "device": "cpu", "threads": 1, "debug": False}
+            "data": {"root": None, "batch_size": None}, "device": "cpu", "threads": 1, "traceback": False}
     base.update(kw)
     return OmegaConf.create(base)
 

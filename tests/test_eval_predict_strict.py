@@ -48,12 +48,12 @@ def _data(root: Path | None) -> dict:
 
 def _eval_cfg(ckpt: str, root: Path | None, split: str, output: Path) -> OmegaConf:
     return OmegaConf.create({"ckpt_path": ckpt, "split": split, "output": str(output), "data": _data(root),
-                             "device": "cpu", "threads": 1, "debug": False})
+                             "device": "cpu", "threads": 1, "traceback": False})
 
 
 def _predict_cfg(ckpt: str, root: Path | None, output: Path) -> OmegaConf:
     return OmegaConf.create({"ckpt_path": ckpt, "output": str(output), "zip": False, "overwrite": False,
-                             "data": _data(root), "device": "cpu", "threads": 1, "debug": False})
+                             "data": _data(root), "device": "cpu", "threads": 1, "traceback": False})
 
 
 def test_test_after_fit_reports_what_eval_reports(trained: tuple[Path, dict], tmp_path: Path) -> None:

@@ -6,7 +6,6 @@ import json
 import logging
 import math
 import os
-import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -100,22 +99,42 @@ def test_plateau_lowers_lr_and_checkpoint_has_config(tmp_path: Path, case: str) 
     assert ckpt["hyper_parameters"]["lr"] == 5e-2
 
 
+# what a normal run must not print: nothing a user can act on (issue 38)
+NOISE = ("reuse_freed_memory", "glibc mallopt", "Trainer already configured with model summary", "litlogger",
+         "GPU available:", "TPU available:", "The anonymous setting has no effect", "BinaryAUROC", "BinaryLogLoss",
+         "\x1b[", "Seed set to")
+
+
 @pytest.mark.parametrize("logger", ["csv", "wandb"])
 def test_cli_end_to_end(tmp_path: Path, logger: str) -> None:
-    """`python -m qin_lightning.train` prints `best val/auc=` last and writes results.json (wandb offline)."""
+    """`python -m qin_lightning.train` prints `best val/auc=` last (train.log ends with it too), writes results.json
+    (wandb offline: with its run id and tags), and says nothing a user cannot act on: with the progress bar and the
+    model summary on, output redirected, the listed notices are absent, the summary lists no metric objects and
+    the progress is one plain line per epoch."""
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path), "PYTHONPATH": str(REPO_ROOT / "src")}
-    args = tiny_overrides(tmp_path) + tiny_model_overrides() + [f"logger={logger}", "trainer.max_epochs=1"]
+    env.pop("WANDB_SILENT", None)  # wandb's own warnings must show if there are any
+    shown = [o for o in tiny_overrides(tmp_path) if not o.startswith(("callbacks.", "trainer.enable_model_summary"))]
+    args = shown + tiny_model_overrides() + [f"logger={logger}", "trainer.max_epochs=1",
+                                             "trainer.log_every_n_steps=1", "tags=[smoke,cli]"]
     proc = subprocess.run([sys.executable, "-m", "qin_lightning.train", *args], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     last = proc.stdout.strip().splitlines()[-1]
-    if platform.libc_ver()[0] == "glibc":  # reuse_freed_memory (on by default) was applied and said so
-        assert "reuse_freed_memory: freed tensor memory stays in the process" in proc.stdout + proc.stderr
     assert last.startswith("best val/auc=") and 0.0 < float(last.split("=")[1]) <= 1.0
+    for noise in NOISE:
+        assert noise not in proc.stdout + proc.stderr, f"{noise!r} in the output:\n{proc.stderr}\n{proc.stdout}"
+    assert "QuadraticNetwork" in proc.stdout  # the model summary is there, without the metrics
+    assert [line for line in proc.stdout.splitlines() if line.startswith("epoch 0/0: 4 steps, train/loss_epoch=")]
     results = list((tmp_path / "logs" / "train" / "runs").rglob("results.json"))
     assert len(results) == 1
+    assert (results[0].parent / "train.log").read_text().strip().splitlines()[-1].endswith(last)
+    record = json.loads(results[0].read_text())
+    assert record["tags"] == ["smoke", "cli"]
     if logger == "wandb":
-        assert list(results[0].parent.rglob("wandb/offline-run-*")), "wandb must run offline into the run folder"
+        (offline,) = results[0].parent.rglob("wandb/offline-run-*")  # offline, into the run folder
+        assert record["wandb_run_id"] and offline.name.endswith(f"-{record['wandb_run_id']}")
+    else:
+        assert record["wandb_run_id"] is None
 
 
 def test_logged_val_auc_matches_fresh_evaluation_of_last_weights(tmp_path: Path) -> None:

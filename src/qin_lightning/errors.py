@@ -91,7 +91,11 @@ def config_error_line(err: BaseException) -> str:
         if group:
             return f"{group}={option}: no such option; {group} is one of {', '.join(sorted(err.options))}"
     if isinstance(err, OverrideParseException):
-        return f"cannot read the command line: {_first_line(str(err))} (each override is key=value)"
+        lines = [line.strip() for line in str(err).splitlines() if line.strip() and not line.startswith("See ")]
+        return f"cannot read the command line: {': '.join(lines[:2])} (each override is key=value)"
+    no_group = re.match(r"Could not override '(.+)'\. No match in the defaults list", str(err))
+    if no_group:
+        return f"{no_group[1]}: this command has no config group '{no_group[1]}' (--help lists what it accepts)"
     cause = err.__cause__
     if isinstance(err, ConfigCompositionException) and isinstance(cause, OmegaConfBaseException):
         unknown = _unknown_key_line(cause)
@@ -115,6 +119,8 @@ def _unknown_key_line(err: OmegaConfBaseException) -> str | None:
     if nearest:
         return f"{full_key}: unknown key; did you mean {prefix}{nearest[0]}?"
     where = f"'{prefix.rstrip('.')}'" if prefix else "the config"
+    if not known:
+        return f"{full_key}: unknown key; {where} has no keys in this config"
     shown = ", ".join(sorted(known)[:20]) + (", ..." if len(known) > 20 else "")
     return f"{full_key}: unknown key; {where} has {shown} (+{full_key}=... adds a new key)"
 

@@ -3,9 +3,10 @@
 Prints and writes AUC, logloss and gAUC of one split; on the test split it also keeps the probabilities in
 ``<output stem>.preds.parquet`` (qin_lightning.predictions: ``prob``, ``user_id``, ``label`` in row order and the
 split's key). The network and the data configuration come from the checkpoint (`qin_config`, written by
-`qin_lightning.train`); only where the data lives (``data.root``) and the batch size (``data.batch_size``) may be overridden. With
-``onnx=<model.onnx>`` the probabilities come from that exported model (qin_lightning.export, e.g. its `--weights
-int8` form) run in onnxruntime instead of the checkpoint's network; the checkpoint still names the data. The
+`qin_lightning.train`); only where the data lives (``data.root``) and the batch size (``data.batch_size``) may be
+overridden. With ``onnx=<model.onnx>`` the probabilities come from that exported model (qin_lightning.export, e.g.
+its `--weights int8` form) run in onnxruntime instead of the checkpoint's network, and the JSON is
+``<model.onnx>.eval_<split>.json`` (never the checkpoint's own); the checkpoint still names the data. The
 data's item tables must be the ones the model was trained with (same rows, same values), else the ids would
 silently mean other items.
 gAUC (group AUC, the MicroLens/FuxiCTR definition): ``qin_lightning.training.metrics.group_auc``.
@@ -23,7 +24,10 @@ from omegaconf import DictConfig
 
 from qin_lightning.config import CONFIG_DIR
 from qin_lightning.data import layout
-from qin_lightning.errors import ConfigError, QinError, run_reporting_errors
+from qin_lightning.errors import (
+    ConfigError, DataValidationError, QinError, expect_device, expect_int, missing_values, run_hydra_reporting_errors,
+    run_reporting_errors,
+)
 from qin_lightning.files import atomic_write_json
 from qin_lightning.machine import set_threads
 from qin_lightning.predictions import predictions_path, split_key, write_predictions
@@ -34,6 +38,7 @@ from qin_lightning.training.metrics import split_metrics
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Metrics of `cfg.split` for `cfg.ckpt_path`; writes them to JSON (atomic) and returns them."""
     started = time.time()
+    check_inference_config(cfg)
     set_threads(cfg.get("threads"))
     split = str(cfg.split)
     if split not in (layout.VALID, layout.TEST):
@@ -58,10 +63,15 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         bad = int(np.flatnonzero(~np.isfinite(probs))[0])
         raise QinError(f"{onnx_model or ckpt}: the model predicts a non-finite probability for {split} row {bad}")
     labels = data.label.numpy()
+    if labels.min() == labels.max():  # AUC compares positives with negatives: undefined, never reported as 0
+        raise DataValidationError(
+            f"{dm.data_dir / layout.FILE_NAMES[split]}: column '{layout.LABEL}' holds only "
+            f"{'positives' if labels[0] == 1 else 'negatives'} ({len(labels):,} rows), expected both classes: AUC "
+            "is undefined on one class"
+        )
     users = data.user_id.numpy()
     metrics = split_metrics(probs, labels, users)
-    scored = onnx_model if onnx_model is not None else ckpt
-    out = Path(str(cfg.output)) if cfg.get("output") else scored.with_name(f"{scored.stem}.eval_{split}.json")
+    out = Path(str(cfg.output)) if cfg.get("output") else default_output(ckpt, onnx_model, split)
     results = {
         **metrics,
         "split": split,
@@ -82,12 +92,36 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     return results
 
 
+def check_inference_config(cfg: DictConfig) -> None:
+    """ConfigError (one line) for a qin-eval / qin-predict config that cannot run: ``ckpt_path`` unset, a
+    ``device``, ``threads`` or ``data.batch_size`` that is not one."""
+    missing_values(cfg)
+    expect_device(str(cfg.get("device", "auto")))
+    expect_int(cfg, "threads", nullable=True)
+    expect_int(cfg, "data.batch_size", nullable=True)
+
+
+def default_output(ckpt: Path, onnx_model: Path | None, split: str) -> Path:
+    """Where an evaluation is written without ``output=``: ``<checkpoint stem>.eval_<split>.json`` beside the
+    checkpoint, ``<model>.onnx.eval_<split>.json`` beside an ONNX model (its own name even when the ONNX file is
+    named like the checkpoint, so it never replaces the checkpoint's evaluation)."""
+    if onnx_model is not None:
+        return onnx_model.with_name(f"{onnx_model.name}.eval_{split}.json")
+    return ckpt.with_name(f"{ckpt.stem}.eval_{split}.json")
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="eval")
-def main(cfg: DictConfig) -> None:
-    r = run_reporting_errors(lambda: evaluate(cfg), debug=bool(cfg.get("debug")))
+def run_evaluation(cfg: DictConfig) -> None:
+    """The Hydra task: evaluate, print where the JSON went and the metrics."""
+    r = run_reporting_errors(lambda: evaluate(cfg), show_traceback=bool(cfg.get("traceback")))
     print(f"wrote {r['output']}")
     print(f"{r['split']}: rows={r['rows']} auc={r['auc']:.6f} logloss={r['logloss']:.6f} gauc={r['gauc']:.6f}",
           flush=True)
+
+
+def main() -> None:
+    """``python -m qin_lightning.eval`` / ``qin-eval``: every user error, Hydra's included, is one line, exit 2."""
+    run_hydra_reporting_errors(run_evaluation)
 
 
 if __name__ == "__main__":

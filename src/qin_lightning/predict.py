@@ -22,7 +22,8 @@ from omegaconf import DictConfig
 
 from qin_lightning.config import CONFIG_DIR
 from qin_lightning.data import layout
-from qin_lightning.errors import ConfigError, QinError, run_reporting_errors
+from qin_lightning.errors import ConfigError, QinError, run_hydra_reporting_errors, run_reporting_errors
+from qin_lightning.eval import check_inference_config
 from qin_lightning.files import atomic_writer
 from qin_lightning.machine import set_threads
 from qin_lightning.serving.scorer import exported_session, load_for_inference, scored_batches
@@ -44,6 +45,7 @@ def check_outputs(outputs: list[Path], overwrite: bool) -> None:
 
 def predict(cfg: DictConfig) -> dict[str, Any]:
     """Write the submission CSV (and zip); returns {"output", "zip", "rows"}."""
+    check_inference_config(cfg)
     set_threads(cfg.get("threads"))
     out = Path(str(cfg.output)).expanduser()
     if out.suffix.lower() != ".csv":
@@ -77,9 +79,16 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="predict")
-def main(cfg: DictConfig) -> None:
-    r = run_reporting_errors(lambda: predict(cfg), debug=bool(cfg.get("debug")))
+def run_prediction(cfg: DictConfig) -> None:
+    """The Hydra task: write the submission and say where."""
+    r = run_reporting_errors(lambda: predict(cfg), show_traceback=bool(cfg.get("traceback")))
     print(f"wrote {r['rows']} predictions to {r['output']}" + (f" and {r['zip']}" if r["zip"] else ""), flush=True)
+
+
+def main() -> None:
+    """``python -m qin_lightning.predict`` / ``qin-predict``: every user error, Hydra's included, is one line,
+    exit status 2."""
+    run_hydra_reporting_errors(run_prediction)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ written under ``<log_dir>/debug/``.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import sys
 import time
@@ -56,7 +57,7 @@ from qin_lightning.training.results import (
     completed_record, output_dir, record_failure, resume_command, run_folder_name, sweep_name,
 )
 from qin_lightning.training.timing import EpochTiming
-from qin_lightning.training.tracking import finish_wandb, start_wandb
+from qin_lightning.training.tracking import finish_wandb, start_wandb, wandb_run_id
 
 log = logging.getLogger("qin_lightning.train")
 # the lines that end a run (`run folder: ...`, `best val/auc=...`): printed, and written last into train.log
@@ -132,9 +133,9 @@ def _set_up(cfg: DictConfig) -> PreparedRun:
                                    EpochTiming()]
     loggers: list[Logger] = instantiate_list(cfg.get("logger"))
     trainer = build_trainer(cfg, callbacks, loggers)
+    start_wandb(loggers)
     for lg in loggers:
         lg.log_hyperparams(resolved)  # type: ignore[arg-type]
-    start_wandb(loggers)
 
     ckpt_cb = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint) and c.monitor), None)
     ckpt_dir = Path(ckpt_cb.dirpath) if ckpt_cb is not None and ckpt_cb.dirpath else out_dir / "checkpoints"
@@ -161,7 +162,7 @@ def _finish(cfg: DictConfig, run: PreparedRun, started: float) -> dict[str, Any]
         test_metrics = _score_test_split(module.net, dm, out_dir)
 
     results = completed_record(cfg, dm, module, trainer, run.stop.outcome(), best_path, test_metrics,
-                               time.time() - started, loggers)
+                               time.time() - started, wandb_run_id(loggers))
     if trainer.is_global_zero:
         atomic_write_json(out_dir / "results.json", results)
     finish_wandb(loggers, results)
@@ -227,6 +228,8 @@ def run_training(cfg: DictConfig) -> float | None:
 def main() -> float | None:
     """``python -m qin_lightning.train`` / ``qin-train``: Hydra's composition errors and the run's user errors
     end as one ``error:`` line with exit status 2 (``traceback=true``: the traceback)."""
+    if not sys.stderr.isatty():  # Optuna's log lines (colorlog) carry no colour codes into a file or a pipe
+        os.environ.setdefault("NO_COLOR", "1")
     return run_hydra_reporting_errors(run_training)
 
 

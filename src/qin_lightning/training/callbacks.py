@@ -3,8 +3,13 @@
 - ``StopReason`` (always added by ``qin_lightning.train``): one log line when the learning rate is reduced, one
   when training ends (early stopping, the epoch cap or ``trainer.max_time``), and ``stop_reason`` /
   ``stopped_epoch`` for ``results.json``.
-- ``ParameterSummary``: Lightning's Rich model summary without its FLOPs column, which reads 0 for a module
-  whose forward takes a batch object (Lightning counts FLOPs only through ``example_input_array``).
+- ``ParameterSummary``: Lightning's Rich model summary of the model's layers, without the torchmetrics objects
+  (0-parameter rows) and without its FLOPs column, which reads 0 for a module whose forward takes a batch object
+  (Lightning counts FLOPs only through ``example_input_array``).
+- ``progress_bar``: Rich's progress bar on a terminal; ``LineProgressBar`` (one plain line per epoch) when the
+  output goes to a file or a pipe, where Rich's live bar would wrap one metric per line.
+- ``quiet_lightning_notices``: drops Lightning's notices a user cannot act on (GPU/TPU availability, the litlogger
+  tip, "Trainer already configured with model summary callbacks", its own stop line: ``StopReason`` logs why).
 - ``with_display_flags``: the Trainer's callbacks plus ``enable_progress_bar`` / ``enable_model_summary``, so
   ``callbacks.progress_bar=null`` and ``callbacks.model_summary=null`` really remove them (Lightning would
   otherwise add its default Rich versions back).
@@ -13,13 +18,97 @@
 from __future__ import annotations
 
 import logging
+import sys
+import time
 from typing import Any
 
 import lightning.pytorch as pl
-from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelSummary, ProgressBar, RichModelSummary, Timer
+from lightning.pytorch.callbacks import (
+    Callback, EarlyStopping, ModelSummary, ProgressBar, RichModelSummary, RichProgressBar, Timer,
+)
+from lightning.fabric.utilities.data import _set_sampler_epoch
+from lightning.pytorch.utilities.model_summary import ModelSummary as LayerSummary
 from lightning.pytorch.utilities.model_summary import get_human_readable_count
+from torch import nn
+from torchmetrics import Metric
 
 log = logging.getLogger("qin_lightning.train")
+
+# Lightning's info lines that tell a user nothing to act on (logged through its rank_zero logger)
+LIGHTNING_NOTICES = ("GPU available:", "TPU available:", "HPU available:", "\U0001f4a1 Tip:",
+                     "Trainer already configured with model summary", "`Trainer.fit` stopped:")
+
+
+class _DropNotices(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.getMessage()).startswith(LIGHTNING_NOTICES)
+
+
+def quiet_lightning_notices() -> None:
+    """Drop ``LIGHTNING_NOTICES`` from Lightning's log (its warnings and every other line stay)."""
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropNotices) for f in logger.filters):
+            logger.addFilter(_DropNotices())
+
+
+def progress_bar() -> ProgressBar:
+    """Rich's live progress bar when stdout is a terminal, else ``LineProgressBar`` (plain lines in a file)."""
+    return RichProgressBar() if sys.stdout.isatty() else LineProgressBar()
+
+
+class LineProgressBar(ProgressBar):
+    """One plain-text line per epoch on stdout (for output redirected to a file or a pipe): the epoch, its steps,
+    the epoch's metrics and its seconds, e.g. ``epoch 3/100: 30 steps, train/loss_epoch=0.512, val/auc=0.7312,
+    val/logloss=0.4700 (12.3 s)``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._enabled = True
+        self._epoch_started = 0.0
+
+    def disable(self) -> None:
+        self._enabled = False
+
+    def enable(self) -> None:
+        self._enabled = True
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._epoch_started = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self._enabled or not trainer.is_global_zero:
+            return
+        metrics = {k: v for k, v in self.get_metrics(trainer, pl_module).items()
+                   if k != "v_num" and not k.endswith("_step")}  # the epoch's values, not its last step's
+        shown = ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(metrics.items()))
+        seconds = time.perf_counter() - self._epoch_started
+        last = trainer.max_epochs - 1 if trainer.max_epochs is not None and trainer.max_epochs > 0 else "?"
+        print(f"epoch {trainer.current_epoch}/{last}: {trainer.global_step} steps"
+              f"{', ' + shown if shown else ''} ({seconds:.1f} s)", flush=True)
+
+
+class SameBatchesEveryEpoch(Callback):
+    """``debug=overfit``: every epoch draws epoch 0's batch order (the training sampler shuffles by seed + epoch),
+    so with ``trainer.limit_train_batches=N`` the model sees the same N batches again and again. Lightning's own
+    ``overfit_batches`` cannot swap our sampler (it replaces a plain DataLoader's)."""
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        _set_sampler_epoch(trainer.train_dataloader, 0)  # after Lightning set this epoch's, before a batch is drawn
+
+
+class _LayersOnly(LayerSummary):
+    """Lightning's layer summary without torchmetrics objects (state, no parameters: not part of the model)."""
+
+    @property
+    def named_modules(self) -> list[tuple[str, nn.Module]]:
+        return [(name, m) for name, m in super().named_modules if not isinstance(m, Metric)]
+
+    @property
+    def total_training_modes(self) -> dict[str, int]:
+        modes = [m.training for m in self._model.modules() if not isinstance(m, Metric)][1:]  # without the root
+        return {"train": modes.count(True), "eval": modes.count(False)}
+
 
 # the values of results.json's `stop_reason`
 STOP_REASONS = ("early_stopping", "max_epochs", "max_time", "interrupted", "failed")
@@ -95,7 +184,11 @@ class StopReason(Callback):
 
 
 class ParameterSummary(RichModelSummary):
-    """The Rich model summary (name, type, parameters, mode per layer; totals) without a FLOPs column."""
+    """The Rich model summary (name, type, parameters, mode per layer; totals) of the model's layers (no metric
+    objects), without a FLOPs column."""
+
+    def _summary(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> LayerSummary:
+        return _LayersOnly(pl_module, max_depth=self._max_depth)
 
     @staticmethod
     def summarize(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -38,26 +39,56 @@ def sweep_name() -> str | None:
 
 
 # a job folder's name: at most this many characters after ``<job number>_``
-RUN_FOLDER_CHARS = 80
+RUN_FOLDER_CHARS = 100
 _OVERRIDE_START = re.compile(r",(?=[+~]*[\w./@-]+=)")  # the commas that start another key=value
+_SWEEP_FUNCTIONS = ("range(", "choice(", "glob(", "interval(", "tag(")
 
 
-def run_folder_name(override_dirname: str, fallback: str) -> str:
+def _is_sweep(value: str) -> bool:
+    """Whether an override value sweeps (``a,b``, ``range(...)``, ``choice(...)``...), not one value."""
+    if value.startswith(_SWEEP_FUNCTIONS):
+        return True
+    depth, quote = 0, ""
+    for ch in value:
+        if quote:
+            quote = "" if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "[{(":
+            depth += 1
+        elif ch in "]})":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            return True
+    return False
+
+
+def swept_keys(argv: list[str], sweeper_params: Any = None) -> set[str]:
+    """The keys a multirun sweeps: command-line overrides with a sweep value, and ``hydra.sweeper.params``."""
+    keys = {arg.split("=", 1)[0].lstrip("+~") for arg in argv
+            if "=" in arg and not arg.startswith("-") and _is_sweep(arg.split("=", 1)[1])}
+    return keys | {str(k).lstrip("+~") for k in (sweeper_params or {})}
+
+
+def run_folder_name(override_dirname: str, fallback: str, sweeper_params: Any = None) -> str:
     """A multirun job folder's name from Hydra's ``hydra.job.override_dirname`` (``key=value`` items joined by
-    commas): each key shortened to its last part (``model/attention=softmax`` -> ``attention=softmax``,
+    commas): only the swept keys where they are known (``swept_keys``: the command line of this process and
+    ``hydra.sweeper.params``), each shortened to its last part (``model/attention=softmax`` -> ``attention=softmax``,
     ``model.net.interaction.dropout=0.1`` -> ``dropout=0.1``), long floats to 4 significant digits, characters that
     do not belong in a folder name replaced, at most ``RUN_FOLDER_CHARS`` characters; ``fallback`` when empty."""
-    items = []
-    for item in _OVERRIDE_START.split(str(override_dirname)) if override_dirname else []:
-        key, sep, value = item.partition("=")
+    items = [item.partition("=") for item in _OVERRIDE_START.split(str(override_dirname or "")) if item]
+    swept = swept_keys(sys.argv[1:], sweeper_params)
+    if any(key.lstrip("+~") in swept for key, _, _ in items):
+        items = [(key, sep, value) for key, sep, value in items if key.lstrip("+~") in swept]
+    named = []
+    for key, sep, value in items:
         short_key = re.split(r"[./]", key.lstrip("+~"))[-1]
         try:
-            number = float(value)
-            value = f"{number:.4g}" if len(value) > 7 and "." in value else value
+            value = f"{float(value):.4g}" if len(value) > 7 and "." in value else value
         except ValueError:
             pass
-        items.append(f"{short_key}{sep}{value}")
-    name = re.sub(r"[^\w.,=+-]+", "-", ",".join(items)).strip("-")
+        named.append(f"{short_key}{sep}{value}")
+    name = re.sub(r"[^\w.,=+-]+", "-", ",".join(named)).strip("-")
     return name[:RUN_FOLDER_CHARS] or str(fallback)
 
 

@@ -31,9 +31,19 @@ def wandb_loggers(loggers: list[Logger]) -> list[WandbLogger]:
     return [lg for lg in loggers if isinstance(lg, WandbLogger)]
 
 
+def wandb_run_id(loggers: list[Logger]) -> str | None:
+    """The wandb run's id (its offline folder is ``<run folder>/wandb/offline-run-<time>-<id>``), None without
+    ``logger=wandb``."""
+    found = wandb_loggers(loggers)
+    return str(found[0].version) if found and found[0].version is not None else None
+
+
 def start_wandb(loggers: list[Logger]) -> None:
-    """Summarise ``val/auc`` by its maximum (the resolved config and tags are logged by ``train``)."""
+    """Start the run and summarise ``val/auc`` by its maximum (the resolved config and tags are logged by
+    ``train`` after this). Lightning passes wandb ``anonymous=None``, which wandb answers with a warning that the
+    setting has no effect: it is left out."""
     for lg in wandb_loggers(loggers):
+        lg._wandb_init.pop("anonymous", None)  # before lg.experiment starts the run
         if rank_zero_only.rank == 0:
             # same x axis as every other metric (WandbLogger defines `*` against trainer/global_step)
             lg.experiment.define_metric("val/auc", step_metric="trainer/global_step", summary="max")
