@@ -26,7 +26,7 @@ WITH_HELP = ["bench/int8_accuracy.py", "bench/memory_reuse.py", "bench/onnx_late
              "bench/whole_run.py", "bench/converged_profile.py", "bench/converged_epochs.py", "bench/compile_check.py",
              "peer/side_by_side.py",
              "peer/their_run.py",
-             "converged/stats_speed.py", "converged/sweep.py", "converged/table.py", "movielens/plan_cost.py",
+             "converged/stats_speed.py", "converged/table.py", "movielens/plan_cost.py",
              "precision/table.py",
              "scale/measure_load.py"]
 

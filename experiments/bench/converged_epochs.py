@@ -24,12 +24,11 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "src"))
-sys.path.insert(0, str(REPO / "experiments" / "converged"))
 
 from qin_lightning.errors import ConfigError  # noqa: E402
 from qin_lightning.files import atomic_write_json  # noqa: E402
 from qin_lightning.machine import machine  # noqa: E402
-from sweep import Job, load_plan, select  # noqa: E402
+from qin_lightning.training.plan import Job, plan_jobs  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -75,8 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.epochs < 1:
         raise ConfigError(f"--epochs: {args.epochs}, expected a positive integer")
     names = args.experiments.split(",")
-    _, jobs, _ = load_plan(args.plan, None)
-    chosen = {job.experiment: job for job in select(jobs, args.experiments, None) if job.seed == jobs[0].seed}
+    jobs = plan_jobs(args.plan, Path(tempfile.gettempdir()))  # run folders unused: each trains in a temporary one
+    chosen = {job.experiment: job for job in jobs if job.experiment in names and job.seed == jobs[0].seed}
     missing = [name for name in names if name not in chosen]
     if missing:
         raise ConfigError(f"--experiments: {', '.join(missing)} not in {args.plan}")

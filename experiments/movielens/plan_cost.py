@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     m = sub.add_parser("measure", help="time one epoch of some experiments of each plan")
-    m.add_argument("plans", nargs="+", type=Path, help="plan YAML files (experiments/converged/sweep.py format)")
+    m.add_argument("plans", nargs="+", type=Path, help="plan YAML files (the plan sweeper's: qin_lightning.training.plan)")
     m.add_argument("--experiments", default="qin,din,transformer_dcn", help="comma-separated experiments to time")
     m.add_argument("--out", type=Path, default=HERE / "plan_cost.json", help="the record (JSON), updated in place")
     m.add_argument("--converge", action="store_true", help="run the experiments to early stopping (epochs kept)")

@@ -6,10 +6,10 @@ seed spread, on the default synthetic data and on MovieLens.
 The runs come from the converged sweeps, each trained to early stopping, the bf16 side with the same protocol
 and seeds as its fp32 side plus `trainer=cpu_bf16`:
 
-    python experiments/converged/sweep.py experiments/converged/synthetic_fp32_avx512.yaml --jobs 2   # 5 seeds
-    python experiments/converged/sweep.py experiments/converged/synthetic_bf16.yaml --jobs 2          # 5 seeds
-    python experiments/converged/sweep.py experiments/movielens/converged_rating_100k_bf16.yaml --jobs 2
-    python experiments/converged/sweep.py experiments/movielens/converged_bf16.yaml --jobs 2          # 3 seeds
+    python -m qin_lightning.train -m hydra/sweeper=plan hydra.sweeper.plan=experiments/converged/synthetic_fp32_avx512.yaml hydra/launcher=submitit_local hydra.sweeper.max_batch_size=2   # 5 seeds
+    python -m qin_lightning.train -m hydra/sweeper=plan hydra.sweeper.plan=experiments/converged/synthetic_bf16.yaml hydra/launcher=submitit_local hydra.sweeper.max_batch_size=2          # 5 seeds
+    python -m qin_lightning.train -m hydra/sweeper=plan hydra.sweeper.plan=experiments/movielens/converged_rating_100k_bf16.yaml hydra/launcher=submitit_local hydra.sweeper.max_batch_size=2
+    python -m qin_lightning.train -m hydra/sweeper=plan hydra.sweeper.plan=experiments/movielens/converged_bf16.yaml hydra/launcher=submitit_local hydra.sweeper.max_batch_size=2          # 3 seeds
 
 The fp32 sides: the fp32 twin on the bf16 machine (`synthetic_fp32_avx512.yaml`), the `qin` row of
 `experiments/movielens/converged_rating_100k.yaml` (real labels, per-user time split; same machine), and for
