@@ -27,7 +27,7 @@ WITH_HELP = ["bench/int8_accuracy.py", "bench/memory_reuse.py", "bench/onnx_late
              "peer/side_by_side.py",
              "peer/their_run.py",
              "converged/stats_speed.py", "converged/table.py", "movielens/plan_cost.py",
-             "precision/table.py",
+             "precision/table.py", "migrate_predictions.py",
              "scale/measure_load.py"]
 
 

@@ -36,9 +36,12 @@ def _split(data_dir: str) -> tuple[np.ndarray, np.ndarray]:
 def test_training_keeps_the_test_predictions_it_was_scored_on(trained: tuple[Path, dict]) -> None:
     run, results = trained
     users, labels = _split(results["data_dir"])
-    probs = read_predictions(run / TEST_PREDICTIONS, len(labels))
-    assert pq.read_schema(run / TEST_PREDICTIONS).names == ["prob"] and probs.dtype == np.float32
-    recomputed = split_metrics(probs, labels, users)
+    kept = read_predictions(run / TEST_PREDICTIONS)
+    assert pq.read_schema(run / TEST_PREDICTIONS).names == ["prob", "user_id", "label"]
+    assert kept.probs.dtype == np.float32 and np.array_equal(kept.users, users)
+    assert np.array_equal(kept.labels, labels.astype(bool))
+    assert kept.split == f"{Path(results['data_dir']).name}/test"  # the generator's fingerprint and the split
+    recomputed = split_metrics(kept.probs, labels, users)
     assert recomputed["auc"] == results["test_auc"]  # exactly: the metrics came from these probabilities
     assert recomputed["logloss"] == results["test_logloss"] and recomputed["gauc"] == results["test_gauc"]
 
@@ -52,7 +55,9 @@ def test_eval_on_the_test_split_keeps_its_predictions(trained: tuple[Path, dict]
     kept = tmp_path / "eval_test.preds.parquet"
     assert evaluated["predictions"] == str(kept)
     users, labels = _split(evaluated["data_dir"])
-    assert split_metrics(read_predictions(kept, len(labels)), labels, users)["auc"] == evaluated["auc"]
+    predictions = read_predictions(kept)
+    assert np.array_equal(predictions.users, users) and np.array_equal(predictions.labels, labels.astype(bool))
+    assert split_metrics(predictions.probs, labels, users)["auc"] == evaluated["auc"]
     assert evaluated["auc"] == results["test_auc"]  # training's test scoring is the same scorer
 
 
@@ -60,26 +65,44 @@ def test_predictions_path_and_strict_reading(tmp_path: Path) -> None:
     assert predictions_path(tmp_path / "eval_test.json") == tmp_path / "eval_test.preds.parquet"
     assert predictions_path("x/ckpt.eval_test.json") == Path("x/ckpt.eval_test.preds.parquet")
     path = tmp_path / "p.preds.parquet"
-    write_predictions(path, np.array([0.1, 0.9], dtype=np.float64))
-    assert read_predictions(path, 2).tolist() == pytest.approx([0.1, 0.9])
-    with pytest.raises(QinError, match=r"p.preds.parquet: column 'prob': expected 3 rows \(the test split's\), got 2"):
-        read_predictions(path, 3)
-    pq.write_table(pa.table({"prob": pa.array([0.5], pa.float64())}), path)
-    with pytest.raises(QinError, match=r"expected exactly one column 'prob' \(float32\), got prob: double"):
-        read_predictions(path, 1)
-    write_predictions(path, np.array([0.5, 1.5]))
+    users, labels = np.array([7, 9]), np.array([0, 1])
+    write_predictions(path, np.array([0.1, 0.9], dtype=np.float64), users, labels, "data-x/test")
+    kept = read_predictions(path)
+    assert kept.probs.tolist() == pytest.approx([0.1, 0.9]) and kept.users.tolist() == [7, 9]
+    assert kept.labels.tolist() == [False, True] and kept.split == "data-x/test"
+    pq.write_table(pa.table({"prob": pa.array([0.5], pa.float32())}), path)  # the format before migration
+    with pytest.raises(QinError, match=r"expected the columns prob: float, user_id: int64, label: int8, got prob: "
+                                       r"float \(a record from before .* experiments/migrate_predictions.py\)"):
+        read_predictions(path)
+    write_predictions(path, np.array([0.5, 1.5]), users, labels, "data-x/test")
     with pytest.raises(QinError, match=r"column 'prob', row 1: expected a probability in \[0, 1\], got 1.5"):
-        read_predictions(path, 2)
+        read_predictions(path)
+    table = pq.read_table(path)
+    edited = table.set_column(1, "user_id", pa.array([7, 8], pa.int64())).replace_schema_metadata(
+        table.schema.metadata)
+    pq.write_table(edited.set_column(0, "prob", pa.array([0.5, 0.5], pa.float32())), path)
+    with pytest.raises(QinError, match=r"do not match their digest"):
+        read_predictions(path)
+    pq.write_table(table.replace_schema_metadata({}), path)
+    with pytest.raises(QinError, match=r"schema metadata: expected 'qin.split' and 'qin.rows'"):
+        read_predictions(path)
 
 
 def test_qin_report_pairs_two_trained_runs_over_users(trained: tuple[Path, dict]) -> None:
     """End to end: a second run (softmax attention, same seed and data) beside the first; qin-report finds both
-    kept prediction files and the data's test split, and computes the paired bootstrap over users and seeds."""
+    kept prediction files and computes the paired bootstrap over users and seeds from them alone: the data
+    folder is moved away first."""
     run, results = trained
     sweep = run.parent
     overrides = tiny_overrides(sweep) + tiny_model_overrides() + ["+experiment=ablation_softmax", "test_after_fit=true"]
     train(compose_train(overrides, sweep / "softmax"))
-    write_report(sweep)
+    data_dir = Path(results["data_dir"])
+    away = data_dir.with_name(data_dir.name + ".away")
+    data_dir.rename(away)
+    try:
+        write_report(sweep)
+    finally:
+        away.rename(data_dir)
     md = (sweep / "report.md").read_text()
     assert "Significance: paired bootstrap over the test split's users" in md
     row = next(line for line in md.splitlines() if line.startswith("| ablation_softmax |"))

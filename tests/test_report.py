@@ -205,50 +205,81 @@ def test_an_oversized_record_is_refused_unread(tmp_path: Path, monkeypatch: pyte
 
 
 def _split_with_predictions(tmp_path: Path, seeds: int) -> None:
-    """A test split (200 users x 5 rows) and kept predictions of qin and a better row for every seed."""
+    """Kept predictions (200 users x 5 rows, self-contained: users, labels, split key) of qin and a better row
+    for every seed; no data folder anywhere."""
     import numpy as np
-    import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    from qin_lightning.training.metrics import split_metrics
     from qin_lightning.predictions import write_predictions
+    from qin_lightning.training.metrics import split_metrics
 
     rng = np.random.default_rng(0)
     users, labels = np.repeat(np.arange(200), 5), rng.random(1000) < 0.3
-    data_dir = tmp_path / "data"
-    data_dir.mkdir()
-    pq.write_table(pa.table({"user_id": users, "label": labels.astype(np.float32)}), data_dir / "test.parquet")
     job = 0
     for experiment, signal in (("qin", 1.0), ("ablation_softmax", 2.0)):
         for seed in range(1, seeds + 1):
             probs = (1 / (1 + np.exp(-(labels * signal + rng.normal(size=1000))))).astype(np.float32)
             test_auc = split_metrics(probs, labels.astype(np.float32), users)["auc"]
-            record = {**_ok(experiment, seed, 0.8), "test_auc": test_auc, "data_dir": str(data_dir)}
+            record = {**_ok(experiment, seed, 0.8), "test_auc": test_auc, "data_dir": "/elsewhere/never/read"}
             _run(tmp_path, f"{job}_{experiment}_seed{seed}", record)
-            write_predictions(tmp_path / f"{job}_{experiment}_seed{seed}" / "test.preds.parquet", probs)
+            write_predictions(tmp_path / f"{job}_{experiment}_seed{seed}" / "test.preds.parquet", probs, users,
+                              labels, "synthetic-abc/test")
             job += 1
 
 
 def test_kept_predictions_give_the_paired_bootstrap(tmp_path: Path) -> None:
-    _split_with_predictions(tmp_path, seeds=2)
+    _split_with_predictions(tmp_path, seeds=3)
     md = write_report(tmp_path) and (tmp_path / "report.md").read_text()
     assert "Significance: paired bootstrap over the test split's users and the seeds (2000 resamples" in md
     row = next(line for line in md.splitlines() if line.startswith("| ablation_softmax |"))
     cells = [c.strip() for c in row.split("|")]
     difference, (low, high) = float(cells[8]), (float(v) for v in cells[9].strip("[]").split(", "))
-    assert 0.1 < low < difference < high and cells[10:13] == ["< 0.001", "< 0.001", "significant"]
-    assert "| qin |" in md and "| baseline | – |" in md
+    assert 0.05 < low < difference < high and cells[12] == "significant"
+    assert all(p == "< 0.001" or float(p) < 0.01 for p in cells[10:12])
+    assert "| qin |" in md and "| baseline | – |" in md and "seed t-test" not in md
 
 
-def test_stale_kept_predictions_fall_back_to_the_seed_test_and_say_why(tmp_path: Path) -> None:
-    """A predictions file whose AUC is not its record's (stale, another run's) is not used for the bootstrap."""
-    _split_with_predictions(tmp_path, seeds=2)
+def test_stale_kept_predictions_give_no_verdict_and_say_why(tmp_path: Path) -> None:
+    """A predictions file whose AUC is not its record's (stale, another run's) is not used: the table says
+    plainly that no paired test could be computed, gives no verdict, and shows the seed t-test in its own
+    column."""
+    _split_with_predictions(tmp_path, seeds=3)
     record_path = tmp_path / "0_qin_seed1" / "results.json"
     record = json.loads(record_path.read_text())
     record_path.write_text(json.dumps({**record, "test_auc": record["test_auc"] - 0.01}))
     md = write_report(tmp_path) and (tmp_path / "report.md").read_text()
-    assert "Significance: seed-paired t-test on the recorded test AUCs" in md
-    assert "0_qin_seed1/test.preds.parquet: its AUC on" in md and "the record's test AUC" in md
+    assert "**no paired test over users could be computed** (test.preds.parquet of 0_qin_seed1: its AUC is" in md
+    header = next(line for line in md.splitlines() if line.startswith("| experiment |"))
+    assert header.split(" | ")[-4:] == ["seed t-test p (Holm)", "paper AUC", "paper Δ",
+                                        "early stop / epoch cap / failed |"]
+    row = next(line for line in md.splitlines() if line.startswith("| ablation_softmax |"))
+    assert "| – | – | – | not computed | < 0.001 (< 0.001) |" in row or "| – | – | – | not computed | 0.0" in row
+
+
+def test_the_verdict_never_comes_from_a_seed_test(tmp_path: Path) -> None:
+    """Runs without kept predictions whose seed t-test is overwhelming (p < 0.001): the verdict column still says
+    "not computed" in every row, never "significant"."""
+    for seed, (a, b) in enumerate([(0.80, 0.70), (0.81, 0.71), (0.82, 0.72), (0.80, 0.71)], 1):
+        _run(tmp_path, f"q{seed}", {**_ok("qin", seed, 0.8), "test_auc": b})
+        _run(tmp_path, f"s{seed}", {**_ok("ablation_softmax", seed, 0.8), "test_auc": a})
+    md = write_report(tmp_path) and (tmp_path / "report.md").read_text()
+    rows = [line for line in md.splitlines() if line.startswith("| ablation_softmax |")]
+    assert rows and all("significant" not in line for line in rows) and "not computed" in rows[0]
+    assert "kept no test predictions" in md and "it decides nothing" in md
+
+
+def test_predictions_of_different_splits_are_not_paired(tmp_path: Path) -> None:
+    """Kept predictions with another split key (another conversion) cannot be paired with the rest."""
+    import numpy as np
+
+    from qin_lightning.predictions import read_predictions, write_predictions
+
+    _split_with_predictions(tmp_path, seeds=3)
+    path = tmp_path / "0_qin_seed1" / "test.preds.parquet"
+    kept = read_predictions(path)
+    write_predictions(path, kept.probs, kept.users, kept.labels, "synthetic-other/test")
+    md = write_report(tmp_path) and (tmp_path / "report.md").read_text()
+    assert "the runs were scored on different test splits (" in md and "0_qin_seed1: synthetic-other/test" in md
+    assert np.array_equal(read_predictions(path).users, kept.users)
 
 
 def test_hostile_sweep_files_do_not_stop_the_report(tmp_path: Path) -> None:

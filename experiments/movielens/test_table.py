@@ -1,8 +1,10 @@
-"""Extra table: test AUC / logloss, best epoch and train seconds per experiment (mean +- std over seeds)."""
+"""Extra table: test AUC / logloss, best epoch and train seconds per experiment (mean +- std over seeds), from a
+sweep folder's run folders (`*/results.json`) or its committed records (`runs/*.json`)."""
 import json, statistics, sys
 from pathlib import Path
 runs = {}
-for p in sorted(Path(sys.argv[1]).glob("*/results.json")):
+folder = Path(sys.argv[1])
+for p in sorted(folder.glob("*/results.json")) or sorted(folder.glob("runs/*.json")):
     d = json.loads(p.read_text())
     if d.get("status") == "completed":
         runs.setdefault(d["experiment"], []).append(d)

@@ -30,25 +30,19 @@ from __future__ import annotations
 
 import argparse
 import functools
-import importlib.util
 import statistics
 from pathlib import Path
 
 from qin_lightning.files import atomic_write_text
 from qin_lightning.report.collect import Run, find_runs
-from qin_lightning.report.compare import compare
-from qin_lightning.report.stats import Comparison, with_holm
+from qin_lightning.report.compare import TableTests, compare
+from qin_lightning.report.converged import mean_std, seconds_per_epoch
+from qin_lightning.report.stats import with_holm
 from qin_lightning.report.tables import comparison_cells, comparison_header
 
 HERE = Path(__file__).resolve().parent
 EXPERIMENTS = HERE.parent
 
-
-# the row helpers of experiments/converged/table.py (a script, not a package)
-_spec = importlib.util.spec_from_file_location("converged_table", EXPERIMENTS / "converged" / "table.py")
-_converged = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_converged)
-mean_std, seconds_per_epoch = _converged.mean_std, _converged.seconds_per_epoch
 
 # (data, what is compared, reference records, compared records): the `runs/` folders the sweep driver fills.
 # The fp32 rows of the first converged tables were trained on an AVX2 machine, the bf16 runs on one with bf16
@@ -95,7 +89,7 @@ def label(data: str, what: str) -> str:
     return f"{data}: {what}"
 
 
-def row(data: str, what: str, reference_folder: Path, compared_folder: Path, tests: dict[str, Comparison]) -> str:
+def row(data: str, what: str, reference_folder: Path, compared_folder: Path, tests: TableTests) -> str:
     reference = {s: r.record for s, r in runs(reference_folder).items()}
     compared = {s: r.record for s, r in runs(compared_folder).items()}
     a_ref = [r["best_val_auc"] for r in reference.values()]
@@ -105,8 +99,7 @@ def row(data: str, what: str, reference_folder: Path, compared_folder: Path, tes
     test_cmp = [r.test_auc for r in runs(compared_folder).values() if r.test_auc is not None]
     return (f"| {data} | {what} | {cell(a_ref)} | {cell(a_cmp)} | {'–' if diff is None else f'{diff:+.4f}'} | "
             f"{cell(test_ref)} | {cell(test_cmp)} | "
-            f"{' | '.join(comparison_cells(tested := tests.get(label(data, what))))} | "
-            f"{tested.method if tested else '–'} | "
+            f"{' | '.join(comparison_cells(tests, label(data, what)))} | "
             f"{mean([r['best_epoch'] + 1 for r in reference.values()])} / "
             f"{mean([r['best_epoch'] + 1 for r in compared.values()])} | "
             f"{mean([seconds_per_epoch(r) for r in reference.values()])} / "
@@ -119,30 +112,33 @@ def kept_predictions(reference_folder: Path, compared_folder: Path) -> bool:
     return all(r.predictions is not None for f in (reference_folder, compared_folder) for r in runs(f).values())
 
 
-def tests_by_split() -> tuple[dict[str, Comparison], list[str]]:
-    """Every comparison's test, computed per data set (the paired bootstrap needs one test split; comparisons
-    whose runs kept no predictions are tested apart, by the seed t-test), Holm-adjusted across the whole table;
-    and one sentence per group saying which test it got."""
+def tests_by_split() -> tuple[TableTests, list[str]]:
+    """Every comparison's test, computed per data set (the paired bootstrap needs one test split). The paired
+    bootstraps are Holm-adjusted across the whole table and alone give verdicts; a comparison whose runs kept no
+    predictions gets no verdict, only the seed t-test in its own column (Holm across those). One sentence per
+    group says which it got."""
     groups: dict[tuple[str, bool], list[tuple[str, str, Path, Path]]] = {}
     for data, what, ref, cmp in COMPARISONS:
         groups.setdefault((data, kept_predictions(ref, cmp)), []).append((data, what, ref, cmp))
-    comparisons: list[Comparison] = []
-    notes = []
+    bootstrap, seed_tests, notes = [], [], []
     for (data, _), members in groups.items():
         tests = compare([(label(d, what), list(runs(cmp).values()), list(runs(ref).values()))
                          for d, what, ref, cmp in members])
-        comparisons += tests.comparisons.values()
+        bootstrap += tests.comparisons.values()
+        seed_tests += tests.seed_tests.values()
         notes.append(f"{data} ({', '.join(what for _, what, _, _ in members)}): {tests.note}.")
-    return {c.row: c for c in with_holm(comparisons)}, notes
+    return TableTests({c.row: c for c in with_holm(bootstrap)}, "",
+                      {c.row: c for c in with_holm(seed_tests)}), notes
 
 
 def table() -> str:
     tests, notes = tests_by_split()
     columns = ["data", "comparison", "reference val AUC (n)", "compared val AUC (n)", "val: compared − reference",
-               "reference test AUC (n)", "compared test AUC (n)", *comparison_header("reference"), "test",
+               "reference test AUC (n)", "compared test AUC (n)", *comparison_header("reference", tests),
                "best epoch (1-based)", "s / epoch", "CPU"]
-    lines = [f"Test comparisons, per data set (one test split each); Holm across the table's {len(tests)}"
-             " comparisons:", "", *(f"- {n}" for n in notes), "",
+    lines = [f"Test comparisons, per data set (one test split each); the paired bootstraps ({len(tests.comparisons)})"
+             f" Holm-adjusted together and alone giving verdicts, the seed t-tests ({len(tests.seed_tests)}) apart:",
+             "", *(f"- {n}" for n in notes), "",
              "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     return "\n".join([*lines, *(row(*c, tests) for c in COMPARISONS)]) + "\n"
 

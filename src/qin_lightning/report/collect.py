@@ -50,6 +50,7 @@ DEFAULT_MAX_EPOCHS = 100  # conf/trainer/default.yaml
 PRECISION = "trainer.precision"  # rows split by the precision a run trained in, not by how the command said it
 BF16_TRAINERS = ("cpu_bf16", "gpu")  # the trainer configs that set bf16-mixed before trainer.precision=auto
 MAX_RECORD_BYTES = 1 << 20  # a results.json is ~10 KB; anything past 1 MiB is refused unread
+MAX_DEPTH = 32  # nesting of a record or config the report parses (Hydra's configs: under 10)
 PREDICTION_FILES = ("test.preds.parquet", "eval_test.preds.parquet")  # in a run folder, in this order
 
 
@@ -231,11 +232,73 @@ def parse_overrides(overrides: list[str]) -> dict[str, str]:
     return parsed
 
 
-def read_yaml(path: Path) -> Any:
-    """A YAML file as data; None when it is absent, unreadable or over MAX_RECORD_BYTES."""
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader without aliases (no file the report reads uses them; an alias bomb of 1 KB expands
+    to gigabytes) and at most MAX_DEPTH levels of nesting."""
+
+    depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not accepted",
+                                              self.peek_event().start_mark)
+        self.depth += 1
+        try:
+            if self.depth > MAX_DEPTH:
+                raise yaml.composer.ComposerError(None, None, f"nested deeper than {MAX_DEPTH} levels",
+                                                  self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+
+def parse_yaml(text: str, path: Path) -> Any:
+    """YAML text as data (bounded depth, no aliases); Unreadable (one line) otherwise."""
     try:
-        return yaml.safe_load(read_bounded(path)) if path.is_file() else None
-    except (Unreadable, yaml.YAMLError):
+        return yaml.load(text, Loader=_BoundedLoader)  # noqa: S506 (a SafeLoader)
+    except (yaml.YAMLError, ValueError, RecursionError) as err:  # ValueError: an integer over 4,300 digits
+        first = " ".join(str(err).split())[:160]
+        raise Unreadable(f"{path}: not YAML the report accepts ({first})") from None
+
+
+def parse_json(text: str, path: Path) -> Any:
+    """JSON text as data (bounded depth: MAX_DEPTH); Unreadable (one line) otherwise."""
+    try:
+        data = json.loads(text)
+    except RecursionError:
+        raise Unreadable(f"{path}: nested deeper than Python can parse (expected at most {MAX_DEPTH} levels)") from None
+    except ValueError as err:  # JSONDecodeError, or an integer over 4,300 digits
+        raise Unreadable(f"{path}: not JSON the report accepts ({' '.join(str(err).split())[:160]})") from None
+    if _depth(data) > MAX_DEPTH:
+        raise Unreadable(f"{path}: nested deeper than {MAX_DEPTH} levels")
+    return data
+
+
+def _depth(data: Any) -> int:
+    """Nesting depth of parsed JSON (iterative: no recursion limit)."""
+    deepest, stack = 0, [(data, 1)]
+    while stack:
+        item, level = stack.pop()
+        deepest = max(deepest, level)
+        if level > MAX_DEPTH:
+            break
+        if isinstance(item, dict):
+            stack += [(v, level + 1) for v in item.values()]
+        elif isinstance(item, list):
+            stack += [(v, level + 1) for v in item]
+    return deepest
+
+
+def read_yaml_strict(path: Path) -> Any:
+    """A YAML file as data; None when absent; Unreadable (one line) when unreadable, oversized or malformed."""
+    return parse_yaml(read_bounded(path), path) if path.is_file() else None
+
+
+def read_yaml(path: Path) -> Any:
+    """A YAML file as data; None when it is absent, unreadable, over MAX_RECORD_BYTES or malformed."""
+    try:
+        return read_yaml_strict(path)
+    except Unreadable:
         return None
 
 
@@ -273,10 +336,7 @@ def _load_run(name: str, record_path: Path, run_dir: Path | None) -> Run:
             overrides = parse_overrides(hydra_overrides or [])
             return Run(name, None, overrides, "incomplete: no results.json (still running, killed or crashed)",
                        max_epochs)
-        try:
-            record = json.loads(read_bounded(record_path))
-        except json.JSONDecodeError as err:
-            raise Unreadable(f"{record_path}: not JSON ({err})") from None
+        record = parse_json(read_bounded(record_path), record_path)
         check_record(record, record_path)
     except Unreadable as err:
         return Run(name, None, parse_overrides(hydra_overrides or []), f"unreadable: {err}")
@@ -326,11 +386,13 @@ def _sort_key(value: str) -> tuple[int, float, str]:
         return (1, 0.0, value)
 
 
-def collect(sweep_dir: Path) -> Collected:
-    """Group the runs into rows: experiment x every non-seed override whose value differs between runs."""
+def collect(sweep_dir: Path, by_experiment: bool = False) -> Collected:
+    """Group the runs into rows: experiment x every non-seed override whose value differs between runs; with
+    ``by_experiment`` (a converged plan's folder: the plan says which rows compare with which, and its shrink
+    options for one model do not split that model) one row per experiment."""
     runs = find_runs(sweep_dir)
     keys = sorted({k for r in runs for k in r.overrides if k not in NOT_A_ROW_KEY})
-    varying = [k for k in keys if len({r.overrides.get(k) for r in runs}) > 1]
+    varying = [] if by_experiment else [k for k in keys if len({r.overrides.get(k) for r in runs}) > 1]
     rows: dict[tuple[str, tuple[tuple[str, str], ...]], Row] = {}
     for run in runs:
         setting = tuple((k, run.overrides.get(k, "–")) for k in varying)

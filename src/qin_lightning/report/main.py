@@ -2,6 +2,8 @@
 
 Reads every run below the folder (``<run>/results.json``, or ``runs/<run>.json`` records copied out of a sweep)
 and writes, into that folder:
+- ``table.md`` too where the folder is a converged plan's (``<folder>.yaml`` beside it, report/plan.py): the
+  converged layout (report/converged.py), with the same comparisons as report.md;
 - ``report.md``: the Table 3 layout, one row per experiment *and* per value of every other override that varies
   in the sweep (seeds are what a row averages): mean +- std of the best validation AUC, seeds, delta to the
   baseline experiment (shown, never tested), the test AUC and the row's test-split comparison with the
@@ -25,20 +27,35 @@ from qin_lightning.files import atomic_write_bytes, atomic_write_text
 from qin_lightning.report.collect import Collected, PAPER_AUC, collect
 from qin_lightning.report.plots import render_chart, render_curves
 from qin_lightning.report.study import workers_sweep_config, write_study_report
-from qin_lightning.report.tables import render_markdown
+from qin_lightning.report.converged import render_converged
+from qin_lightning.report.plan import baseline_runs, find_plan
+from qin_lightning.report.tables import Baseline, render_markdown, table_tests
+
+DEFAULT_BASELINE = "qin"
 
 
-def write_report(sweep_dir: str | Path, baseline: str = "qin") -> Collected:
-    """Write report.md, report.png and report_curves.png into ``sweep_dir``; returns what was collected."""
+def write_report(sweep_dir: str | Path, baseline: str | None = None) -> Collected:
+    """Write report.md, report.png and report_curves.png into ``sweep_dir`` (and table.md where a converged plan
+    names the folder); returns what was collected."""
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
         raise QinError(f"sweep folder '{sweep_dir}' does not exist or is not a folder")
-    collected = collect(sweep_dir)
+    plan = find_plan(sweep_dir)
+    collected = collect(sweep_dir, by_experiment=plan is not None)
     if not collected.sweep:  # a shared Optuna study's folder: one sweep folder per worker below it
         collected.sweep = workers_sweep_config(sweep_dir)
     if not collected.rows:
         raise QinError(f"no runs found below '{sweep_dir}': expected run folders with results.json")
-    atomic_write_text(sweep_dir / "report.md", render_markdown(collected, sweep_dir, baseline))
+    other = baseline_runs(plan) if plan is not None and baseline is None else None
+    if other is not None:
+        chosen = Baseline(other[1], other[0], tuple(other[2]))
+    else:
+        chosen = Baseline(baseline or DEFAULT_BASELINE, baseline or DEFAULT_BASELINE)
+    tests = table_tests(collected, chosen) if not collected.is_optuna else None
+    report = render_markdown(collected, sweep_dir, chosen, tests)
+    if plan is not None and tests is not None:
+        atomic_write_text(sweep_dir / "table.md", render_converged(plan, collected, tests, chosen))
+    atomic_write_text(sweep_dir / "report.md", report)
     rows = [(row.label, row.experiment, row.aucs, row.histories()) for row in collected.rows]
     if any(aucs for _, _, aucs, _ in rows):
         atomic_write_bytes(sweep_dir / "report.png", render_chart(rows, PAPER_AUC, sweep_dir.name))
@@ -52,7 +69,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("sweep_dir", nargs="?", help="a multirun folder (logs/train/multiruns/<date>), a shared "
                         "Optuna study's folder of worker folders, or any folder of runs (with --storage: where "
                         "study.md goes, default the current folder)")
-    parser.add_argument("--baseline", default="qin", help="experiment the deltas are taken against")
+    parser.add_argument("--baseline", help="experiment the deltas are taken against (default: qin, or what the"
+                        " folder's converged plan names)")
     parser.add_argument("--storage", help="an Optuna study's database URL: report that study's trials (with --study)")
     parser.add_argument("--study", help="the study's name (hydra.sweeper.study_name)")
     args = parser.parse_args(argv)

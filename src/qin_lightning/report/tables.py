@@ -4,31 +4,55 @@ from __future__ import annotations
 
 import math
 import statistics
+from dataclasses import dataclass
 from pathlib import Path
 
 from qin_lightning.config import OBJECTIVES
-from qin_lightning.report.collect import Collected, PAPER_AUC, PAPER_ROW, Run, read_yaml
+from qin_lightning.report.collect import Collected, PAPER_AUC, PAPER_ROW, Row, Run, read_yaml
 from qin_lightning.report.compare import TableTests, compare
-from qin_lightning.report.stats import ALPHA, Comparison
+from qin_lightning.report.stats import ALPHA
 
 
 def _fmt(value: float | None, digits: int = 4) -> str:
     return f"{value:.{digits}f}" if value is not None and math.isfinite(value) else "–"
 
 
-def comparison_header(baseline: str) -> list[str]:
+@dataclass(frozen=True)
+class Baseline:
+    """What a table's rows are compared with: the row of ``experiment`` with the same setting (``runs`` None), or
+    the runs of another plan's row (``runs``), shown as ``label``."""
+
+    experiment: str
+    label: str
+    runs: tuple[Run, ...] | None = None
+
+
+SEED_TEST_HEADER = "seed t-test p (Holm)"
+
+
+def comparison_header(baseline: str, tests: TableTests) -> list[str]:
     """The column names of a row's test comparison with `baseline` (comparison_cells)."""
-    return [f"Δ test AUC vs {baseline}", "95% CI", "p", "p (Holm)", f"verdict (Holm p < {ALPHA})"]
+    header = [f"Δ test AUC vs {baseline}", "95% CI", "p", "p (Holm)", f"verdict (Holm p < {ALPHA})"]
+    return [*header, SEED_TEST_HEADER] if tests.seed_tests else header
 
 
-def comparison_cells(comparison: Comparison | None, is_baseline: bool = False) -> list[str]:
-    """Difference, interval, p, Holm-adjusted p and the verdict ("significant" only when Holm p < ALPHA)."""
-    if comparison is None:
-        return ["baseline" if is_baseline else "–"] + ["–"] * 4
-    c = comparison
-    verdict = "–" if c.p_holm != c.p_holm else "significant" if c.significant else "not significant"
-    return [f"{c.difference:+.4f}", f"[{c.low:+.4f}, {c.high:+.4f}]" if c.low == c.low else "–",
-            _p(c.p), _p(c.p_holm), verdict]
+def comparison_cells(tests: TableTests, row: str, is_baseline: bool = False) -> list[str]:
+    """Difference, interval, p, Holm-adjusted p and the verdict ("significant" only when the paired bootstrap's
+    Holm p < ALPHA); a row without a paired bootstrap gets its seed-mean difference, "not computed" as its verdict
+    and the seed t-test's p (Holm) in that test's own last column."""
+    c = tests.comparisons.get(row)
+    seed = tests.seed_tests.get(row) if c is None else None
+    if c is not None:
+        verdict = "–" if c.p_holm != c.p_holm else "significant" if c.significant else "not significant"
+        cells = [f"{c.difference:+.4f}", f"[{c.low:+.4f}, {c.high:+.4f}]" if c.low == c.low else "–",
+                 _p(c.p), _p(c.p_holm), verdict]
+    elif seed is not None:
+        cells = [f"{seed.difference:+.4f}", "–", "–", "–", "not computed"]
+    else:
+        cells = ["baseline" if is_baseline else "–"] + ["–"] * 4
+    if tests.seed_tests:
+        cells.append(f"{_p(seed.p)} ({_p(seed.p_holm)})" if seed is not None else "–")
+    return cells
 
 
 def _p(value: float) -> str:
@@ -43,33 +67,43 @@ def _mean_std(values: list[float]) -> str:
     return f"{statistics.fmean(values):.4f} ± {statistics.stdev(values) if len(values) > 1 else 0.0:.4f}"
 
 
-def table_tests(collected: Collected, baseline: str) -> TableTests:
-    """Every row against the baseline row with the same setting, on the test split (report.compare)."""
+def _base_runs(collected: Collected, baseline: Baseline, row: Row) -> tuple[Row | None, list[Run]]:
+    """The baseline row of ``row`` (None for another plan's runs) and the runs it is compared with."""
+    if baseline.runs is not None:
+        return None, list(baseline.runs)
+    base = collected.row(baseline.experiment, row.setting)
+    return base, (base.completed if base is not None else [])
+
+
+def table_tests(collected: Collected, baseline: Baseline) -> TableTests:
+    """Every row against its baseline (the baseline row with the same setting, or another plan's runs), on the
+    test split (report.compare)."""
     pairs = []
     for row in collected.rows:
-        base = collected.row(baseline, row.setting)
-        if base is not None and base is not row:
-            pairs.append((row.label, row.completed, base.completed))
+        base, base_runs = _base_runs(collected, baseline, row)
+        if base_runs and base is not row:
+            pairs.append((row.label, row.completed, base_runs))
     return compare(pairs)
 
 
-def render_table(collected: Collected, baseline: str, tests: TableTests) -> list[str]:
+def render_table(collected: Collected, baseline: Baseline, tests: TableTests) -> list[str]:
     """The Table 3 layout: one line per row (experiment x varying overrides); validation columns, then the test
     columns and the row's paired test against the baseline (the only column significance is read from)."""
     header = ["experiment", *collected.varying, "paper row", "val AUC (mean ± std)", "val logloss", "seeds",
-              f"Δ val AUC vs {baseline}", "test AUC (mean ± std)", *comparison_header(baseline), "paper AUC",
-              "paper Δ", "early stop / epoch cap / failed"]
+              f"Δ val AUC vs {baseline.label}", "test AUC (mean ± std)", *comparison_header(baseline.label, tests),
+              "paper AUC", "paper Δ", "early stop / epoch cap / failed"]
     lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(["---"] * len(header)) + " |"]
-    paper_base = PAPER_AUC.get(baseline)
+    paper_base = PAPER_AUC.get(baseline.experiment)
     for row in collected.rows:
-        base = collected.row(baseline, row.setting)
+        base, base_runs = _base_runs(collected, baseline, row)
+        base_aucs = [float(r.record["best_val_auc"]) for r in base_runs if r.record]
         done = row.completed
         if done:
             auc = f"{row.mean:.4f} ± {row.std:.4f}"
             loglosses = [float(r.record.get("best_val_logloss") or math.nan) for r in done if r.record]
             logloss = _fmt(statistics.fmean(loglosses))
             seeds = f"{len(done)} ({', '.join(str(r.record.get('seed')) for r in sorted(done, key=_seed) if r.record)})"
-            delta = f"{row.mean - base.mean:+.4f}" if base is not None and base.completed else "n/a"
+            delta = f"{row.mean - statistics.fmean(base_aucs):+.4f}" if base_aucs else "n/a"
         else:
             auc, logloss, seeds, delta = "–", "–", "0", "–"
         test = _mean_std([r.test_auc for r in done if r.test_auc is not None])
@@ -77,7 +111,7 @@ def render_table(collected: Collected, baseline: str, tests: TableTests) -> list
         paper_delta = f"{paper - paper_base:+.4f}" if paper is not None and paper_base is not None else "–"
         counts = f"{row.count('early_stopping')} / {row.count('max_epochs')} / {row.count('failed')}"
         cells = [row.experiment, *(v for _, v in row.setting), PAPER_ROW.get(row.experiment, "–"), auc, logloss,
-                 seeds, delta, test, *comparison_cells(tests.comparisons.get(row.label), row is base),
+                 seeds, delta, test, *comparison_cells(tests, row.label, row is base),
                  _fmt(paper), paper_delta, counts]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
     return lines
@@ -122,18 +156,20 @@ def render_trials(collected: Collected, sweep_dir: Path) -> list[str]:
     return lines
 
 
-def render_markdown(collected: Collected, sweep_dir: Path, baseline: str = "qin") -> str:
+def render_markdown(collected: Collected, sweep_dir: Path, baseline: Baseline, tests: TableTests | None) -> str:
     """The report as Markdown: the table (or the Optuna trials), the figures, the runs not in the table."""
     lines = [f"# Report: {sweep_dir.name}", ""]
     if collected.is_optuna:
         lines += render_trials(collected, sweep_dir)
     else:
+        assert tests is not None
         split = ", ".join(f"`{k}`" for k in collected.varying)
-        tests = table_tests(collected, baseline)
+        against = (f"the runs of `{baseline.label}`" if baseline.runs is not None
+                   else f"`{baseline.label}` with the same settings")
         lines += [
             "Best validation AUC per run (mean ± std over seeds); one row per experiment"
             + (f" and value of {split} (the overrides that vary in this sweep)" if split else "")
-            + f"; Δ is to `{baseline}` with the same settings. Validation numbers are shown, never tested: they"
+            + f"; Δ is to {against}. Validation numbers are shown, never tested: they"
             " chose each run's best epoch.",
             f"Test columns: the best-validation weights on the test split. Significance: {tests.note}; p-values"
             f" Holm-adjusted across the table's comparisons, significant only where the adjusted p < {ALPHA}.",
