@@ -225,7 +225,7 @@ def test_inference_form_under_autocast_matches_fp32_reference(tiny_data: MMCTRDa
 def test_compile_matches_eager(tiny_data: MMCTRDataModule, tmp_path: Path, device: str):
     eager = tiny_module(tiny_data, tmp_path, "model.net.fast=false").to(device)
     compiled = copy.deepcopy(eager)
-    compiled.compile = True
+    compiled.compile_net = True
     compiled.setup("fit")
     batch = first_batch(tiny_data, device)
     for module in (eager, compiled):

@@ -105,7 +105,7 @@ def test_resume_mid_epoch_is_exact(reference: tuple[Path, dict], stop: tuple[int
     # metrics.csv holds the rows from before the interrupt too (Lightning's CSVLogger would start afresh). Only
     # the train epoch means of the interrupted epoch differ: Lightning does not checkpoint its running means.
     def comparable(rows: list[dict[str, str]]) -> list[dict[str, str]]:
-        epoch_means = ("train/loss_epoch", "train/bce")
+        epoch_means = ("train/loss_epoch", "train/data_loss")
         return [{k: ("" if k in epoch_means and row["epoch"] == str(stop[0]) else v) for k, v in row.items()}
                 for row in rows]
 

@@ -122,7 +122,8 @@ def _set_up(cfg: DictConfig) -> PreparedRun:
         )
     module = build_module(cfg, dm)
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    module.run_config = resolved  # type: ignore[assignment]  # stored in checkpoints: eval/predict rebuild the run
+    assert isinstance(resolved, dict)  # a mapping config resolves to a dict
+    module.run_config = resolved  # stored in checkpoints: eval/predict rebuild the run
 
     if "wandb" in (cfg.get("logger") or {}) and cfg.logger.wandb is not None and cfg.logger.wandb.group is None:
         with open_dict(cfg):

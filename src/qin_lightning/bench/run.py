@@ -92,7 +92,7 @@ def run_model(args: BenchArgs, dm: MMCTRDataModule, device: torch.device, record
     """Build the experiment's network on the bench data and take every measurement of the eager (and ONNX) model."""
     cfg = compose_config(args)
     module = build_module(cfg, dm).to(device)
-    module.compile = args.compile
+    module.compile_net = args.compile
     net = module.net
     record["model"] = {
         "name": type(net).__name__.lower(),

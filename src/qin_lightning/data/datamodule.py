@@ -107,19 +107,16 @@ class ShardedBatchSampler(DistributedSampler):
         seed: int = 0,
         rank: int | None = None,
         world_size: int | None = None,
-    ) -> None:  # DistributedSampler.__init__ is deliberately not called: only its type is used (module doc)
+    ) -> None:
         self.num_rows = num_rows
         self.batch_size = batch_size
-        self.shuffle = shuffle
-        self.seed = seed
-        self.rank = _dist_default(rank, "get_rank", 0)
-        self.num_replicas = _dist_default(world_size, "get_world_size", 1)
-        self.epoch = 0
-        self.drop_last = False
+        rank, world_size = _dist_default(rank, "get_rank", 0), _dist_default(world_size, "get_world_size", 1)
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size}, expected >= 1")
-        if not 0 <= self.rank < self.num_replicas:
-            raise ValueError(f"rank={self.rank} is outside world_size={self.num_replicas}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank={rank} is outside world_size={world_size}")
+        # sets rank, num_replicas, shuffle, seed, epoch = 0, drop_last; its sizes are replaced below (module doc)
+        super().__init__(range(num_rows), num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed)
         if num_rows < self.num_replicas:
             raise ValueError(f"{num_rows} rows cannot be sharded over {self.num_replicas} ranks without repeats")
         steps = math.ceil(num_rows / (self.num_replicas * batch_size))
@@ -207,22 +204,27 @@ class MMCTRDataModule(L.LightningDataModule):
             self.source.prepare(self.data_dir)
 
     def setup(self, stage: str | None = None) -> None:
-        if (self.synthetic is not None or self.source is not None) and not self.data_dir.exists():
-            self.prepare_data()  # setup without prepare_data (single process use)
-        if self.item_tags is None:
-            emb_dim = self.synthetic.emb_dim if self.synthetic is not None else layout.EMB_DIM
-            items = reader.read_item_info(self.data_dir, emb_dim=emb_dim, num_tags=self._given_num_tags)
-            self.item_tags = torch.from_numpy(items.tags)
-            self.item_mm = torch.from_numpy(items.mm)
-            self.num_items, self.num_tags = items.num_items, items.num_tags
+        self._read_items()
         needed = {"fit": (layout.TRAIN, layout.VALID), "validate": (layout.VALID,), "test": (layout.TEST,), "predict": (layout.TEST,)}
         for split in needed.get(stage or "", layout.SPLITS):
             self._load(split)
 
+    def _read_items(self) -> None:
+        """The item table (tags, multimodal embeddings) and the vocabulary sizes, once; generated data is written
+        first where prepare_data has not run (single-process use)."""
+        if self.item_tags is not None:
+            return
+        if (self.synthetic is not None or self.source is not None) and not self.data_dir.exists():
+            self.prepare_data()
+        emb_dim = self.synthetic.emb_dim if self.synthetic is not None else layout.EMB_DIM
+        items = reader.read_item_info(self.data_dir, emb_dim=emb_dim, num_tags=self._given_num_tags)
+        self.item_tags = torch.from_numpy(items.tags)
+        self.item_mm = torch.from_numpy(items.mm)
+        self.num_items, self.num_tags = items.num_items, items.num_tags
+
     def _load(self, split: str) -> SplitDataset:
         if split not in self._splits:
-            if self.item_tags is None:
-                self.setup("none")
+            self._read_items()  # used without setup
             arrays = reader.read_split(self.data_dir, split, self.num_items, self.max_len)
             self._splits[split] = SplitDataset(arrays)
         return self._splits[split]

@@ -6,7 +6,7 @@ before that happens; when training resumes (``ExactResume.on_train_start``), the
 global step are put back in front of the new ones (temp file, fsync, rename). A fresh run into an existing
 folder still starts a fresh file, as with Lightning's logger.
 
-One thing stays inexact: the train epoch means (``train/loss_epoch``, ``train/bce``) of an epoch interrupted
+One thing stays inexact: the train epoch means (``train/loss_epoch``, ``train/data_loss``) of an epoch interrupted
 mid-way cover only its batches after the resume, because Lightning does not checkpoint its running means. The
 per-step values, validation metrics and ``results.json``'s ``val_history`` are exact.
 """

@@ -71,7 +71,7 @@ class CTRModule(LightningModule):
         self.min_lr = min_lr
         self.min_delta = min_delta
         self.self_ensemble = self_ensemble
-        self.compile = compile
+        self.compile_net = compile  # `model.compile`; not `self.compile`, which is nn.Module's method
         self.nonfinite_check_every_n_steps = nonfinite_check_every_n_steps
         self.fused_adam = fused_adam
         # not a submodule (object.__setattr__): the state_dict holds the weights once, under `net.`
@@ -87,12 +87,13 @@ class CTRModule(LightningModule):
         self.test_logloss = BinaryLogLoss()
         # one entry per validation epoch: {"epoch", "auc", "logloss", "lr"}; saved in checkpoints.
         self.val_history: list[dict[str, float]] = []
-        # the resolved run configuration, stored in checkpoints so eval/predict can rebuild the run.
+        # the resolved run configuration (set by qin_lightning.train once composed), stored in checkpoints so
+        # eval/predict can rebuild the run
         self.run_config: dict[str, Any] | None = None
 
     # ---- forward -------------------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
-        if self.compile and self._forward is self.net:
+        if self.compile_net and self._forward is self.net:
             object.__setattr__(self, "_forward", torch.compile(self.net))  # state_dict keeps plain `net.` keys
 
     def forward(self, batch: Batch) -> torch.Tensor:  # -> logits (B,)
@@ -130,16 +131,16 @@ class CTRModule(LightningModule):
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         logits = self(batch)  # (B,)
         if self.self_ensemble:  # a second pass: other dropout masks (and BatchNorm sees the batch twice)
-            bce = self.self_ensemble_loss(logits.float(), self(batch).float(), batch.label.float())
+            data_loss = self.self_ensemble_loss(logits.float(), self(batch).float(), batch.label.float())
         else:
-            bce = F.binary_cross_entropy_with_logits(logits.float(), batch.label.float())
-        loss = bce + self.regularization()
+            data_loss = F.binary_cross_entropy_with_logits(logits.float(), batch.label.float())
+        loss = data_loss + self.regularization()
         n = self.nonfinite_check_every_n_steps
         if n > 0 and self.global_step % n == 0 and not torch.isfinite(loss):
             self._raise_nonfinite(batch, logits, loss)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=batch.label.numel())
-        # train/bce: the BCE term, or the whole self-ensemble loss when that option is on
-        self.log("train/bce", bce, on_step=False, on_epoch=True, batch_size=batch.label.numel())
+        # train/data_loss: the loss without the L2 terms (BCE, or the self-ensemble loss when that option is on)
+        self.log("train/data_loss", data_loss, on_step=False, on_epoch=True, batch_size=batch.label.numel())
         return loss
 
     def _raise_nonfinite(self, batch: Batch, logits: torch.Tensor, loss: torch.Tensor) -> None:
