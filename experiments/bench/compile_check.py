@@ -47,7 +47,7 @@ def main() -> None:
             cfg = compose_config(BenchArgs())  # the published QIN (model=qin), fast paths on
             torch.manual_seed(0)
             module = build_module(cfg, dm)
-            module.compile = compiled
+            module.compile_net = compiled
             module.setup("fit")  # torch.compile of the training forward when compiled
             optimizer = module.configure_optimizers()["optimizer"]
             module.train()
