@@ -26,7 +26,7 @@ DOCS = [REPO_ROOT / "README.md", *SITE, REPO_ROOT / "experiments" / "README.md",
         *sorted((REPO_ROOT / "experiments").glob("*/README.md"))]
 README_MAX_LINES = 250
 CONFIGS = sorted(Path(CONFIG_DIR).rglob("*.yaml"))
-GROUPS = ("data", "model", "trainer", "logger", "callbacks", "hparams_search", "paths", "model/attention",
+GROUPS = ("data", "model", "trainer", "logger", "callbacks", "hparams_search", "paths", "debug", "model/attention",
           "model/interaction", "hydra/launcher")
 # options that Hydra's installed plugins provide rather than our configs (hydra-submitit-launcher)
 PLUGIN_OPTIONS = {"hydra/launcher": ("basic", "submitit_local", "submitit_slurm")}
