@@ -14,14 +14,14 @@ from test_train import AUC_GAIN, LEARNABLE
 
 from qin_lightning.errors import ConfigError
 from qin_lightning.models import dropout as dropout_module
-from qin_lightning.models.dropout import Dropout, dropout_mask, sfc64_keep_mask
+from qin_lightning.models.dropout import DrawnDropout, dropout_mask, sfc64_keep_mask
 from qin_lightning.models.interaction import MLP, QuadraticAlphaNetwork, QuadraticLayer, QuadraticNetwork
 from qin_lightning.train import train
 
 
 def test_torch_draw_is_nn_dropout() -> None:
     x = torch.randn(64, 300, requires_grad=True)
-    ours, theirs = Dropout(0.2, "torch").train(), torch.nn.Dropout(0.2).train()
+    ours, theirs = DrawnDropout(0.2, "torch").train(), torch.nn.Dropout(0.2).train()
     torch.manual_seed(4)
     a = ours(x)
     torch.manual_seed(4)
@@ -33,7 +33,7 @@ def test_sfc64_keeps_with_probability_one_minus_p_and_scales_by_its_inverse() ->
     gradients scaled by exactly 1 / 0.7 (float64), zeros elsewhere."""
     x = (torch.rand(1000, 2000, dtype=torch.float64) + 0.5).requires_grad_()
     torch.manual_seed(2)
-    out = Dropout(0.3, "sfc64").train()(x)
+    out = DrawnDropout(0.3, "sfc64").train()(x)
     kept = out != 0
     n = kept.numel()
     assert abs(float(kept.sum()) / n - 0.7) < 5 * (0.7 * 0.3 / n) ** 0.5
@@ -66,11 +66,11 @@ def test_sfc64_mask_follows_torch_seed_not_thread_count(monkeypatch: pytest.Monk
 
 
 def test_sfc64_dropout_multiplies_by_the_sfc64_mask_not_torchs() -> None:
-    """Dropout("sfc64") in training is x * sfc64_keep_mask drawn from the same torch state, not nn.Dropout's output;
+    """DrawnDropout("sfc64") in training is x * sfc64_keep_mask drawn from the same torch state, not nn.Dropout's output;
     off the CPU (here the meta device) the mask is torch's own."""
     x = torch.randn(40, 300)
     torch.manual_seed(5)
-    out = Dropout(0.2, "sfc64").train()(x)
+    out = DrawnDropout(0.2, "sfc64").train()(x)
     torch.manual_seed(5)
     assert torch.equal(out, x * sfc64_keep_mask(x.shape, 0.8))
     torch.manual_seed(5)
@@ -80,7 +80,7 @@ def test_sfc64_dropout_multiplies_by_the_sfc64_mask_not_torchs() -> None:
 
 @pytest.mark.parametrize("interaction", ["qnn", "qnn_alpha", "mlp"])
 def test_the_config_option_reaches_every_dropout_of_the_interaction(interaction: str, tmp_path: Path) -> None:
-    """`model.net.interaction.dropout_draw` is torch by default and sfc64 when set, in every Dropout it builds."""
+    """`model.net.interaction.dropout_draw` is torch by default and sfc64 when set, in every DrawnDropout it builds."""
     for overrides, draw in (([], "torch"), (["model.net.interaction.dropout_draw=sfc64"], "sfc64")):
         cfg = compose_train([f"model/interaction={interaction}", "model.net.embedding_dim=8", *overrides],
                             tmp_path / "run")
@@ -91,8 +91,8 @@ def test_the_config_option_reaches_every_dropout_of_the_interaction(interaction:
 
 def test_sfc64_is_identity_outside_training_and_at_p_zero() -> None:
     x = torch.randn(8, 16)
-    assert torch.equal(Dropout(0.1, "sfc64").eval()(x), x)
-    assert torch.equal(Dropout(0.0, "sfc64").train()(x), x)
+    assert torch.equal(DrawnDropout(0.1, "sfc64").eval()(x), x)
+    assert torch.equal(DrawnDropout(0.0, "sfc64").train()(x), x)
 
 
 def test_unknown_draw_is_a_config_error_naming_the_key() -> None:
@@ -124,7 +124,7 @@ def test_qnn_dropout_on_the_row_view_is_the_published_form_draw_for_draw() -> No
 def test_qnn_layer_built_with_sfc64_trains_with_the_sfc64_masks(placement: str) -> None:
     """A QuadraticLayer built with dropout_draw=sfc64, in training, multiplies by the sfc64 masks drawn from the same
     torch state (the rows' (B, R, D) mask first, then the output's (B, D) one), values and gradients: a layer that
-    called F.dropout (torch's draw) instead of its switchable Dropout gives other masks and fails."""
+    called F.dropout (torch's draw) instead of its switchable DrawnDropout gives other masks and fails."""
     torch.manual_seed(0)
     layer = QuadraticLayer(8, 3, dropout=0.2, batch_norm=True, activation="prelu", placement=placement,
                            fast=False, dropout_draw="sfc64").train()

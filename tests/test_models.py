@@ -13,7 +13,8 @@ from qin_lightning.errors import ConfigError
 from qin_lightning.models.attention import MeanPooling, TargetAttention
 from qin_lightning.models.din import DIN
 from qin_lightning.models.interaction import MLP, QuadraticAlphaLayer, QuadraticAlphaNetwork, QuadraticNetwork
-from qin_lightning.models.items import ItemEncoder, dense_parameters, embedding_parameters
+from qin_lightning.models.items import ItemEncoder
+from qin_lightning.models.parameter_groups import dense_parameters, embedding_parameters
 from qin_lightning.models.qin import QIN
 
 ACTIVATIONS = ["relu", "softmax", "silu", "relu2"]
@@ -228,7 +229,7 @@ def test_qin_ablations_build_and_run():
 def test_mlp_layer_order_and_out_dim():
     mlp = MLP(10, [8, 4], dropout=0.1, batch_norm=True)
     kinds = [type(m).__name__ for m in mlp.net]
-    assert kinds == ["Linear", "BatchNorm1d", "ReLU", "Dropout"] * 2 and mlp.out_dim == 4
+    assert kinds == ["Linear", "BatchNorm1d", "ReLU", "DrawnDropout"] * 2 and mlp.out_dim == 4
     assert torch.equal(mlp.net[0].bias, torch.zeros(8))
 
 

@@ -12,7 +12,7 @@ from probes import encoder_grids
 from test_models import count, tiny_batch, tiny_tables
 
 from qin_lightning.errors import ConfigError
-from qin_lightning.models.items import dense_parameters, embedding_parameters
+from qin_lightning.models.parameter_groups import dense_parameters, embedding_parameters
 from qin_lightning.models.transformer_dcn import CrossNetV2, TransformerDCN
 
 

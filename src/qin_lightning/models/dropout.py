@@ -66,7 +66,7 @@ def dropout_mask(like: Tensor, keep: float, draw: str) -> Tensor:
     return torch.empty_like(like).bernoulli_(keep).div_(keep)
 
 
-class Dropout(nn.Dropout):
+class DrawnDropout(nn.Dropout):
     """nn.Dropout whose mask comes from `draw`: "torch" (nn.Dropout's own, the default) or "sfc64".
 
     sfc64 applies in training with 0 < p < 1 (elsewhere this is nn.Dropout): x * `dropout_mask` (on a CPU tensor

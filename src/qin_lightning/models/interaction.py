@@ -7,7 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from qin_lightning.errors import ConfigError
-from qin_lightning.models.dropout import Dropout
+from qin_lightning.models.dropout import DrawnDropout
 
 QNN_ACTIVATIONS = ("prelu", "relu", "none")
 PLACEMENTS = ("post", "mid")
@@ -82,8 +82,8 @@ class QuadraticLayer(nn.Module):
         norm_dim = input_dim if placement == "post" else input_dim * num_row
         self.norm = nn.BatchNorm1d(norm_dim) if batch_norm else None
         self.activation = make_activation(activation, "model.net.interaction.activation")
-        self.dropout_h = Dropout(dropout, dropout_draw, DRAW_KEY)
-        self.dropout_y = Dropout(dropout, dropout_draw, DRAW_KEY)
+        self.dropout_h = DrawnDropout(dropout, dropout_draw, DRAW_KEY)
+        self.dropout_y = DrawnDropout(dropout, dropout_draw, DRAW_KEY)
         self.prepared: tuple[Tensor, Tensor, Tensor | None] | None = None  # the fold, once prepared
 
     def fold(self) -> tuple[Tensor, Tensor, Tensor | None]:
@@ -200,7 +200,7 @@ class MLP(nn.Module):
                 layers.append(nn.BatchNorm1d(units))
             layers.append(make_activation(activation, "model.net.interaction.activation"))
             if dropout > 0:
-                layers.append(Dropout(dropout, dropout_draw, DRAW_KEY))
+                layers.append(DrawnDropout(dropout, dropout_draw, DRAW_KEY))
             width = units
         self.net = nn.Sequential(*layers)
         self.out_dim = width
@@ -246,8 +246,8 @@ class QuadraticAlphaLayer(nn.Module):
         self.linear = nn.Linear(input_dim, input_dim * num_row)
         init_linear(self.linear)
         self.norm = nn.BatchNorm1d(input_dim * num_row) if batch_norm else None
-        self.dropout_h = Dropout(dropout, dropout_draw, DRAW_KEY)
-        self.dropout_y = Dropout(dropout, dropout_draw, DRAW_KEY)
+        self.dropout_h = DrawnDropout(dropout, dropout_draw, DRAW_KEY)
+        self.dropout_y = DrawnDropout(dropout, dropout_draw, DRAW_KEY)
 
     def forward(self, x: Tensor) -> Tensor:
         # x (B, D) -> (B, D)

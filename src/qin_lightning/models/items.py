@@ -1,7 +1,7 @@
 """Item encoder: id | masked-mean tags | projected multimodal vector; the likes/views level embeddings.
 
-QIN, DIN and the winner each hold these parts (`items`, `likes_embedding`, `views_embedding`) and split their
-parameters into the two L2 groups of the training protocol with `embedding_parameters` / `dense_parameters`.
+QIN, DIN and the winner each hold these parts (`items`, `likes_embedding`, `views_embedding`); the two L2
+groups of the training protocol are drawn from them in `models.parameter_groups`.
 """
 
 from __future__ import annotations
@@ -32,18 +32,6 @@ def level_embeddings(num_levels: int, embedding_dim: int) -> tuple[nn.Embedding,
     init_embedding(likes)
     init_embedding(views)
     return likes, views
-
-
-def embedding_parameters(net: nn.Module) -> list[nn.Parameter]:
-    """The embedding L2 group of a network with `items`, `likes_embedding`, `views_embedding`: every
-    embedding table + the multimodal projection."""
-    return net.items.embedding_parameters() + [net.likes_embedding.weight, net.views_embedding.weight]
-
-
-def dense_parameters(net: nn.Module) -> list[nn.Parameter]:
-    """Every other trainable parameter of `net`: the "net" L2 group (DIN's protocol)."""
-    embedding = {id(p) for p in embedding_parameters(net)}
-    return [p for p in net.parameters() if p.requires_grad and id(p) not in embedding]
 
 
 class ItemEncoder(nn.Module):

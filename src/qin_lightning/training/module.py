@@ -23,7 +23,7 @@ from torchmetrics.classification import BinaryAUROC
 
 from qin_lightning.errors import QinError
 from qin_lightning.models.inference import prepare_inference, release_inference
-from qin_lightning.models.items import dense_parameters, embedding_parameters
+from qin_lightning.models.parameter_groups import dense_parameters, embedding_parameters
 from qin_lightning.training.metrics import BinaryLogLoss
 
 if TYPE_CHECKING:
