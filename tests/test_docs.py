@@ -27,7 +27,7 @@ DOCS = [REPO_ROOT / "README.md", *SITE, REPO_ROOT / "experiments" / "README.md",
 README_MAX_LINES = 250
 CONFIGS = sorted(Path(CONFIG_DIR).rglob("*.yaml"))
 GROUPS = ("data", "model", "trainer", "logger", "callbacks", "hparams_search", "paths", "debug", "model/attention",
-          "model/interaction", "hydra/launcher")
+          "model/interaction", "hydra/launcher", "hydra/sweeper")
 # options that Hydra's installed plugins provide rather than our configs (hydra-submitit-launcher)
 PLUGIN_OPTIONS = {"hydra/launcher": ("basic", "submitit_local", "submitit_slurm")}
 # Fewer matches than these means a pattern stopped matching (the docs held about twice as many when they were
