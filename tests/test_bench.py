@@ -58,9 +58,9 @@ def test_cli_writes_json_with_parity(tmp_path: Path, capsys: pytest.CaptureFixtu
     # prediction (probes); a loop whose "plain" side silently ran the fast paths would show more fast calls
     step_switches: dict[str, Counter[tuple[bool, ...]]] = defaultdict(Counter)
     predicted_paths: dict[str, list[dict[str, bool | None]]] = defaultdict(list)
-    step, predict = eager.Trainer.step, eager.predict
+    step, predict = eager.TrainingSteps.step, eager.predict
 
-    def recorded_step(self: eager.Trainer, batch: Batch) -> None:
+    def recorded_step(self: eager.TrainingSteps, batch: Batch) -> None:
         step_switches[call_site()][tuple(fast_path_state(self.module.net).values())] += 1
         step(self, batch)
 
@@ -70,7 +70,7 @@ def test_cli_writes_json_with_parity(tmp_path: Path, capsys: pytest.CaptureFixtu
         predicted_paths[call_site()].append(taken)
         return probs
 
-    monkeypatch.setattr(eager.Trainer, "step", recorded_step)
+    monkeypatch.setattr(eager.TrainingSteps, "step", recorded_step)
     monkeypatch.setattr(eager, "predict", recorded_predict)
     out = tmp_path / "bench" / "bench.json"
     argv = ["--data-scale", "tiny", "--train-rows", "256", "--eval-rows", "192", "--batch-size", "64",

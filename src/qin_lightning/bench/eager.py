@@ -26,9 +26,11 @@ def autocast(precision: str, device: torch.device) -> contextlib.AbstractContext
     return contextlib.nullcontext()
 
 
-class Trainer:
+class TrainingSteps:
     """The automatic-optimisation step of Lightning, spelled out: zero_grad, training_step (under autocast for
-    bf16), backward, clip_grad_norm_, optimizer.step."""
+    bf16), backward, clip_grad_norm_, optimizer.step. Not a second training loop: the bench times single steps
+    and switches configurations (plain, fast, bf16) between them within one round, which Lightning's loop
+    cannot do; training itself always runs in Lightning."""
 
     def __init__(self, module: CTRModule, clip: float | None, device: torch.device) -> None:
         self.module, self.clip, self.device = module, clip, device
@@ -58,7 +60,7 @@ def predict(net: nn.Module, batch: Batch, precision: str, device: torch.device) 
         return torch.sigmoid(net(*inputs(batch)).float())
 
 
-def measure_training(trainer: Trainer, batches: Iterator[Batch], args: BenchArgs, device: torch.device,
+def measure_training(trainer: TrainingSteps, batches: Iterator[Batch], args: BenchArgs, device: torch.device,
                      record: dict[str, Any]) -> None:
     """`{prefix}train_samples_per_s`: the median over rounds; each round times every configuration on the same
     `--train-steps` batches. `{prefix}train_cpu_s_per_step`: the process's CPU seconds per step (median over rounds;
@@ -89,7 +91,7 @@ def measure_training(trainer: Trainer, batches: Iterator[Batch], args: BenchArgs
     record["rss_mb"]["after_training"] = round(rss_mb(), 1)
 
 
-def measure_epoch(trainer: Trainer, make_epoch: Callable[[int], Iterator[Batch]], steps: int, rows: int,
+def measure_epoch(trainer: TrainingSteps, make_epoch: Callable[[int], Iterator[Batch]], steps: int, rows: int,
                   device: torch.device, record: dict[str, Any]) -> None:
     """One whole training epoch with the fast paths in the first precision (measure_training leaves them on)."""
     trainer.module.train()

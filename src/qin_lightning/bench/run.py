@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from qin_lightning.bench.args import BenchArgs, PROG, check, configurations, overrides_for, parse_args, precisions_of
 from qin_lightning.bench.data import (DeviceBatches, cycle_batches, eval_batches, load_data, loader_epochs,
                                      single_requests)
-from qin_lightning.bench.eager import (Trainer, measure_epoch, measure_inference, measure_latency, measure_parity,
+from qin_lightning.bench.eager import (TrainingSteps, measure_epoch, measure_inference, measure_latency, measure_parity,
                                       measure_training)
 from qin_lightning.bench.onnx import measure_onnx
 from qin_lightning.bench.system import peak_rss_mb, rss_mb
@@ -105,7 +105,7 @@ def run_model(args: BenchArgs, dm: MMCTRDataModule, device: torch.device, record
     record["gradient_clip_val"] = clip
     t0 = time.perf_counter()
     module.setup("fit")  # torch.compile of the training forward when --compile
-    trainer = Trainer(module, clip, device)
+    trainer = TrainingSteps(module, clip, device)
     if args.train_batches == "device" or (args.train_batches == "auto" and device.type == "cuda"):
         source = DeviceBatches(dm, device, args.batch_size, args.seed)
         make_epoch, steps, rows = source.epoch, source.steps_per_epoch(), source.n
