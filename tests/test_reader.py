@@ -414,3 +414,66 @@ def test_metadata_that_understates_a_list_is_caught_before_conversion(tmp_path: 
     with pytest.raises(DataValidationError, match=r"train.parquet: column 'item_seq' rows 0-0 hold 1,000 list "
                                                   r"elements, expected at most the 500 its metadata declares"):
         reader.read_split(tmp_path, layout.TRAIN, 10, 8)
+
+
+# ---- issue 39: per-row list lengths and memory, checked before anything is decoded or allocated ------------------
+def _lists(path: Path, lengths: list[int], **write: object) -> Path:
+    offsets = np.r_[0, np.cumsum(lengths)].astype(np.int32)
+    values = pa.array(np.arange(offsets[-1], dtype=np.int64) % 7)
+    pq.write_table(pa.table({layout.ITEM_SEQ: pa.ListArray.from_arrays(pa.array(offsets), values)}), path, **write)
+    return path
+
+
+WRITERS = [{}, {"data_page_version": "2.0"}, {"compression": "zstd"}, {"compression": "gzip"},
+           {"compression": "none", "use_dictionary": False, "data_page_size": 4096}]
+
+
+@pytest.mark.parametrize("write", WRITERS)
+def test_the_longest_row_is_read_from_the_repetition_levels(tmp_path: Path, write: dict) -> None:
+    """Random list lengths (v1 and v2 pages, several codecs, many pages): the longest row read from the levels is
+    the true longest, and a limit one below it names that row."""
+    rng = np.random.default_rng(len(str(write)))
+    for _ in range(4):
+        lengths = rng.integers(0, 40, int(rng.integers(1, 3000))).tolist()
+        lengths[int(rng.integers(len(lengths)))] = int(rng.integers(41, 5000))
+        path = _lists(tmp_path / "l.parquet", lengths, **write)
+        pf = pq.ParquetFile(path)
+        longest = max(lengths)
+        assert reader.longest_row(path, pf, 0, 0, 0, 10**9) == longest
+        with pytest.raises(DataValidationError, match=rf"row {lengths.index(longest)} holds {longest:,} list elements"):
+            reader.longest_row(path, pf, 0, 0, 0, longest - 1)
+
+
+def test_one_long_row_among_many_is_refused_before_it_is_decoded(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The issue's 3.2 KB valid.parquet: one 3e8-item history among 256 rows passed the per-row-group average
+    (1.2e6 < CHUNK_VALUES) and peaked at 6.7 GB. Scaled down (the limits / 1000): refused from the levels."""
+    monkeypatch.setattr(reader, "CHUNK_VALUES", 4_000)
+    monkeypatch.setattr(reader, "SCAN_ABOVE_VALUES", 16_000)
+    lengths = [8] * 256
+    lengths[100] = 300_000
+    path = _lists(tmp_path / "valid.parquet", lengths)
+    assert 300_000 // 256 < reader.CHUNK_VALUES  # the average alone would pass
+    decoded = []
+    monkeypatch.setattr(pq.ParquetFile, "iter_batches", lambda *a, **k: decoded.append(1) or iter(()))
+    with pytest.raises(DataValidationError, match=r"row 100 holds 300,000 list elements, expected at most 4,000"):
+        reader.declared_list_length(path, pq.ParquetFile(path), [layout.ITEM_SEQ])
+    assert not decoded
+
+
+def test_a_split_is_checked_against_memory_before_its_first_chunk(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """max_len=10^7 allocated a chunk's (rows, max_len) matrix before the memory check: now refused first."""
+    monkeypatch.setattr(reader, "cpu_available", lambda: 2**30)
+    zeros = []
+    monkeypatch.setattr(reader.np, "zeros", lambda *a, **k: zeros.append(a) or np.empty(0))
+    with pytest.raises(DataValidationError, match=r"rows of 10000000 history items, which need"):
+        next(reader.iter_split(root, layout.VALID, TINY.num_items, max_len=10**7))
+    assert not zeros
+
+
+def test_item_info_is_checked_against_memory_from_its_footer(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(reader, "cpu_available", lambda: 1000)
+    with pytest.raises(DataValidationError, match=r"item_info.parquet: the footer declares 60 items whose tags and "
+                                                  r"vectors need"):
+        reader.read_item_info(root, emb_dim=EMB)
+    assert reader.item_info_rows(root) == TINY.num_items

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -353,7 +354,8 @@ def test_a_resumed_run_never_carries_a_stored_config_forward(last: Path, run: Pa
     assert written["epoch"] == 2, "not resumed"
     assert "extra" not in written["qin_config"]["model"]["net"] and "extra" not in written["qin_config"]["data"]
     for trust in (False, True):  # even a trusted load of the new file finds nothing to run
-        load_for_inference(run_dir / "checkpoints" / "last.ckpt", None, "validate", trust_checkpoint=trust)
+        load_for_inference(run_dir / "checkpoints" / "last.ckpt", {"root": str(run.parent / "cache" / "synthetic")},
+                           "validate", trust_checkpoint=trust)
     assert not marker.exists(), "the payload ran"
 
 
@@ -764,9 +766,9 @@ def test_export_refuses_a_hostile_history_length(last: Path, tmp_path: Path, max
 
 @pytest.mark.parametrize("edit", [
     {"source": "not a source", "synthetic": None},  # AttributeError inside the data module
-    {"root": None},  # TypeError
+    {"num_workers": "x"},  # out of the data bounds
     {"synthetic": None, "source": {"_target_": "qin_lightning.data.movielens.source.MovieLensSource",
-                                   "src": "x" * 5000}},  # OSError: file name too long
+                                   "src": "x", "negatives": 0}},  # out of the source's bounds
     {"synthetic": {"_target_": "qin_lightning.data.synthetic.SyntheticConfig", "seed": -1}},  # ValueError
 ])
 def test_values_our_classes_reject_are_one_line(last: Path, tmp_path: Path, edit: dict[str, Any]) -> None:
@@ -775,7 +777,7 @@ def test_values_our_classes_reject_are_one_line(last: Path, tmp_path: Path, edit
     path = tmp_path / "rejected.ckpt"
     torch.save(ckpt, path)
     with pytest.raises(QinError) as info:
-        load_for_inference(path, None, "validate")
+        load_for_inference(path, {"root": str(tmp_path / "data")}, "validate")
     assert str(info.value).startswith(f"{path}: qin_config data") and "\n" not in str(info.value), str(info.value)
 
 
@@ -789,3 +791,196 @@ def test_cli_eval_and_predict_refuse_a_config_payload_with_one_line(last: Path, 
                           text=True, timeout=300)
     _one_error_line(proc, str(path), "qin_config data.extra", "got tuple")
     assert not marker.exists(), "the payload ran"
+
+
+# ---- issue 39: real sizes, bounded data settings, the user's own paths -------------------------------------------
+def _edited(last: Path, tmp_path: Path, edit: Any, name: str = "edited.ckpt") -> Path:
+    ckpt = torch.load(last, map_location="cpu", weights_only=True)
+    edit(ckpt)
+    path = tmp_path / name
+    torch.save(ckpt, path)
+    return path
+
+
+def _one_line(run: Any, *needles: str) -> str:
+    with pytest.raises(QinError) as info:
+        run()
+    message = str(info.value)
+    assert "\n" not in message and all(n in message for n in needles), message
+    return message
+
+
+@pytest.mark.parametrize("kind", ["expanded", "view", "shared"])
+def test_a_tensor_must_own_exactly_its_bytes(last: Path, tmp_path: Path, kind: str) -> None:
+    """torch.zeros(1).expand(N, D) takes 4 bytes on disk and declared any shape (a 949 KB checkpoint peaked at
+    1.4 GB): refused as it is read, as are views of a larger storage and storage shared by two weights."""
+    def edit(ckpt: dict[str, Any]) -> None:
+        state = ckpt["state_dict"]
+        mm = state["net.items.item_mm"]
+        if kind == "expanded":
+            state["net.items.item_mm"] = torch.zeros(1).expand(mm.shape[0], 10**9)
+        elif kind == "view":
+            state["net.items.item_mm"] = torch.zeros(mm.numel() + 1)[1:].view(mm.shape)
+        else:
+            state["net.items.extra"] = state["net.items.item_mm"]
+
+    path = _edited(last, tmp_path, edit)
+    _one_line(lambda: load_network(path), str(path), "state_dict.net.items.", "owns exactly its bytes")
+    _one_line(lambda: export_checkpoint(path, tmp_path / "m.onnx"), "owns exactly its bytes")
+    load_network(last)  # Lightning's own checkpoints share scalars only: they load
+
+
+def test_a_config_declaring_millions_of_layers_stops_at_once(last: Path, tmp_path: Path) -> None:
+    """One junk tensor raised the integer bound; num_layers=3e6 then built for minutes on the meta device."""
+    def edit(ckpt: dict[str, Any]) -> None:
+        ckpt["state_dict"]["net.junk"] = torch.zeros(3_000_001, dtype=torch.int8)
+        ckpt["qin_config"]["model"]["net"]["interaction"]["num_layers"] = 3_000_000
+
+    path = _edited(last, tmp_path, edit)
+    built = []
+    original = torch.nn.Linear.__init__
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch.nn.Linear, "__init__", lambda self, *a, **k: built.append(1) or original(self, *a, **k))
+        _one_line(lambda: load_network(path), str(path), "qin_config model.net", "expected at most")
+    assert len(built) < 1000  # stopped within the budget, not after 3 million layers
+
+
+@pytest.mark.parametrize("kind", ["tags", "levels", "nan", "inf"])
+def test_tables_cover_the_data_and_weights_are_finite(last: Path, tmp_path: Path, kind: str) -> None:
+    """A tag table with fewer rows than the tag ids, level tables with fewer rows than the levels (IndexError in
+    eval, predict, export) and NaN / inf weights (an ONNX file predicting NaN): refused at load and at export."""
+    def edit(ckpt: dict[str, Any]) -> None:
+        state = ckpt["state_dict"]
+        if kind == "tags":
+            state["net.items.tag_embedding.weight"] = state["net.items.tag_embedding.weight"][:3].clone()
+        elif kind == "levels":
+            state["net.views_embedding.weight"] = state["net.views_embedding.weight"][:5].clone()
+        else:
+            weight = state["net.likes_embedding.weight"].clone()
+            weight[3, 1] = float(kind)
+            state["net.likes_embedding.weight"] = weight
+
+    path = _edited(last, tmp_path, edit)
+    needle = {"tags": "holds tag id", "levels": "expected at least 11 rows", "nan": "expected finite weights",
+              "inf": "expected finite weights"}[kind]
+    _one_line(lambda: load_network(path), str(path), needle)
+    _one_line(lambda: load_network(path, trust=True), str(path), needle)
+    _one_line(lambda: export_checkpoint(path, tmp_path / "m.onnx"), needle)
+    assert not (tmp_path / "m.onnx").exists()
+
+
+SYNTHETIC = "qin_lightning.data.synthetic.SyntheticConfig"
+SOURCE = "qin_lightning.data.movielens.source.MovieLensSource"
+
+
+@pytest.mark.parametrize("where,value,needle", [
+    ("max_len", 10**7, "data.max_len: expected an integer in 1..65,536"),
+    ("max_len", 10**13, "data.max_len"),
+    ("batch_size", 0, "data.batch_size"),
+    ("batch_size", -1, "data.batch_size"),
+    ("eval_batch_size", "x", "data.eval_batch_size"),
+    ("synthetic.num_topics", 4 * 10**8, "400,000,000 topics needing at least"),
+    ("synthetic.mean_history_len", float("inf"), "mean_history_len=inf"),
+    ("synthetic.seed", -5, "seed=-5"),
+    ("synthetic.affinity_weight", 1e300, "affinity_weight"),
+    ("source.negatives", 10**6, "data.source.negatives=1000000"),
+    ("source.seed", -5, "data.source.seed=-5"),
+    ("source.max_len", 0, "data.source.max_len=0"),
+])
+def test_stored_data_settings_are_bounded_before_anything_is_allocated(last: Path, tmp_path: Path, where: str,
+                                                                      value: Any, needle: str) -> None:
+    ckpt = torch.load(last, map_location="cpu", weights_only=True)
+    data = ckpt["qin_config"]["data"]
+    if where.startswith("source."):
+        data["synthetic"], data["source"] = None, {"_target_": SOURCE, "src": "ml.zip", "encoder": "hashing"}
+    node, key = (data, where) if "." not in where else (data[where.split(".")[0]], where.split(".")[1])
+    node[key] = value
+    if key == "num_topics":
+        node["num_tags"] = value + 1
+    path = tmp_path / "bounded.ckpt"
+    _one_line(lambda: build_stored_datamodule(data_config(ckpt["qin_config"], {"root": str(tmp_path)}, path), path,
+                                              "trust_checkpoint=true"), str(path), "qin_config data", needle)
+
+
+def test_a_checkpoint_never_decides_where_data_is_read_or_written(last: Path, run: Path, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The issue's item 10: eval of someone else's checkpoint created folders and .npy files where its stored
+    data.root / cache_dir pointed and converted a release it named. Paths now come from the user only."""
+    victim = tmp_path / "victim"
+    (victim / "root").mkdir(parents=True)
+
+    def synthetic(ckpt: dict[str, Any]) -> None:
+        ckpt["qin_config"]["data"]["root"] = str(victim / "root")
+
+    def movielens(ckpt: dict[str, Any]) -> None:
+        data = ckpt["qin_config"]["data"]
+        data["root"], data["synthetic"] = str(victim / "root"), None
+        data["source"] = {"_target_": SOURCE, "src": str(victim / "ml.zip"), "encoder": "hashing",
+                          "cache_dir": str(victim / "cache")}
+
+    monkeypatch.setenv("QIN_CACHE_DIR", str(tmp_path / "mine"))
+    monkeypatch.setenv("QIN_DATA_DIR", str(tmp_path / "mine-data"))
+    monkeypatch.setenv("QIN_MOVIELENS_SRC", str(tmp_path / "my-release.zip"))
+    path = _edited(last, tmp_path, synthetic, "synthetic.ckpt")
+    cfg = torch.load(path, map_location="cpu", weights_only=True)["qin_config"]
+    assert data_config(cfg, None, path)["root"] == str(tmp_path / "mine" / "synthetic")  # the user's default
+    given = str(run.parent / "cache" / "synthetic")
+    assert data_config(cfg, {"root": given}, path)["root"] == given
+    result = evaluate(_compose("eval", [f"ckpt_path={path}", "device=cpu", f"data.root={given}",
+                                        f"output={tmp_path / 'e.json'}"]))
+    assert result["data_dir"].startswith(given)
+
+    path = _edited(last, tmp_path, movielens, "movielens.ckpt")
+    cfg = torch.load(path, map_location="cpu", weights_only=True)["qin_config"]
+    own = data_config(cfg, None, path)
+    assert own["root"] == str(tmp_path / "mine-data" / "movielens")
+    assert own["source"]["src"] == str(tmp_path / "my-release.zip")
+    assert own["source"]["cache_dir"] == str(tmp_path / "mine" / "embeddings")
+    given_root = data_config(cfg, {"root": str(tmp_path / "r"), "source": {"src": "x.zip"}}, path)
+    assert given_root["source"] == {**cfg["data"]["source"], "src": "x.zip", "cache_dir": str(tmp_path / "r" /
+                                                                                           "embeddings")}
+    _one_line(lambda: evaluate(_compose("eval", [f"ckpt_path={path}", "device=cpu"])), "my-release.zip")
+    assert [p for p in victim.rglob("*")] == [victim / "root"], "wrote where the checkpoint said"
+    folder_kind = _edited(last, tmp_path, lambda c: c["qin_config"]["data"].update(synthetic=None), "folder.ckpt")
+    _one_line(lambda: data_config(torch.load(folder_kind, weights_only=True)["qin_config"], None, folder_kind),
+              "data.root: required")
+
+
+def test_a_split_with_one_class_is_an_error_not_auc_zero(run: Path, tmp_path: Path) -> None:
+    """The issue's item 9: a split without positives reported auc=0.000000 with exit 0."""
+    data_dir = _data_dir(run)
+    root = tmp_path / "root"
+    shutil.copytree(data_dir, root / data_dir.name)
+    valid = layout.split_path(root / data_dir.name, layout.VALID)
+    table = pq.read_table(valid)
+    table = table.set_column(table.column_names.index(layout.LABEL), layout.LABEL,
+                             pa.array(np.zeros(table.num_rows, dtype=table.schema.field(layout.LABEL).type.to_pandas_dtype())))
+    pq.write_table(table, valid)
+    last = run / "checkpoints" / "last.ckpt"
+    _one_line(lambda: evaluate(_compose("eval", [f"ckpt_path={last}", "device=cpu", f"data.root={root}",
+                                                 f"output={tmp_path / 'e.json'}"])),
+              "holds only negatives", "AUC is undefined")
+    assert not (tmp_path / "e.json").exists()
+
+
+def test_resume_checks_the_validation_history_it_carries_forward(last: Path) -> None:
+    """The issue's item 7: a forged qin_val_history claiming AUC 0.9991 became best_val_auc."""
+    from qin_lightning.training.resume import check_val_history
+
+    honest = torch.load(last, map_location="cpu", weights_only=True)
+    check_val_history(honest, str(last))
+    cases = {
+        "its best val/auc is 0.999100": lambda h: h[0].update(auc=0.9991),
+        "expected 0..1": lambda h: h[0].update(auc=7.0),
+        "without epoch and auc": lambda h: h.append({"x": 1}),
+        "expected a finite number": lambda h: h[0].update(logloss=float("nan")),
+        "after epoch": lambda h: h.append(dict(h[0])),
+        "after the checkpoint's epoch": lambda h: h.append({**h[-1], "epoch": 99}),
+    }
+    for needle, forge in cases.items():
+        ckpt = copy.deepcopy(honest)
+        forge(ckpt["qin_val_history"])
+        _one_line(lambda: check_val_history(ckpt, str(last)), str(last), "qin_val_history", needle)
+    ckpt = copy.deepcopy(honest)
+    ckpt["qin_val_history"] = "junk"
+    _one_line(lambda: check_val_history(ckpt, str(last)), "got str")

@@ -146,9 +146,226 @@ def _check_list_type(path: Path, schema: pa.Schema, col: str, floating: bool) ->
         raise _fail(path, f"has type {t}, expected a list of {kind}", col)
 
 
+# ---- list lengths per row, from the repetition levels of the pages (nothing is decoded) -------------------------
+# A row group whose declared list elements exceed CHUNK_VALUES could hold them all in one row: the per-row lengths
+# are then read from the repetition levels in its pages (page headers and the run-length-encoded levels only, one
+# page in memory at a time), and a row longer than CHUNK_VALUES is refused before any value is decoded.
+PAGE_CODECS = {"UNCOMPRESSED": None, "SNAPPY": "snappy", "GZIP": "gzip", "BROTLI": "brotli", "ZSTD": "zstd",
+               "LZ4_RAW": "lz4_raw"}  # parquet codec -> pyarrow codec (others: the per-row-group bound only)
+MAX_PAGE_BYTES = 256 * 2**20  # a page body inflated to read its levels (writers default to 1 MiB pages)
+MAX_HEADER_BYTES = 256 * 1024  # a page header (its statistics included)
+SCAN_ABOVE_VALUES = 2**24  # a row group declaring more list elements has its rows' lengths read from its pages
+_DATA_PAGE, _DATA_PAGE_V2 = 0, 3
+_RLE = 3
+
+
+class _Thrift:
+    """The Thrift compact protocol, enough for a parquet PageHeader (nothing is allocated beyond its size)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data, self.pos = data, 0
+
+    def byte(self) -> int:
+        if self.pos >= len(self.data):
+            raise ValueError("page header ends early")
+        self.pos += 1
+        return self.data[self.pos - 1]
+
+    def varint(self) -> int:
+        result = shift = 0
+        while True:
+            b = self.byte()
+            result |= (b & 0x7F) << shift
+            if not b & 0x80:
+                return result
+            shift += 7
+            if shift > 63:
+                raise ValueError("varint too long")
+
+    def zigzag(self) -> int:
+        n = self.varint()
+        return (n >> 1) ^ -(n & 1)
+
+    def struct(self, depth: int = 0) -> dict[int, object]:
+        if depth > 8:
+            raise ValueError("page header nested too deep")
+        fields: dict[int, object] = {}
+        last = 0
+        while True:
+            head = self.byte()
+            if head == 0:
+                return fields
+            delta, kind = head >> 4, head & 0x0F
+            last = last + delta if delta else self.zigzag()
+            fields[last] = self.value(kind, depth)
+
+    def value(self, kind: int, depth: int) -> object:
+        if kind in (1, 2):
+            return kind == 1
+        if kind == 3:
+            return self.byte()
+        if kind in (4, 5, 6):
+            return self.zigzag()
+        if kind in (7, 8):
+            size = 8 if kind == 7 else self.varint()
+            if self.pos + size > len(self.data):
+                raise ValueError("page header ends early")
+            self.pos += size
+            return None
+        if kind in (9, 10):
+            head = self.byte()
+            size, inner = head >> 4, head & 0x0F
+            size = self.varint() if size == 15 else size
+            if size > len(self.data):
+                raise ValueError("page header list too long")
+            return [self.value(inner, depth + 1) for _ in range(size)]
+        if kind == 12:
+            return self.struct(depth + 1)
+        raise ValueError(f"unsupported thrift type {kind}")
+
+
+class _RowLengths:
+    """Levels per row of one list column (repetition levels of width 1: 0 starts a row), fed run by run; the
+    longest row so far, and a DataValidationError for a row longer than `limit` levels."""
+
+    def __init__(self, path: Path, column: str, limit: int, first_row: int) -> None:
+        self.path, self.column, self.limit = path, column, limit
+        self.row, self.current, self.longest = first_row - 1, 0, 0  # the open row, its levels so far
+        self.first_row = first_row
+
+    def refuse(self, row: int, length: int) -> DataValidationError:
+        return _fail(self.path, f"row {row} holds {length:,} list elements, expected at most {self.limit:,} per row",
+                     self.column)
+
+    def feed(self, data: bytes, count: int) -> None:
+        """`count` levels, RLE / bit-packed hybrid encoded in `data` (pure integer arithmetic: a run of 10^8
+        levels is one addition, a bit-packed group is read as one integer)."""
+        pos, left, size = 0, count, len(data)
+        row, current, longest, limit = self.row, self.current, self.longest, self.limit
+        while left > 0 and pos < size:
+            header = shift = 0
+            while True:  # ULEB128 run header
+                if pos >= size or shift > 63:
+                    raise ValueError("malformed level run header")
+                byte = data[pos]
+                pos += 1
+                header |= (byte & 0x7F) << shift
+                shift += 7
+                if not byte & 0x80:
+                    break
+            if header & 1:  # bit-packed: (header >> 1) groups of 8 one-bit levels
+                nbits = min(left, (header >> 1) * 8)
+                nbytes = (header >> 1)
+                bits = int.from_bytes(data[pos : pos + nbytes], "little") & ((1 << nbits) - 1)
+                pos += nbytes
+                zeros = ~bits & ((1 << nbits) - 1)
+                done = 0
+                while zeros:
+                    low = zeros & -zeros
+                    at = low.bit_length() - 1
+                    current += at - done
+                    longest = max(longest, current)  # close the open row (none: current 0), open the next
+                    if current > limit:
+                        raise self.refuse(row, current)
+                    row, current, done = row + 1, 1, at + 1
+                    zeros ^= low
+                current += nbits - done
+                left -= nbits
+            else:  # a run of (header >> 1) equal levels
+                run = min(header >> 1, left)
+                if pos >= size:
+                    raise ValueError("level run without its value")
+                level = data[pos]
+                pos += 1
+                if level:
+                    current += run
+                else:
+                    longest = max(longest, current)
+                    if current > limit:
+                        raise self.refuse(row, current)
+                    row, current = row + run, 1
+                    longest = max(longest, 1)
+                left -= run
+            if current > limit:
+                raise self.refuse(max(row, self.first_row), current)
+        self.row, self.current, self.longest = row, current, longest
+
+    def finish(self) -> int:
+        if self.current > self.limit:
+            raise self.refuse(max(self.row, self.first_row), self.current)
+        return max(self.longest, self.current)
+
+
+def longest_row(path: Path, pf: pq.ParquetFile, group: int, column_index: int, first_row: int, limit: int) -> int:
+    """The longest list (in levels: elements, or 1 for an empty list) of this row group's list column, read from
+    its pages' repetition levels; a row longer than `limit` is refused (DataValidationError naming it); -1 when the
+    pages cannot be read that way (an unsupported codec or level encoding)."""
+    try:
+        return _longest_row(path, pf, group, column_index, first_row, limit)
+    except (ValueError, OSError) as exc:
+        raise _fail(path, f"row group {group}: unreadable page ({_first_line(exc)})",
+                    pf.metadata.row_group(group).column(column_index).path_in_schema.split(".")[0]) from None
+
+
+def _longest_row(path: Path, pf: pq.ParquetFile, group: int, column_index: int, first_row: int, limit: int) -> int:
+    meta = pf.metadata.row_group(group).column(column_index)
+    codec = PAGE_CODECS.get(meta.compression, "?")
+    if codec == "?" or int(pf.schema.column(column_index).max_repetition_level) != 1:
+        return -1
+    name = meta.path_in_schema.split(".")[0]
+    start = meta.dictionary_page_offset if meta.has_dictionary_page else meta.data_page_offset
+    end = start + meta.total_compressed_size
+    rows = _RowLengths(path, name, limit, first_row)
+    levels_seen = 0
+    with open(path, "rb") as f:
+        position = start
+        while position < end and levels_seen < meta.num_values:
+            f.seek(position)
+            head = f.read(min(MAX_HEADER_BYTES, end - position))
+            parsed = _Thrift(head)
+            try:
+                header = parsed.struct()
+            except ValueError as exc:
+                raise _fail(path, f"row group {group}: unreadable page header ({exc})", name) from None
+            size = header.get(3)
+            if type(size) is not int or size < 0 or position + parsed.pos + size > end:
+                raise _fail(path, f"row group {group}: a page declares {size} bytes beyond its column chunk", name)
+            body_at = position + parsed.pos
+            position = body_at + size
+            kind = header.get(1)
+            if kind == _DATA_PAGE_V2:
+                v2 = header.get(8)
+                if not isinstance(v2, dict) or type(v2.get(1)) is not int or type(v2.get(6)) is not int:
+                    raise _fail(path, f"row group {group}: malformed data page header", name)
+                f.seek(body_at)
+                rows.feed(f.read(min(v2[6], size)), v2[1])
+                levels_seen += v2[1]
+            elif kind == _DATA_PAGE:
+                v1 = header.get(5)
+                inflated = header.get(2)
+                if not isinstance(v1, dict) or type(v1.get(1)) is not int or v1.get(4) != _RLE:
+                    return -1
+                if type(inflated) is not int or not 0 <= inflated <= MAX_PAGE_BYTES:
+                    raise _fail(path, f"row group {group}: a page declares {inflated} bytes, expected at most "
+                                      f"{MAX_PAGE_BYTES:,}", name)
+                f.seek(body_at)
+                body = f.read(size)
+                if codec is not None:
+                    try:
+                        body = pa.decompress(body, decompressed_size=inflated, codec=codec).to_pybytes()
+                    except (pa.ArrowException, ValueError) as exc:
+                        raise _fail(path, f"row group {group}: corrupt page ({_first_line(exc)})", name) from None
+                length = int.from_bytes(body[:4], "little")
+                rows.feed(body[4 : 4 + length], v1[1])
+                levels_seen += v1[1]
+    return rows.finish()
+
+
 def declared_list_length(path: Path, pf: pq.ParquetFile, columns: Sequence[str]) -> int:
-    """The longest list of `columns` that the parquet metadata declares (elements / rows of each row group),
-    read before any value; a DataValidationError when it exceeds CHUNK_VALUES."""
+    """The longest list of `columns`, read before any value: the parquet metadata's elements / rows of each row
+    group, and where a row group declares more than CHUNK_VALUES elements (one row could hold them all) the
+    longest row from its pages' repetition levels (`longest_row`); a DataValidationError when a row exceeds
+    CHUNK_VALUES."""
     longest, first_row = 0, 0
     for g in range(pf.metadata.num_row_groups):
         group = pf.metadata.row_group(g)
@@ -165,6 +382,8 @@ def declared_list_length(path: Path, pf: pq.ParquetFile, columns: Sequence[str])
                     f"elements for {group.num_rows:,} rows, expected at most {CHUNK_VALUES:,} per row",
                     name,
                 )
+            if column.num_values > SCAN_ABOVE_VALUES:  # below: one row of them all decodes in ~400 MB, refused
+                per_row = max(per_row, longest_row(path, pf, g, i, first_row, CHUNK_VALUES))
             longest = max(longest, per_row)
         first_row += group.num_rows
     return longest

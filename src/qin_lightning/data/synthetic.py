@@ -19,6 +19,7 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import shutil
 import sys
@@ -32,13 +33,26 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from qin_lightning.data import layout
-from qin_lightning.errors import DataValidationError
+from qin_lightning.errors import ConfigError, DataValidationError
 from qin_lightning.files import FileWriteError
 
 GENERATOR_VERSION = 1  # bump when the generative story changes: it is part of the fingerprint
 META_FILE = "synthetic.json"  # written last; its presence marks a complete dataset
 CHUNK_ROWS = 131_072  # rows generated and written per row group (fixed: output does not depend on memory)
 _SPLIT_STREAM = {layout.TRAIN: 1, layout.VALID: 2, layout.TEST: 3}
+
+
+MAX_SIZE = 2**31 - 2  # ids are stored as int32
+MAX_WEIGHT = 100.0  # |logit weight| of the planted signal (beyond it the label logits overflow float64's exp)
+SIZE_BOUNDS = (  # (setting, lowest, highest): ids fit int32; widths and lengths stay far below any real use
+    ("num_items", 2, MAX_SIZE), ("num_tags", 2, MAX_SIZE), ("tags_per_item", 1, 4_096), ("emb_dim", 1, 65_536),
+    ("num_users", 1, MAX_SIZE), ("train_rows", 1, 2**40), ("valid_rows", 1, 2**40), ("test_rows", 1, 2**40),
+    ("max_len", 1, 65_536), ("num_topics", 1, MAX_SIZE), ("seed", 0, 2**63 - 1),
+)  # fmt: skip
+
+
+class SyntheticConfigError(ConfigError, ValueError):
+    """A SyntheticConfig setting out of range (one line)."""
 
 
 @dataclass(frozen=True)
@@ -63,24 +77,26 @@ class SyntheticConfig:
     name: str = "small"
 
     def __post_init__(self) -> None:
+        """Every setting in range, checked before anything is generated (a stored config is bounded by this too)."""
+        for key, low, high in SIZE_BOUNDS:
+            value = getattr(self, key)
+            if type(value) is not int or not low <= value <= high:
+                raise SyntheticConfigError(f"SyntheticConfig.{key}={value!r} is out of range, expected an integer in "
+                                           f"{low:,}..{high:,}")
+        for key in ("mean_history_len", "positive_rate", "affinity_weight", "quality_weight"):
+            value = getattr(self, key)
+            if type(value) not in (int, float) or not math.isfinite(value):
+                raise SyntheticConfigError(f"SyntheticConfig.{key}={value!r} is out of range, expected a finite number")
         checks = {
-            "num_items": self.num_items >= 2,
-            "num_topics": 1 <= self.num_topics,
             "num_tags": self.num_tags >= self.num_topics + 1,
-            "tags_per_item": self.tags_per_item >= 1,
-            "emb_dim": self.emb_dim >= 1,
-            "num_users": self.num_users >= 1,
-            "train_rows": self.train_rows >= 1,
-            "valid_rows": self.valid_rows >= 1,
-            "test_rows": self.test_rows >= 1,
-            "max_len": self.max_len >= 1,
-            "mean_history_len": self.mean_history_len > 0,
+            "mean_history_len": 0 < self.mean_history_len <= MAX_SIZE,
             "positive_rate": 0.0 < self.positive_rate < 1.0,
-            "seed": self.seed >= 0,
+            "affinity_weight": abs(self.affinity_weight) <= MAX_WEIGHT,
+            "quality_weight": abs(self.quality_weight) <= MAX_WEIGHT,
         }
         for key, ok in checks.items():
             if not ok:
-                raise ValueError(f"SyntheticConfig.{key}={getattr(self, key)!r} is out of range")
+                raise SyntheticConfigError(f"SyntheticConfig.{key}={getattr(self, key)!r} is out of range")
 
     def fingerprint(self) -> str:
         """Stable 16-hex-digit hash of every field (and the generator version): names the data folder."""

@@ -139,6 +139,9 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path | None = None, fmt
         raise QinError(f"--format: unknown value {fmt!r}, expected one of {list(FORMATS)}")
     check_weights(weights, block_size)
     net, cfg = load_network(checkpoint, trust=trust_checkpoint, trust_hint="--trust-checkpoint")
+    for name, tensor in net.state_dict().items():  # load_network refuses them too: an exported NaN is never silent
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise QinError(f"{checkpoint}: net.{name}: holds non-finite values, expected finite weights to export")
     seq_len = export_history_length(cfg, checkpoint)
     suffix = ".onnx" if weights == "fp32" else f".{weights}.onnx"
     target = Path(out) if out is not None else Path(checkpoint).with_suffix(suffix)

@@ -238,8 +238,8 @@ def build_network(net_config: Any, state: dict[str, Tensor], path: str | Path, t
 
     def make(device: str) -> nn.Module:
         try:
-            with creation_budget(*budget, f"{path}: qin_config model.net (the checkpoint holds {len(state)} "
-                                          f"tensors of {stored_elements:,} elements)"), torch.device(device):
+            with creation_budget(*budget, f"building it (the checkpoint holds {len(state)} tensors of "
+                                          f"{stored_elements:,} elements)"), torch.device(device):
                 fixed = {"item_tags": torch.zeros(tags.shape, dtype=tags.dtype),
                          "item_mm": torch.zeros(mm.shape, dtype=mm.dtype), "num_tags": int(tag_table.shape[0])}
                 return _Builder(NETWORKS, NETWORK_PARTS, True, path, trust_hint, fixed).build(plain, "model.net")

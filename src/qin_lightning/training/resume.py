@@ -22,6 +22,7 @@ Nothing found: a ConfigError saying where it looked.
 from __future__ import annotations
 
 import logging
+import math
 import random
 import signal
 import sys
@@ -120,18 +121,23 @@ class ExactResume(Callback):
         self._pending_rng: dict[str, Any] | None = None
         self._resumed = False
         self.restored = False  # Lightning has restored the checkpoint's training state (loops, optimiser, ...)
+        self._ckpt_name = "checkpoint"
 
     # ---- what a checkpoint holds ----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         return {"monitored": [dict(entry) for entry in self.monitored]}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.monitored = [dict(entry) for entry in state_dict.get("monitored", [])]
+        monitored = state_dict.get("monitored", []) if isinstance(state_dict, dict) else None
+        self.monitored = _checked_entries(monitored, {"epoch": int, "value": float}, "ExactResume.monitored",
+                                          self._ckpt_name)
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
         checkpoint["qin_rng"] = rng_state()
 
     def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+        self._ckpt_name = str(trainer.ckpt_path)
+        check_val_history(checkpoint, self._ckpt_name)
         self._pending_rng = checkpoint.get("qin_rng")
         self._resumed = True
         # checkpoints written before this callback existed: the plateau metric (val/auc) is in qin_val_history
@@ -184,6 +190,76 @@ class ExactResume(Callback):
             return
         for config in self._plateau_schedulers(trainer):
             config.scheduler.step(self.monitored[-1]["value"])
+
+
+# ---- what a resumed run carries forward must agree with the checkpoint ------------------------------------------
+MAX_HISTORY_ENTRIES = 100_000  # validated epochs a checkpoint may list
+HISTORY_FIELDS: dict[str, type] = {"epoch": int, "auc": float, "logloss": float, "lr": float}  # epoch, auc required
+AGREEMENT_TOLERANCE = 1e-6  # a float32 metric stored twice (history, ModelCheckpoint) as Python float and tensor
+
+
+def _checked_entries(entries: Any, fields: dict[str, type], where: str, path: str) -> list[dict[str, Any]]:
+    """A list of dicts holding `fields` (int epochs strictly increasing from >= 0, finite numbers); ConfigError."""
+    def refuse(problem: str) -> ConfigError:
+        return ConfigError(f"{path}: {where}: {problem}; expected the validation history our training writes")
+
+    if not isinstance(entries, list) or len(entries) > MAX_HISTORY_ENTRIES:
+        raise refuse(f"got {type(entries).__name__}" + (f" of {len(entries):,} entries" if isinstance(entries, list)
+                                                          else ""))
+    checked: list[dict[str, Any]] = []
+    for i, entry in enumerate(entries):
+        required = list(fields)[:2]
+        if not isinstance(entry, dict) or any(key not in entry for key in required):
+            raise refuse(f"entry {i} is {str(entry)[:80]!r}, without {' and '.join(required)}")
+        for key, kind in fields.items():
+            if key not in entry:
+                continue
+            value = entry[key]
+            ok = type(value) is int if kind is int else type(value) in (int, float) and math.isfinite(value)
+            if not ok or (kind is int and value < 0):
+                raise refuse(f"entry {i} has {key}={str(value)[:40]}, expected "
+                             f"{'an epoch >= 0' if kind is int else 'a finite number'}")
+        if checked and entry["epoch"] <= checked[-1]["epoch"]:
+            raise refuse(f"entry {i} has epoch {entry['epoch']} after epoch {checked[-1]['epoch']}")
+        checked.append({key: entry[key] for key in fields if key in entry})
+    return checked
+
+
+def check_val_history(checkpoint: dict[str, Any], path: str) -> None:
+    """The validation history a resumed run carries forward (``qin_val_history``: the run's best_val_auc comes
+    from it) must be well formed, cover no epoch beyond the checkpoint's, and agree with the best score the
+    checkpoint's own ModelCheckpoint state recorded; ConfigError (one line) otherwise."""
+    history = _checked_entries(checkpoint.get("qin_val_history", []), HISTORY_FIELDS, "qin_val_history", path)
+    if any(not 0.0 <= h["auc"] <= 1.0 for h in history):
+        bad = next(h for h in history if not 0.0 <= h["auc"] <= 1.0)
+        raise ConfigError(f"{path}: qin_val_history: epoch {bad['epoch']} has auc {bad['auc']}, expected 0..1")
+    epoch = checkpoint.get("epoch")
+    if history and type(epoch) is int and history[-1]["epoch"] > epoch:
+        raise ConfigError(f"{path}: qin_val_history: lists epoch {history[-1]['epoch']}, after the checkpoint's "
+                          f"epoch {epoch}; expected only the epochs validated before it was written")
+    callbacks = checkpoint.get("callbacks")
+    for key, state in (callbacks.items() if isinstance(callbacks, dict) else []):
+        if not (str(key).startswith("ModelCheckpoint") and "'monitor': 'val/" in str(key) and isinstance(state, dict)):
+            continue
+        score = state.get("best_model_score")
+        if score is None or not history:
+            continue
+        metric = "auc" if "'monitor': 'val/auc'" in str(key) else "logloss"
+        pick = max if "'mode': 'max'" in str(key) else min
+        if any(metric not in h for h in history):
+            continue
+        best = pick(h[metric] for h in history)
+        try:
+            recorded = float(score)
+        except (TypeError, ValueError, RuntimeError):
+            raise ConfigError(f"{path}: callbacks {key}: best_model_score is {str(score)[:40]}, expected a number") \
+                from None
+        if not abs(best - recorded) <= AGREEMENT_TOLERANCE:
+            raise ConfigError(
+                f"{path}: qin_val_history: its best val/{metric} is {best:.6f}, but the checkpoint's ModelCheckpoint "
+                f"recorded {recorded:.6f} (best_model_score); expected the history of the run that wrote this "
+                "checkpoint"
+            )
 
 
 @contextmanager

@@ -8,9 +8,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from qin_lightning.data import layout
-from qin_lightning.data.movielens.convert import FORMAT_VERSION, convert_movielens
-from qin_lightning.data.text_embed import encoder_id
+from qin_lightning.data.movielens.convert import FORMAT_VERSION, HISTORIES, PROTOCOLS, SPLIT_MODES, convert_movielens
+from qin_lightning.data.text_embed import ENCODERS, encoder_id
 from qin_lightning.errors import ConfigError
+
+
+SOURCE_BOUNDS = {  # setting: (lowest, highest)
+    "holdout": (1, 1_000), "seed": (0, 2**32 - 1), "negatives": (1, 1_000), "max_len": (1, 65_536),
+}  # fmt: skip
 
 
 @dataclass
@@ -31,6 +36,19 @@ class MovieLensSource:
     negatives: int = 3
     max_len: int = 64
     cache_dir: str | None = field(default=None)
+
+    def __post_init__(self) -> None:
+        """Every setting in range before anything is read or converted (a stored config is bounded by this too)."""
+        for key, choices in (("protocol", PROTOCOLS), ("split", SPLIT_MODES), ("history", HISTORIES),
+                             ("encoder", ENCODERS)):
+            if getattr(self, key) not in choices:
+                raise ConfigError(f"data.source.{key}={getattr(self, key)!r}: expected one of {', '.join(choices)}")
+        for key, (low, high) in SOURCE_BOUNDS.items():
+            value = getattr(self, key)
+            if type(value) is not int or not low <= value <= high:
+                raise ConfigError(f"data.source.{key}={value!r}: expected an integer in {low:,}..{high:,}")
+        if type(self.src) is not str or not self.src or (self.cache_dir is not None and type(self.cache_dir) is not str):
+            raise ConfigError(f"data.source.src={self.src!r}, cache_dir={self.cache_dir!r}: expected paths")
 
     def resolved_src(self) -> Path:
         return Path(self.src).expanduser()
