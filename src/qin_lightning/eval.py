@@ -25,13 +25,12 @@ from omegaconf import DictConfig
 from qin_lightning.config import CONFIG_DIR
 from qin_lightning.data import layout
 from qin_lightning.errors import (
-    ConfigError, DataValidationError, QinError, expect_device, expect_int, missing_values, run_hydra_reporting_errors,
-    run_reporting_errors,
+    ConfigError, DataValidationError, QinError, run_hydra_reporting_errors, run_reporting_errors,
 )
 from qin_lightning.files import atomic_write_json
 from qin_lightning.machine import set_threads
 from qin_lightning.predictions import predictions_path, split_key, write_predictions
-from qin_lightning.serving.scorer import exported_session, load_for_inference, scored_batches
+from qin_lightning.serving.scorer import check_inference_config, exported_session, load_for_inference, scored_batches
 from qin_lightning.training.metrics import split_metrics
 
 
@@ -90,15 +89,6 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     atomic_write_json(out, results)
     results["output"] = str(out)
     return results
-
-
-def check_inference_config(cfg: DictConfig) -> None:
-    """ConfigError (one line) for a qin-eval / qin-predict config that cannot run: ``ckpt_path`` unset, a
-    ``device``, ``threads`` or ``data.batch_size`` that is not one."""
-    missing_values(cfg)
-    expect_device(str(cfg.get("device", "auto")))
-    expect_int(cfg, "threads", nullable=True)
-    expect_int(cfg, "data.batch_size", nullable=True)
 
 
 def default_output(ckpt: Path, onnx_model: Path | None, split: str) -> Path:

@@ -23,10 +23,9 @@ from omegaconf import DictConfig
 from qin_lightning.config import CONFIG_DIR
 from qin_lightning.data import layout
 from qin_lightning.errors import ConfigError, QinError, run_hydra_reporting_errors, run_reporting_errors
-from qin_lightning.eval import check_inference_config
 from qin_lightning.files import atomic_writer
 from qin_lightning.machine import set_threads
-from qin_lightning.serving.scorer import exported_session, load_for_inference, scored_batches
+from qin_lightning.serving.scorer import check_inference_config, exported_session, load_for_inference, scored_batches
 
 HEADER = "ID,Task2\n"
 

@@ -22,7 +22,7 @@ from torch import nn
 from qin_lightning.config import CONFIG_DIR, instantiate_reporting
 from qin_lightning.data import layout, reader
 from qin_lightning.data.datamodule import Batch, MMCTRDataModule, SplitDataset
-from qin_lightning.errors import ConfigError, QinError
+from qin_lightning.errors import ConfigError, QinError, expect_device, expect_int, missing_values
 from qin_lightning.models.inference import inference_form
 from qin_lightning.serving.load import TRUST_HINT, load_network
 from qin_lightning.serving.runtime import feed, open_session
@@ -35,6 +35,15 @@ DATA_CONFIGS = {"synthetic": "synthetic.yaml", "source": "movielens.yaml", "fold
 
 
 # ---- loading ------------------------------------------------------------------------------------------------
+def check_inference_config(cfg: DictConfig) -> None:
+    """ConfigError (one line) for a qin-eval / qin-predict config that cannot run: ``ckpt_path`` unset, a
+    ``device``, ``threads`` or ``data.batch_size`` that is not one."""
+    missing_values(cfg)
+    expect_device(str(cfg.get("device", "auto")))
+    expect_int(cfg, "threads", nullable=True)
+    expect_int(cfg, "data.batch_size", nullable=True)
+
+
 def data_kind(data: dict[str, Any]) -> str:
     """Which kind of data a stored data config describes: a generated synthetic set, a converted source, a folder."""
     if isinstance(data.get("synthetic"), dict):
