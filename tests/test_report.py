@@ -89,11 +89,16 @@ def test_rows_split_by_varying_overrides_and_stop_counts(tmp_path: Path) -> None
     by_row = {dict(r.setting)["model.net.interaction.num_row"]: r for r in collected.rows}
     assert by_row["2"].aucs == [0.70, 0.72] and by_row["3"].aucs == [0.80, 0.84]
     md = (tmp_path / "report.md").read_text()
-    lines = [line for line in md.splitlines() if line.startswith("| qin |")]
-    assert len(lines) == 2
-    assert lines[0].split(" | ")[1] == "2" and "0.7100 ± 0.0141" in lines[0] and lines[0].endswith("0 / 2 / 0 |")
-    assert lines[1].split(" | ")[1] == "3" and "0.8200 ± 0.0283" in lines[1] and lines[1].endswith("1 / 1 / 1 |")
-    assert "+0.0000" in lines[0] and "+0.0000" in lines[1]  # each num_row is its own qin baseline
+    lines = [line for line in md.splitlines() if line.startswith("| model.net.interaction.num_row=")]
+    assert len(lines) == 2  # every run is qin: the row is named by what was swept, not by the shared experiment
+    assert lines[0].startswith("| model.net.interaction.num_row=2 |") and "0.7100 ± 0.0141" in lines[0]
+    assert lines[1].startswith("| model.net.interaction.num_row=3 |") and "0.8200 ± 0.0283" in lines[1]
+    assert lines[0].endswith("0 / 2 / 0 |") and lines[1].endswith("1 / 1 / 1 |")
+    # no row has the default num_row (4): no baseline unless one is named
+    assert "Δ is to no row (no row has the default value of `model.net.interaction.num_row`" in md
+    write_report(tmp_path, baseline="model.net.interaction.num_row=2")
+    md = (tmp_path / "report.md").read_text()
+    assert "| model.net.interaction.num_row=3 | – | 0.8200 ± 0.0283 | 0.5000 | 2 (1, 2) | +0.1100 |" in md
     assert (tmp_path / "report_curves.png").read_bytes()[:8] == PNG
     assert "(report_curves.png)" in md and "(report.png)" in md
 
@@ -158,7 +163,8 @@ def test_rows_split_by_the_precision_trained_in_not_by_how_the_command_stated_it
 def test_curve_labels_name_only_the_overrides_a_row_sets() -> None:
     """A key only one experiment sets (the winner's cross_rank) splits rows but labels only that row."""
     setting = (("model.net.cross_rank", "64"),)
-    assert Row("transformer_dcn", setting).label == "transformer_dcn cross_rank=64"
+    assert Row("transformer_dcn", setting).label == "transformer_dcn model.net.cross_rank=64"
+    assert Row("qin", setting, show_experiment=False).label == "model.net.cross_rank=64"
     assert Row("qin", (("model.net.cross_rank", "–"),)).label == "qin"
 
 
@@ -248,7 +254,7 @@ def test_stale_kept_predictions_give_no_verdict_and_say_why(tmp_path: Path) -> N
     record_path.write_text(json.dumps({**record, "test_auc": record["test_auc"] - 0.01}))
     md = write_report(tmp_path) and (tmp_path / "report.md").read_text()
     assert "**no paired test over users could be computed** (test.preds.parquet of 0_qin_seed1: its AUC is" in md
-    header = next(line for line in md.splitlines() if line.startswith("| experiment |"))
+    header = next(line for line in md.splitlines() if line.startswith("| row |"))
     assert header.split(" | ")[-4:] == ["seed t-test p (Holm)", "paper AUC", "paper Δ",
                                         "early stop / epoch cap / failed |"]
     row = next(line for line in md.splitlines() if line.startswith("| ablation_softmax |"))

@@ -126,6 +126,8 @@ class Run:
     problem: str | None = None  # why the run is not in the table (failed, incomplete, unreadable)
     max_epochs: int | None = None  # from the run's .hydra/config.yaml, when there is one
     predictions: Path | None = None  # the kept test predictions, when there are any
+    override_list: tuple[str, ...] = ()  # the overrides as given (``+experiment=qin``, ``model/attention=relu``)
+    model_config: Any = None  # the run's own composed ``model`` subtree (.hydra/config.yaml), when there is one
 
     @property
     def seed(self) -> int | None:
@@ -169,6 +171,8 @@ class Row:
     experiment: str
     setting: tuple[tuple[str, str], ...]  # (key, value) of every varying override, in column order
     runs: list[Run] = field(default_factory=list)
+    show_experiment: bool = True  # False where every run of the sweep has the same experiment: not a row name
+    paper: str | None = None  # the paper experiment whose composed model this row's is (report.paper)
 
     @property
     def completed(self) -> list[Run]:
@@ -188,9 +192,10 @@ class Row:
 
     @property
     def label(self) -> str:
-        """Short name for the figures: the experiment and each varying override it sets, by its last key component."""
-        return " ".join([self.experiment, *(f"{k.split('.')[-1].split('/')[-1]}={_short(v)}" for k, v in self.setting
-                                            if v != "–")])
+        """The row's name: the overrides its runs set that differ between the sweep's runs (``model/attention=
+        softmax``), after the experiment where experiments differ (the converged grid: just the experiment)."""
+        swept = [f"{k}={_short(v)}" for k, v in self.setting if v != "–"]
+        return " ".join([self.experiment, *swept] if self.show_experiment or not swept else swept)
 
     def count(self, reason: str) -> int:
         return sum(r.stop_reason == reason for r in self.runs)
@@ -221,6 +226,19 @@ class Collected:
 
     def row(self, experiment: str, setting: tuple[tuple[str, str], ...]) -> Row | None:
         return next((r for r in self.rows if r.experiment == experiment and r.setting == setting), None)
+
+    def named(self, label: str) -> Row | None:
+        return next((r for r in self.rows if r.label == label), None)
+
+    def shared_overrides(self) -> tuple[str, ...]:
+        """The overrides every completed run of the sweep was given (its fixed settings), seed, experiment and
+        resume left out, in the first run's order."""
+        done = [r for row in self.rows for r in row.completed]
+        if not done:
+            return ()
+        common = set(done[0].override_list).intersection(*(r.override_list for r in done[1:]))
+        return tuple(o for o in done[0].override_list if o in common
+                     and o.partition("=")[0].lstrip("+~") not in NOT_A_ROW_KEY)
 
 
 def parse_overrides(overrides: list[str]) -> dict[str, str]:
@@ -330,8 +348,8 @@ def _load_run(name: str, record_path: Path, run_dir: Path | None) -> Run:
     if not isinstance(hydra_overrides, list):
         hydra_overrides = None
     try:
-        max_epochs = _max_epochs(read_yaml(run_dir / ".hydra" / "config.yaml") if run_dir else None,
-                                 run_dir / ".hydra" / "config.yaml" if run_dir else record_path)
+        run_config = read_yaml(run_dir / ".hydra" / "config.yaml") if run_dir else None
+        max_epochs = _max_epochs(run_config, run_dir / ".hydra" / "config.yaml" if run_dir else record_path)
         if not record_path.exists():
             overrides = parse_overrides(hydra_overrides or [])
             return Run(name, None, overrides, "incomplete: no results.json (still running, killed or crashed)",
@@ -340,9 +358,11 @@ def _load_run(name: str, record_path: Path, run_dir: Path | None) -> Run:
         check_record(record, record_path)
     except Unreadable as err:
         return Run(name, None, parse_overrides(hydra_overrides or []), f"unreadable: {err}")
-    overrides = parse_overrides(record.get("overrides") or hydra_overrides or [])
+    override_list = tuple(str(o) for o in (record.get("overrides") or hydra_overrides or []))
+    overrides = parse_overrides(list(override_list))
     overrides[PRECISION] = trained_precision(record, overrides)
-    run = Run(name, record, overrides, None, max_epochs, _kept_predictions(record_path, run_dir))
+    run = Run(name, record, overrides, None, max_epochs, _kept_predictions(record_path, run_dir), override_list,
+              run_config.get("model") if isinstance(run_config, dict) else None)
     if record.get("status") != "completed":
         run.problem = f"{record.get('status', 'unknown')}: {record.get('error', 'no error message')}"
     elif record.get("best_val_auc") is None or not math.isfinite(record["best_val_auc"]):
@@ -391,12 +411,14 @@ def collect(sweep_dir: Path, by_experiment: bool = False) -> Collected:
     ``by_experiment`` (a converged plan's folder: the plan says which rows compare with which, and its shrink
     options for one model do not split that model) one row per experiment."""
     runs = find_runs(sweep_dir)
-    keys = sorted({k for r in runs for k in r.overrides if k not in NOT_A_ROW_KEY})
-    varying = [] if by_experiment else [k for k in keys if len({r.overrides.get(k) for r in runs}) > 1]
+    done = [r for r in runs if r.problem is None] or runs  # a run that failed or never finished does not split
+    keys = sorted({k for r in done for k in r.overrides if k not in NOT_A_ROW_KEY})
+    varying = [] if by_experiment else [k for k in keys if len({r.overrides.get(k) for r in done}) > 1]
     rows: dict[tuple[str, tuple[tuple[str, str], ...]], Row] = {}
+    show_experiment = by_experiment or len({r.experiment for r in done}) > 1
     for run in runs:
         setting = tuple((k, run.overrides.get(k, "–")) for k in varying)
-        rows.setdefault((run.experiment, setting), Row(run.experiment, setting)).runs.append(run)
+        rows.setdefault((run.experiment, setting), Row(run.experiment, setting, [], show_experiment)).runs.append(run)
     rank = {name: i for i, name in enumerate(ORDER)}
     ordered = sorted(
         rows.values(),

@@ -64,8 +64,9 @@ def ending(runs: list[dict[str, Any]], max_epochs: int | None) -> str:
 
 
 def table(runs: list[Run], order: list[str], max_epochs: int | None, tests: TableTests,
-          baseline: Baseline) -> str:
-    """The rows (one per experiment, in the plan's order) with the comparisons ``tests`` already computed."""
+          baseline: Baseline, papers: dict[str, str | None] | None = None) -> str:
+    """The rows (one per experiment, in the plan's order) with the comparisons ``tests`` already computed;
+    ``papers``: the paper experiment each row's composed model is (report.paper), for the paper AUC column."""
     by_exp: dict[str, list[Run]] = {}
     for run in runs:
         by_exp.setdefault(run.experiment, []).append(run)
@@ -85,7 +86,7 @@ def table(runs: list[Run], order: list[str], max_epochs: int | None, tests: Tabl
         tests_of = [r["test_eval"] for r in rs if r.get("test_eval")]
         test_aucs = [r.test_auc for r in by_exp[name] if r.test_auc is not None]
         aucs = [r["best_val_auc"] for r in rs]
-        paper = PAPER_AUC.get(name)
+        paper = PAPER_AUC.get((papers or {}).get(name) or "")
         is_base = baseline.runs is None and name == baseline.experiment
         lines.append(
             f"| {name} | {len(rs)} | {mean_std(aucs)} | {mean_std([r['best_val_logloss'] for r in rs])}"
@@ -133,7 +134,8 @@ def header(plan: Plan, runs: list[Run], tests: TableTests, baseline: Baseline) -
         "",
         "Validation columns: the best epoch of each run (mean ± std over seeds), shown but never tested (they chose"
         " the epoch); test columns: that epoch's weights on the test split; best epoch 1-based; paper AUC:"
-        " MicroLens validation (paper Tables 2 and 3), for orientation only. Where the runs come from more than one"
+        " MicroLens validation (paper Tables 2 and 3) of the paper experiment whose composed model is the row's (with"
+        " the plan's overrides), for orientation only. Where the runs come from more than one"
         " machine, s / epoch says which (torch's SIMD level, from each record's `machine`).",
         f"Each row against {baseline.label} on the test split: {tests.note}. p-values are Holm-adjusted across the"
         " table's comparisons; a row is significant only where its adjusted p < 0.05.",
@@ -149,4 +151,6 @@ def header(plan: Plan, runs: list[Run], tests: TableTests, baseline: Baseline) -
 def render_converged(plan: Plan, collected: Collected, tests: TableTests, baseline: Baseline) -> str:
     """The whole table.md of a plan's folder."""
     runs = [r for row in collected.rows for r in row.completed]
-    return header(plan, runs, tests, baseline) + table(runs, plan.experiments, plan.max_epochs(), tests, baseline)
+    papers = {row.experiment: row.paper for row in collected.rows}
+    return header(plan, runs, tests, baseline) + table(runs, plan.experiments, plan.max_epochs(), tests, baseline,
+                                                       papers)

@@ -28,7 +28,8 @@ from qin_lightning.report.collect import Collected, PAPER_AUC, collect
 from qin_lightning.report.plots import render_chart, render_curves
 from qin_lightning.report.study import workers_sweep_config, write_study_report
 from qin_lightning.report.converged import render_converged
-from qin_lightning.report.plan import baseline_runs, find_plan
+from qin_lightning.report.paper import annotate, default_value
+from qin_lightning.report.plan import Plan, baseline_runs, find_plan
 from qin_lightning.report.tables import Baseline, render_markdown, table_tests
 
 DEFAULT_BASELINE = "qin"
@@ -46,22 +47,58 @@ def write_report(sweep_dir: str | Path, baseline: str | None = None) -> Collecte
         collected.sweep = workers_sweep_config(sweep_dir)
     if not collected.rows:
         raise QinError(f"no runs found below '{sweep_dir}': expected run folders with results.json")
-    other = baseline_runs(plan) if plan is not None and baseline is None else None
-    if other is not None:
-        chosen = Baseline(other[1], other[0], tuple(other[2]))
-    else:
-        chosen = Baseline(baseline or DEFAULT_BASELINE, baseline or DEFAULT_BASELINE)
+    annotate(collected)
+    chosen = choose_baseline(collected, plan, baseline)
     tests = table_tests(collected, chosen) if not collected.is_optuna else None
     report = render_markdown(collected, sweep_dir, chosen, tests)
     if plan is not None and tests is not None:
         atomic_write_text(sweep_dir / "table.md", render_converged(plan, collected, tests, chosen))
     atomic_write_text(sweep_dir / "report.md", report)
-    rows = [(row.label, row.experiment, row.aucs, row.histories()) for row in collected.rows]
+    rows = [(row.label, PAPER_AUC.get(row.paper or ""), row.aucs, row.histories()) for row in collected.rows]
     if any(aucs for _, _, aucs, _ in rows):
-        atomic_write_bytes(sweep_dir / "report.png", render_chart(rows, PAPER_AUC, sweep_dir.name))
+        atomic_write_bytes(sweep_dir / "report.png", render_chart(rows, sweep_dir.name))
     if any(histories for _, _, _, histories in rows):
         atomic_write_bytes(sweep_dir / "report_curves.png", render_curves(rows, sweep_dir.name))
     return collected
+
+
+def _same(value: str, default: str) -> bool:
+    """An override value equals a composed default (``0.1`` and ``0.10``, ``null`` and ``None`` alike)."""
+    if value == default or {value.lower(), default.lower()} <= {"null", "none"}:
+        return True
+    try:
+        return float(value) == float(default)
+    except ValueError:
+        return False
+
+
+def choose_baseline(collected: Collected, plan: Plan | None, baseline: str | None) -> Baseline:
+    """What the rows are compared with: ``--baseline`` (an experiment where experiments differ, else a row's
+    name); a converged plan's baseline; in a sweep over experiments each setting's ``qin`` row; otherwise the row
+    whose swept keys all have their default value (report.paper.default_value)."""
+    experiments = {row.experiment for row in collected.rows}
+    by_experiment = bool(collected.rows) and collected.rows[0].show_experiment
+    if baseline is not None:
+        if by_experiment and baseline in experiments:
+            return Baseline(baseline, baseline)
+        if collected.named(baseline) is None:
+            names = ", ".join(f"'{row.label}'" for row in collected.rows)
+            raise QinError(f"--baseline {baseline}: no such row (rows: {names})")
+        return Baseline(collected.named(baseline).experiment, baseline, row=baseline)  # type: ignore[union-attr]
+    other = baseline_runs(plan) if plan is not None else None
+    if other is not None:
+        return Baseline(other[1], other[0], tuple(other[2]))
+    if by_experiment:
+        return Baseline(DEFAULT_BASELINE, DEFAULT_BASELINE)
+    shared = collected.shared_overrides()
+    defaults = {key: default_value(key, shared) for key in collected.varying}
+    for row in collected.rows:
+        if all(value == "–" or (defaults[key] is not None and _same(value, str(defaults[key])))
+               for key, value in row.setting):
+            return Baseline(row.experiment, row.label, row=row.label)
+    keys = ", ".join(f"`{k}`" for k in collected.varying)
+    return Baseline(DEFAULT_BASELINE, "the default", why=f"no row has the default value of {keys}; name one with"
+                    " --baseline ROW")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -69,8 +106,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("sweep_dir", nargs="?", help="a multirun folder (logs/train/multiruns/<date>), a shared "
                         "Optuna study's folder of worker folders, or any folder of runs (with --storage: where "
                         "study.md goes, default the current folder)")
-    parser.add_argument("--baseline", help="experiment the deltas are taken against (default: qin, or what the"
-                        " folder's converged plan names)")
+    parser.add_argument("--baseline", metavar="ROW", help="the row the deltas and tests are taken against, by"
+                        " its name in the table (default: the row with the default value of the swept keys; in a"
+                        " sweep over experiments, or a converged plan, qin or what the plan names)")
     parser.add_argument("--storage", help="an Optuna study's database URL: report that study's trials (with --study)")
     parser.add_argument("--study", help="the study's name (hydra.sweeper.study_name)")
     args = parser.parse_args(argv)

@@ -19,12 +19,15 @@ def _fmt(value: float | None, digits: int = 4) -> str:
 
 @dataclass(frozen=True)
 class Baseline:
-    """What a table's rows are compared with: the row of ``experiment`` with the same setting (``runs`` None), or
-    the runs of another plan's row (``runs``), shown as ``label``."""
+    """What a table's rows are compared with, shown as ``label``: the row named ``row`` (a sweep's default
+    setting, or ``--baseline ROW``); else the runs of another plan's row (``runs``); else the row of
+    ``experiment`` with the same setting (a sweep over experiments). ``why`` says why there is none."""
 
     experiment: str
     label: str
     runs: tuple[Run, ...] | None = None
+    row: str | None = None
+    why: str = ""
 
 
 SEED_TEST_HEADER = "seed t-test p (Holm)"
@@ -71,7 +74,10 @@ def _base_runs(collected: Collected, baseline: Baseline, row: Row) -> tuple[Row 
     """The baseline row of ``row`` (None for another plan's runs) and the runs it is compared with."""
     if baseline.runs is not None:
         return None, list(baseline.runs)
-    base = collected.row(baseline.experiment, row.setting)
+    if baseline.why:
+        return None, []
+    base = collected.named(baseline.row) if baseline.row is not None else collected.row(baseline.experiment,
+                                                                                         row.setting)
     return base, (base.completed if base is not None else [])
 
 
@@ -89,13 +95,13 @@ def table_tests(collected: Collected, baseline: Baseline) -> TableTests:
 def render_table(collected: Collected, baseline: Baseline, tests: TableTests) -> list[str]:
     """The Table 3 layout: one line per row (experiment x varying overrides); validation columns, then the test
     columns and the row's paired test against the baseline (the only column significance is read from)."""
-    header = ["experiment", *collected.varying, "paper row", "val AUC (mean ± std)", "val logloss", "seeds",
+    header = ["row", "paper row", "val AUC (mean ± std)", "val logloss", "seeds",
               f"Δ val AUC vs {baseline.label}", "test AUC (mean ± std)", *comparison_header(baseline.label, tests),
               "paper AUC", "paper Δ", "early stop / epoch cap / failed"]
     lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(["---"] * len(header)) + " |"]
-    paper_base = PAPER_AUC.get(baseline.experiment)
     for row in collected.rows:
         base, base_runs = _base_runs(collected, baseline, row)
+        paper_base = PAPER_AUC.get(base.paper) if base is not None and base.paper else None
         base_aucs = [float(r.record["best_val_auc"]) for r in base_runs if r.record]
         done = row.completed
         if done:
@@ -107,10 +113,10 @@ def render_table(collected: Collected, baseline: Baseline, tests: TableTests) ->
         else:
             auc, logloss, seeds, delta = "–", "–", "0", "–"
         test = _mean_std([r.test_auc for r in done if r.test_auc is not None])
-        paper = PAPER_AUC.get(row.experiment)
+        paper = PAPER_AUC.get(row.paper) if row.paper else None
         paper_delta = f"{paper - paper_base:+.4f}" if paper is not None and paper_base is not None else "–"
         counts = f"{row.count('early_stopping')} / {row.count('max_epochs')} / {row.count('failed')}"
-        cells = [row.experiment, *(v for _, v in row.setting), PAPER_ROW.get(row.experiment, "–"), auc, logloss,
+        cells = [row.label, PAPER_ROW.get(row.paper, "–") if row.paper else "–", auc, logloss,
                  seeds, delta, test, *comparison_cells(tests, row.label, row is base),
                  _fmt(paper), paper_delta, counts]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
@@ -164,17 +170,28 @@ def render_markdown(collected: Collected, sweep_dir: Path, baseline: Baseline, t
     else:
         assert tests is not None
         split = ", ".join(f"`{k}`" for k in collected.varying)
-        against = (f"the runs of `{baseline.label}`" if baseline.runs is not None
-                   else f"`{baseline.label}` with the same settings")
+        if baseline.why:
+            against = f"no row ({baseline.why})"
+        elif baseline.runs is not None:
+            against = f"the runs of `{baseline.label}`"
+        elif baseline.row is not None:
+            against = f"`{baseline.label}`"
+        else:
+            against = f"`{baseline.label}` with the same settings"
+        by_experiment = not collected.rows or collected.rows[0].show_experiment
+        rows_are = "one row per experiment" + (" and value of " if split else "") if by_experiment else (
+            "one row per value of " if split else "one row")
         lines += [
-            "Best validation AUC per run (mean ± std over seeds); one row per experiment"
-            + (f" and value of {split} (the overrides that vary in this sweep)" if split else "")
+            f"Best validation AUC per run (mean ± std over seeds); {rows_are}"
+            + (f"{split} (the overrides that differ between this sweep's runs: the row's name)" if split else "")
             + f"; Δ is to {against}. Validation numbers are shown, never tested: they"
             " chose each run's best epoch.",
             f"Test columns: the best-validation weights on the test split. Significance: {tests.note}; p-values"
             f" Holm-adjusted across the table's comparisons, significant only where the adjusted p < {ALPHA}.",
-            "Paper AUC: MicroLens_1M_MMCTR validation (QIN paper Tables 2 and 3), for reference only: "
-            "other data gives other absolute numbers, compare the ordering and the deltas.",
+            "Paper row and AUC: where the row's composed model equals a paper experiment's (conf/experiment, composed"
+            " with the overrides every run shares), that experiment's MicroLens_1M_MMCTR validation AUC (QIN paper"
+            " Tables 2 and 3), for reference only: other data gives other absolute numbers, compare the ordering and"
+            " the deltas.",
             "The last column counts the row's runs that stopped early, ran to `trainer.max_epochs`, or failed"
             " (records without `stop_reason` are classified by their number of epochs).",
             "",
