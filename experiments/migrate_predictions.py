@@ -12,7 +12,7 @@ AUC (to 1e-7) on those labels. Each file is rewritten atomically; a file already
         --max-len 20 --encoder hashing
     python -m qin_lightning.prepare movielens --src ../shared/data/ml-latest-small.zip --out /tmp/mig/small_sampled64 \\
         --max-len 64 --encoder hashing
-    python -m qin_lightning.data.synthetic --out /tmp/mig/synthetic          # fingerprint 82890082dd304fb0
+    python -m qin_lightning.prepare synthetic --out /tmp/mig/synthetic          # fingerprint 82890082dd304fb0
     python experiments/migrate_predictions.py \\
         movielens-ml-latest-small-rating-per_user-f4210ac7c5=/tmp/mig/small_rating \\
         movielens-ml-100k-rating-per_user-1515f9646d=/tmp/mig/100k_rating \\

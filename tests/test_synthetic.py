@@ -130,10 +130,13 @@ def test_existing_folder(tmp_path: Path) -> None:
 
 
 def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert synthetic.main(["--out", str(tmp_path / "cli"), "--scale", "tiny", "--seed", "3"]) == 0
+    """`qin-prepare synthetic` writes the folder; a folder holding another dataset is one error line, status 2."""
+    from qin_lightning.prepare import main as prepare
+
+    assert prepare(["synthetic", "--out", str(tmp_path / "cli"), "--scale", "tiny", "--seed", "3"]) == 0
     assert "cli" in capsys.readouterr().out
     assert all((tmp_path / "cli" / name).is_file() for name in FILES)
-    assert synthetic.main(["--out", str(tmp_path / "cli"), "--scale", "tiny", "--seed", "4"]) == 2
+    assert prepare(["synthetic", "--out", str(tmp_path / "cli"), "--scale", "tiny", "--seed", "4"]) == 2
     assert capsys.readouterr().err.startswith("error: ")
 
 

@@ -3,7 +3,7 @@
     python experiments/scale/measure_load.py --root DIR [--workers 2] [--epochs 2] [--out FILE.json]
 
 DIR holds the synthetic MicroLens-scale dataset (generated there on first use, into DIR/<fingerprint>;
-`python -m qin_lightning.data.synthetic --out DIR/<fingerprint> --scale microlens` makes the same one).
+`python -m qin_lightning.prepare synthetic --out DIR/<fingerprint> --scale microlens` makes the same one).
 Phases, each followed by the process RSS and peak RSS (getrusage; nothing else runs before the load is
 measured):
 1. load: `MMCTRDataModule.setup("fit")` + the test split; reports bytes of the columns as held (int32

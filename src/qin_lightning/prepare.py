@@ -5,10 +5,13 @@
         [--encoder auto|minilm|hashing] \
         [--seed N] [--max-len 64] [--negatives 3] [--cache-dir DIR] [--overwrite]
 
+    python -m qin_lightning.prepare synthetic --out DIR [--scale tiny|small|microlens] [--seed N]
+
     python -m qin_lightning.prepare describe --root DIR [--json]
 
 `movielens` converts a MovieLens release (zip or folder) into the MMCTR layout (rules in
-`qin_lightning.data.movielens.convert`); `describe` prints what to check first about any folder in the layout:
+`qin_lightning.data.movielens.convert`); `synthetic` generates the embedded default dataset (or its tiny / MicroLens-
+sized variants) into a folder, as training does on first use (`qin_lightning.data.synthetic`); `describe` prints what to check first about any folder in the layout:
 rows and positive rate per split, items, tags, history lengths and padding, embedding width, and the oracle AUC of a
 synthetic folder (`qin_lightning.data.describe`). Errors in the input print `error: <message>` and exit with
 status 2.
@@ -44,6 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
     ml.add_argument("--negatives", type=int, default=3, help="negatives per positive (protocol sampled)")
     ml.add_argument("--cache-dir", default=None, help="embedding cache (default $QIN_CACHE_DIR/embeddings or ~/.cache)")
     ml.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    syn = sub.add_parser("synthetic", help="generate the synthetic dataset (the default data) into a folder")
+    syn.add_argument("--out", required=True, help="dataset folder to create")
+    syn.add_argument("--scale", choices=("tiny", "small", "microlens"), default="small",
+                     help="small: the default data of `make train`; microlens: MicroLens_1M_MMCTR's sizes")
+    syn.add_argument("--seed", type=int, default=20242025)
     desc = sub.add_parser("describe", help="rows, positive rate, items, tags, history lengths of a dataset folder")
     desc.add_argument("--root", required=True, help="a folder in the MMCTR layout (e.g. .cache/qin/synthetic/<id>)")
     desc.add_argument("--json", action="store_true", help="print the description as JSON")
@@ -62,10 +70,26 @@ def describe_main(root: str, as_json: bool) -> int:
     return 0
 
 
+def synthetic_main(out: str, scale: str, seed: int) -> int:
+    from qin_lightning.data.synthetic import SyntheticConfig, generate
+
+    config = getattr(SyntheticConfig, scale)(seed=seed)
+    try:
+        path = generate(config, out)
+    except QinError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{path} ({config.name}, fingerprint {config.fingerprint()}): {config.train_rows} train / "
+          f"{config.valid_rows} valid / {config.test_rows} test rows, {config.num_items} items")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.dataset == "describe":
         return describe_main(args.root, args.json)
+    if args.dataset == "synthetic":
+        return synthetic_main(args.out, args.scale, args.seed)
     try:
         from qin_lightning.data.movielens.convert import convert_movielens
 

@@ -15,14 +15,12 @@ So a model needs the target-history interaction *and* item features (tags / vect
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import json
 import math
 import os
 import shutil
-import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -351,24 +349,3 @@ def generate(config: SyntheticConfig, out_dir: Path | str) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m qin_lightning.data.synthetic", description=__doc__.splitlines()[0])
-    parser.add_argument("--out", required=True, type=Path, help="dataset folder to create")
-    parser.add_argument("--scale", choices=("tiny", "small", "microlens"), default="small")
-    parser.add_argument("--seed", type=int, default=20242025)
-    args = parser.parse_args(argv)
-    config = getattr(SyntheticConfig, args.scale)(seed=args.seed)
-    try:
-        path = generate(config, args.out)
-    except DataValidationError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"{path} ({config.name}, fingerprint {config.fingerprint()}): {config.train_rows} train / "
-          f"{config.valid_rows} valid / {config.test_rows} test rows, {config.num_items} items")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
