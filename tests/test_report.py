@@ -289,8 +289,9 @@ def test_predictions_of_different_splits_are_not_paired(tmp_path: Path) -> None:
 
 
 def test_hostile_sweep_files_do_not_stop_the_report(tmp_path: Path) -> None:
-    """A `hydra` node that is not a mapping, best_params that is a list, a null logloss: the report is written."""
-    (tmp_path / "multirun.yaml").write_text("hydra: 3\noptimized_metric: [1]\n")
+    """best_params that is a list, an optimized_metric that is a list, a null logloss: the report is written (a
+    `hydra` node that is not a mapping is a one-line error: tests/test_report_hostile.py)."""
+    (tmp_path / "multirun.yaml").write_text("hydra: {}\noptimized_metric: [1]\n")
     (tmp_path / "optimization_results.yaml").write_text("best_params: [1, 2]\nbest_value: x\n")
     _run(tmp_path, "0_qin_seed1", {**_ok("qin", 1, 0.80), "best_val_logloss": None})
     collected = write_report(tmp_path)

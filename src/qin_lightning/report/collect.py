@@ -19,6 +19,8 @@ from typing import Any
 
 import yaml
 
+from qin_lightning.errors import QinError
+
 # Validation AUC on MicroLens_1M_MMCTR (paper Tables 2 and 3).
 PAPER_AUC: dict[str, float] = {
     "din": 0.8655,
@@ -337,6 +339,25 @@ def _max_epochs(config: Any, path: Path) -> int | None:
     return value
 
 
+INTEGER_OVERRIDES = ("seed", "trainer.max_epochs")  # overrides the report reads as integers
+
+
+def _override_list(value: Any, path: Path) -> list[str] | None:
+    """A run's overrides (``.hydra/overrides.yaml`` or a record's ``overrides``): a list of ``key=value`` strings,
+    the ones the report reads as integers checked; Unreadable (one line) otherwise."""
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(o, str) for o in value):
+        raise Unreadable(f"{path}: expected a list of override strings, got {_shown(value)}")
+    for key, override in parse_overrides(value).items():
+        if key in INTEGER_OVERRIDES and override.lower() != "null":
+            try:
+                int(override)
+            except ValueError:
+                raise Unreadable(f"{path}: override {key}={override[:40]}: expected an integer") from None
+    return value
+
+
 def _kept_predictions(record_path: Path, run_dir: Path | None) -> Path | None:
     candidates = [run_dir / name for name in PREDICTION_FILES] if run_dir else [
         record_path.with_name(record_path.stem + ".preds.parquet")]
@@ -344,11 +365,11 @@ def _kept_predictions(record_path: Path, run_dir: Path | None) -> Path | None:
 
 
 def _load_run(name: str, record_path: Path, run_dir: Path | None) -> Run:
-    hydra_overrides = read_yaml(run_dir / ".hydra" / "overrides.yaml") if run_dir else None
-    if not isinstance(hydra_overrides, list):
-        hydra_overrides = None
+    hydra_overrides = None
     try:
-        run_config = read_yaml(run_dir / ".hydra" / "config.yaml") if run_dir else None
+        overrides_path = run_dir / ".hydra" / "overrides.yaml" if run_dir else record_path
+        hydra_overrides = _override_list(read_yaml_strict(overrides_path) if run_dir else None, overrides_path)
+        run_config = read_yaml_strict(run_dir / ".hydra" / "config.yaml") if run_dir else None
         max_epochs = _max_epochs(run_config, run_dir / ".hydra" / "config.yaml" if run_dir else record_path)
         if not record_path.exists():
             overrides = parse_overrides(hydra_overrides or [])
@@ -356,6 +377,7 @@ def _load_run(name: str, record_path: Path, run_dir: Path | None) -> Run:
                        max_epochs)
         record = parse_json(read_bounded(record_path), record_path)
         check_record(record, record_path)
+        _override_list(record.get("overrides"), record_path)
     except Unreadable as err:
         return Run(name, None, parse_overrides(hydra_overrides or []), f"unreadable: {err}")
     override_list = tuple(str(o) for o in (record.get("overrides") or hydra_overrides or []))
@@ -431,11 +453,27 @@ def collect(sweep_dir: Path, by_experiment: bool = False) -> Collected:
 def sweep_config(sweep_dir: Path) -> dict[str, Any]:
     """The sweep's configuration with its ``hydra`` node: ``multirun.yaml`` (basic sweeper), else the first job's
     ``.hydra/config.yaml`` + ``.hydra/hydra.yaml`` (the Optuna sweeper writes no multirun.yaml); {} if none."""
-    multirun = read_yaml(sweep_dir / "multirun.yaml")
-    if isinstance(multirun, dict):
+    multirun = _sweep_file(sweep_dir / "multirun.yaml")
+    if multirun is not None:
         return multirun
     for hydra_file in sorted(sweep_dir.glob("*/.hydra/hydra.yaml")):
-        config, hydra = read_yaml(hydra_file.with_name("config.yaml")), read_yaml(hydra_file)
-        if isinstance(config, dict) and isinstance(hydra, dict):
+        config, hydra = read_yaml(hydra_file.with_name("config.yaml")), _sweep_file(hydra_file)
+        if isinstance(config, dict) and hydra is not None:
             return {**config, "hydra": hydra.get("hydra", {})}
     return {}
+
+
+def _sweep_file(path: Path) -> dict[str, Any] | None:
+    """A sweep-level Hydra file (multirun.yaml, a job's hydra.yaml): a mapping whose ``hydra`` node, if any, is a
+    mapping; None when absent; QinError (one line) when it is not what Hydra writes."""
+    try:
+        data = read_yaml_strict(path)
+    except Unreadable as err:
+        raise QinError(str(err)) from None
+    if data is None:
+        return None
+    if not isinstance(data, dict):
+        raise QinError(f"{path}: expected a mapping, got {_shown(data)}")
+    if "hydra" in data and not isinstance(data["hydra"], dict):
+        raise QinError(f"{path}: key 'hydra': expected a mapping, got {_shown(data['hydra'])}")
+    return data

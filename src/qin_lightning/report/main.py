@@ -47,6 +47,10 @@ def write_report(sweep_dir: str | Path, baseline: str | None = None) -> Collecte
         collected.sweep = workers_sweep_config(sweep_dir)
     if not collected.rows:
         raise QinError(f"no runs found below '{sweep_dir}': expected run folders with results.json")
+    unreadable = [what for _, what in collected.problems if what.startswith("unreadable: ")]
+    if len(unreadable) == sum(len(row.runs) for row in collected.rows):  # nothing to report: say why, once
+        raise QinError(unreadable[0].removeprefix("unreadable: ")
+                       + (f" (and {len(unreadable) - 1} more unreadable runs)" if len(unreadable) > 1 else ""))
     annotate(collected)
     chosen = choose_baseline(collected, plan, baseline)
     tests = table_tests(collected, chosen) if not collected.is_optuna else None

@@ -23,7 +23,8 @@ def workers_sweep_config(study_dir: Path) -> dict[str, Any]:
     (``{}`` when there is none): with it, the study's folder is reported as one Optuna sweep."""
     for worker in sorted(p for p in study_dir.iterdir() if p.is_dir()):
         config = sweep_config(worker)
-        if "optuna" in str(config.get("hydra", {}).get("sweeper", {}).get("_target_", "")).lower():
+        sweeper = config.get("hydra", {}).get("sweeper")
+        if isinstance(sweeper, dict) and "optuna" in str(sweeper.get("_target_", "")).lower():
             return config
     return {}
 
