@@ -85,7 +85,7 @@ def test_bootstrap_interval_covers_the_truth_and_the_null_is_rarely_rejected(mu:
         assert rejected >= 20  # and it has some power at this size
 
 
-@pytest.mark.parametrize("seeds", [3, 5, 8])
+@pytest.mark.parametrize("seeds", [3, 5, pytest.param(8, marks=pytest.mark.slow)])
 def test_bootstrap_covers_the_truth_when_whole_seeds_train_better_or_worse(seeds: int) -> None:
     """Runs that shift as a whole (seed_sd 0.6): the interval must carry the seed spread to cover the expected
     difference (>= 85% of 200; resampling users alone covers 76 at 8 seeds), and a true null is rejected in <= 12%.
