@@ -556,6 +556,16 @@ def test_training_memory_estimate_is_exact_and_checked(run: Path, tmp_path: Path
     build_module(cfg, dm)
 
 
+def test_counting_a_huge_network_stops_at_the_memory_there_is(run: Path, tmp_path: Path) -> None:
+    """num_layers=3e6 built every layer on the meta device for minutes before any check: the count stops at the
+    first tensor beyond what the memory could hold."""
+    cfg = compose_train(tiny_overrides(run.parent) + tiny_model_overrides() + [
+        "model.net.interaction.num_layers=3000000", "model.net.embedding_dim=512"], tmp_path / "run")
+    tags, mm = torch.zeros(60, 5, dtype=torch.long), torch.zeros(60, 128)
+    with pytest.raises(ConfigError, match=r"model.net: building it on the meta device.*got more \(stopped after"):
+        memory.estimate_training_memory(cfg.model.net, tags, mm, 20)
+
+
 def test_available_memory_readers(tmp_path: Path) -> None:
     meminfo = tmp_path / "meminfo"
     meminfo.write_text("MemTotal: 100 kB\nMemAvailable: 42 kB\n")

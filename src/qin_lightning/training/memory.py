@@ -20,10 +20,21 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from qin_lightning.errors import ConfigError
-from qin_lightning.machine import cpu_available
+from qin_lightning.machine import CreationBudgetExceeded, cpu_available, creation_budget
 from qin_lightning.models.build import build_network
 
 BYTES_PER_PARAMETER = 4 * 4  # fp32 weight + gradient + Adam exp_avg + exp_avg_sq
+MAX_BUILD_TENSORS = 100_000  # tensors a network may create while it is built (ours: a few hundred)
+
+
+def build_budget_elements() -> int:
+    """Elements a network may create while it is built for counting: as many 4-byte values as the largest memory
+    there is (RAM available, every GPU's total) could hold; a config declaring more (num_layers=3e6) stops at the
+    first tensor over it instead of building every layer on the meta device."""
+    sizes = [cpu_available() or 0]
+    if torch.cuda.is_available():
+        sizes += [torch.cuda.get_device_properties(i).total_memory for i in range(torch.cuda.device_count())]
+    return max(sizes) // 4 if max(sizes) else 2**62
 
 
 @dataclass(frozen=True)
@@ -41,9 +52,16 @@ class TrainingMemory:
 
 def estimate_training_memory(net_cfg: DictConfig, item_tags: Tensor, item_mm: Tensor, num_tags: int) -> TrainingMemory:
     """Build ``net_cfg`` on the meta device (no storage) and count what training it in fp32 with Adam needs."""
-    with torch.device("meta"):
-        net: nn.Module = build_network(net_cfg, torch.empty(item_tags.shape, dtype=item_tags.dtype),
-                                       torch.empty(item_mm.shape, dtype=item_mm.dtype), num_tags)
+    limit = build_budget_elements()
+    what = (f"model.net: building it on the meta device to count its parameters (at most the {limit:,} elements "
+            "that 4-byte weights in all the memory there is could hold)")
+    try:
+        with creation_budget(limit, MAX_BUILD_TENSORS, what), torch.device("meta"):
+            net: nn.Module = build_network(net_cfg, torch.empty(item_tags.shape, dtype=item_tags.dtype),
+                                           torch.empty(item_mm.shape, dtype=item_mm.dtype), num_tags)
+    except CreationBudgetExceeded as err:
+        raise ConfigError(f"{err}; make the model smaller (model.net.interaction.num_layers, embedding_dim) or check "
+                          "the data (memory_check=false skips this check)") from None
     parameters = sum(p.numel() for p in net.parameters() if p.requires_grad)
     buffers = sum(b.numel() * b.element_size() for b in net.buffers())
     return TrainingMemory(parameters, parameters * BYTES_PER_PARAMETER, buffers)
