@@ -1,4 +1,4 @@
-"""Fuzzing the untrusted inputs (README "Security"): a real checkpoint and a real data folder, mutated by hypothesis
+"""Fuzzing the untrusted inputs (docs/security.md): a real checkpoint and a real data folder, mutated by hypothesis
 (tensor shapes, strides, dtypes and values, stored sizes and paths; row counts, list lengths, values and metadata of
 the parquet files), are evaluated under an address-space limit (``resource.setrlimit(RLIMIT_AS)``). Every case
 either works or ends in one line (a ``QinError``), never a traceback, a ``MemoryError`` or a crash, and nothing is

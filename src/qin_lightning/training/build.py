@@ -96,8 +96,8 @@ def trainer_precision(cfg: DictConfig) -> str:
 
 def warn_slow_cpu_bf16(cfg: DictConfig) -> None:
     """One warning when bf16 autocast will run on a CPU without bf16 instructions (no avx512_bf16 / AMX):
-    there torch's bf16 matrix products take a slow fallback (QIN's training step ~40x slower than fp32 on an
-    AVX2 CPU, experiments/bench/bf16_cpu.json), so fp32 is the faster choice."""
+    there torch's bf16 matrix products take a slow fallback, many times slower than fp32 (the record:
+    experiments/bench/bf16_cpu.json), so fp32 is the faster choice."""
     precision = str(cfg.trainer.get("precision", "32-true"))
     if precision.startswith("bf16") and not trains_on_gpu(cfg.trainer.get("accelerator")) and not machine.cpu_has_bf16():
         logging.getLogger("qin_lightning.train").warning(
