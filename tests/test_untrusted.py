@@ -994,3 +994,13 @@ def test_resume_checks_the_validation_history_it_carries_forward(last: Path) -> 
     ckpt = copy.deepcopy(honest)
     ckpt["qin_val_history"] = "junk"
     _one_line(lambda: check_val_history(ckpt, str(last)), "got str")
+
+
+def test_generating_a_synthetic_set_checks_memory_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The user's own data.synthetic.num_topics=4e8 ended in numpy's _ArrayMemoryError: one line, nothing made."""
+    from qin_lightning.data import synthetic
+
+    monkeypatch.setattr(synthetic, "cpu_available", lambda: 1000)
+    with pytest.raises(ConfigError, match=r"data.synthetic: expected a dataset that fits in memory, got 480 rows"):
+        synthetic.generate(SyntheticConfig.tiny(), tmp_path / "out")
+    assert not (tmp_path / "out").exists() and not list(tmp_path.iterdir())

@@ -33,6 +33,7 @@ import pyarrow.parquet as pq
 from qin_lightning.data import layout
 from qin_lightning.errors import ConfigError, DataValidationError
 from qin_lightning.files import FileWriteError
+from qin_lightning.machine import cpu_available
 
 GENERATOR_VERSION = 1  # bump when the generative story changes: it is part of the fingerprint
 META_FILE = "synthetic.json"  # written last; its presence marks a complete dataset
@@ -317,6 +318,29 @@ def _write_all(config: SyntheticConfig, tmp: Path) -> None:
     (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
 
 
+def generation_bytes(config: SyntheticConfig) -> int:
+    """A lower bound of the memory generating `config` takes: its largest split's int64 histories and per-row
+    columns, the float64 item vectors and their noise, the int64 tags and their draws, the topics' centroids and
+    tag pools, the users' topics."""
+    rows = max(config.train_rows, config.valid_rows, config.test_rows)
+    items = config.num_items * (3 * config.emb_dim + 3 * config.tags_per_item + 6)
+    topics = config.num_topics * (config.emb_dim + 3)
+    return 8 * (rows * (config.max_len + 6) + items + topics + 3 * config.num_users)
+
+
+def check_fits_in_memory(config: SyntheticConfig, where: str = "data.synthetic") -> None:
+    """ConfigError (one line) when generating `config` cannot fit in the memory available, before anything is
+    allocated."""
+    needed, free = generation_bytes(config), cpu_available()
+    if free is not None and needed > free:
+        rows = config.train_rows + config.valid_rows + config.test_rows
+        raise ConfigError(
+            f"{where}: expected a dataset that fits in memory, got {rows:,} rows, {config.num_items:,} items and "
+            f"{config.num_topics:,} topics needing at least {needed / 2**30:,.1f} GiB to generate (available: "
+            f"{free / 2**30:,.1f} GiB)"
+        )
+
+
 def generate(config: SyntheticConfig, out_dir: Path | str) -> Path:
     """Write the dataset into `out_dir` atomically (temp folder beside it, then rename); returns `out_dir`.
 
@@ -324,6 +348,7 @@ def generate(config: SyntheticConfig, out_dir: Path | str) -> Path:
     A failure leaves neither `out_dir` nor the temp folder behind.
     """
     out_dir = Path(out_dir)
+    check_fits_in_memory(config)
     if out_dir.exists():
         if _is_complete(out_dir, config):
             return out_dir
