@@ -40,7 +40,7 @@ from qin_lightning.serving.export import export_checkpoint
 from qin_lightning.serving.load import load_network
 from qin_lightning.serving.scorer import data_config, load_for_inference
 from qin_lightning.serving.stored_config import DATA_MODULES, DATA_PARTS, NETWORK_PARTS, NETWORKS, StoredConfigError
-from qin_lightning.serving.stored_config import build_datamodule as build_stored_datamodule
+from qin_lightning.serving.stored_config import stored_datamodule
 from qin_lightning.train import train
 from qin_lightning.training import checkpoint_io, memory
 from qin_lightning.training.build import build_datamodule, build_module
@@ -411,7 +411,7 @@ def test_property_a_stored_config_builds_our_classes_or_is_one_line(last: Path,
         torch.save(ckpt, path)
         try:
             net, cfg = load_network(path)
-            dm = build_stored_datamodule(data_config(cfg, None, path), path, "trust_checkpoint=true")
+            dm = stored_datamodule(data_config(cfg, None, path), path, "trust_checkpoint=true")
         except QinError as err:
             assert "\n" not in str(err) and str(path) in str(err), str(err)
             outcomes.append("refused")
@@ -908,7 +908,7 @@ def test_stored_data_settings_are_bounded_before_anything_is_allocated(last: Pat
     if key == "num_topics":
         node["num_tags"] = value + 1
     path = tmp_path / "bounded.ckpt"
-    _one_line(lambda: build_stored_datamodule(data_config(ckpt["qin_config"], {"root": str(tmp_path)}, path), path,
+    _one_line(lambda: stored_datamodule(data_config(ckpt["qin_config"], {"root": str(tmp_path)}, path), path,
                                               "trust_checkpoint=true"), str(path), "qin_config data", needle)
 
 

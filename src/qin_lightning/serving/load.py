@@ -27,7 +27,7 @@ from qin_lightning.checkpoint import TRUST_HINT, read_checkpoint
 from qin_lightning.data.layout import NUM_LEVELS
 from qin_lightning.errors import QinError
 from qin_lightning.models.inference import rename_old_switches
-from qin_lightning.serving.stored_config import MOVED_TARGETS, build_network, plain_config
+from qin_lightning.serving.stored_config import MOVED_TARGETS, plain_config, stored_network
 
 NET_PREFIX = "net."
 TAGS_KEY = "items.item_tags"
@@ -101,7 +101,7 @@ def load_network(path: str | Path, trust: bool = False,
 
     Untrusted (the default): read with ``weights_only=True``; the whole ``qin_config`` is copied as plain data
     (``stored_config.plain_config``) and the network built from that copy of ``model.net`` by
-    ``stored_config.build_network`` (our classes only, sizes checked against the stored tensors). Trusted: the
+    ``stored_config.stored_network`` (our classes only, sizes checked against the stored tensors). Trusted: the
     stored ``model.net`` is instantiated with Hydra.
     """
     ckpt = read_checkpoint(path, trust=trust, trust_hint=trust_hint)
@@ -114,7 +114,7 @@ def load_network(path: str | Path, trust: bool = False,
     if not trust:
         cfg = plain_config(cfg, "", path, trust_hint)
         assert isinstance(cfg, dict)
-        return build_network(cfg["model"]["net"], state, path, trust_hint).eval(), cfg
+        return stored_network(cfg["model"]["net"], state, path, trust_hint).eval(), cfg
     _update_moved_targets(cfg)
     tags, mm = state[TAGS_KEY], state[MM_KEY]
     try:

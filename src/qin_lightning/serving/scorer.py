@@ -26,7 +26,7 @@ from qin_lightning.errors import ConfigError, QinError, expect_device, expect_in
 from qin_lightning.models.inference import inference_form
 from qin_lightning.serving.load import TRUST_HINT, load_network
 from qin_lightning.serving.runtime import feed, open_session
-from qin_lightning.serving.stored_config import build_datamodule
+from qin_lightning.serving.stored_config import stored_datamodule
 
 DATA_OVERRIDES = ("root", "batch_size", "source")  # the only data settings eval/predict may change
 SOURCE_OVERRIDES = ("src",)  # of data.source: where the MovieLens release is (+data.source.src=PATH)
@@ -154,7 +154,7 @@ def load_for_inference(
     if trust_checkpoint:
         dm = instantiate_reporting(OmegaConf.create(data), _convert_="object")
     else:  # plain data of our own classes only, never instantiated with Hydra (serving.stored_config)
-        dm = build_datamodule(data, ckpt_path, TRUST_HINT)
+        dm = stored_datamodule(data, ckpt_path, TRUST_HINT)
     dm.prepare_data()
     check_item_count(net, dm, ckpt_path)
     dm.setup(stage)

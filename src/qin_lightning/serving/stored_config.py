@@ -1,7 +1,8 @@
-"""The config stored in a checkpoint (`qin_config`) is data, never code: checked as plain values, built by us.
+"""The config stored in a checkpoint (`qin_config`) is data, never code: checked as plain values, then built
+by the same builders as training's config.
 
-A checkpoint may come from anyone, so nothing in its `qin_config` is instantiated, interpolated or resolved.
-Instead (`plain_config`, then `build_network` / `build_datamodule`):
+A checkpoint may come from anyone, so nothing in its `qin_config` is instantiated, interpolated or resolved as
+it stands. Instead (`plain_config`, then `stored_network` / `stored_datamodule`):
 
 1. The stored value is copied into plain Python values: dicts with string keys, lists, str, int, float, bool,
    None (a ``_target_`` of a class that moved is renamed, `MOVED_TARGETS`). Anything else (a tuple, a tensor,
@@ -9,8 +10,9 @@ Instead (`plain_config`, then `build_network` / `build_datamodule`):
    none is ever evaluated) and every Hydra key other than ``_target_`` (``_args_``, ``_call_``, ``_convert_``,
    ``_recursive_``, ...; ``_partial_`` only as the ``true`` that our own attention/interaction configs carry,
    and it changes nothing: see 2).
-2. That copy, and only it, is built by the walk that checks it: a ``_target_`` must be the exact name of a
-   class in the allowlists below (`NETWORKS` and `NETWORK_PARTS` for ``model.net``, `DATA_MODULES` and
+2. That copy is checked node by node, and only the checked copy is built (with training's builders:
+   ``models.build.build_network`` for ``model.net``, Hydra's instantiate for ``data``): a ``_target_`` must be
+   the exact name of a class in the allowlists below (`NETWORKS` and `NETWORK_PARTS` for ``model.net``, `DATA_MODULES` and
    `DATA_PARTS` for ``data``); a network's parts are always passed as partials (the network calls them with
    its width); every other key must be a parameter of that class, with a value of the kind its default has
    (an int where the default is an int, ...), and a class may only be named as the value of such a parameter.
@@ -28,21 +30,23 @@ Hydra, as a trusted config: for files the user trusts completely.
 
 from __future__ import annotations
 
-import functools
 import inspect
 from pathlib import Path
 from typing import Any, Union
 
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import get_class
 from torch import Tensor, nn
 
-from qin_lightning.config import model_targets
+from qin_lightning.config import instantiate_reporting, model_targets
 from qin_lightning.data.datamodule import MMCTRDataModule
 from qin_lightning.data.movielens.source import MovieLensSource
 from qin_lightning.data.synthetic import SyntheticConfig
+from qin_lightning.data.synthetic import check_fits_in_memory as check_synthetic_fits
 from qin_lightning.errors import QinError
-from qin_lightning.machine import cpu_available, creation_budget
+from qin_lightning.machine import creation_budget
+from qin_lightning.models.build import build_network
 from qin_lightning.models.inference import rename_old_switches
 
 Plain = Union[dict[str, "Plain"], list["Plain"], str, int, float, bool, None]
@@ -138,22 +142,23 @@ def _kind_of(default: Any) -> tuple[tuple[type, ...], str] | None:
     return None
 
 
-class _Builder:
-    """Builds one subtree (``model.net`` or ``data``) of a plain config from one allowlist."""
+class _Checker:
+    """Checks one subtree (``model.net`` or ``data``) of a plain config against one allowlist; returns the checked
+    copy (the nodes' ``_target_``, ``_partial_`` and parameters), which is what gets built."""
 
     def __init__(self, roots: dict[str, type], parts: dict[str, type], partial_parts: bool,
-                 path: str | Path, trust_hint: str, fixed: dict[str, Any] | None = None) -> None:
+                 path: str | Path, trust_hint: str, fixed: tuple[str, ...] = ()) -> None:
         self.roots, self.parts, self.partial_parts = roots, parts, partial_parts
         self.path, self.trust_hint = path, trust_hint
-        self.fixed = fixed or {}  # arguments of the root class that come from elsewhere (the tensors)
+        self.fixed = fixed  # parameters of the root class that come from elsewhere (the tensors), never stored
 
     def refuse(self, where: str, expected: str, got: str) -> StoredConfigError:
         return _refuse(self.path, where, expected, got, self.trust_hint)
 
-    def build(self, node: Plain, where: str) -> Any:
+    def check(self, node: Plain, where: str) -> dict[str, Plain]:
         return self._node(node, where, self.roots, is_part=False)
 
-    def _node(self, node: Plain, where: str, allowed: dict[str, type], is_part: bool) -> Any:
+    def _node(self, node: Plain, where: str, allowed: dict[str, type], is_part: bool) -> dict[str, Plain]:
         if not isinstance(node, dict):
             raise self.refuse(where, "a mapping with a _target_", _shown(node))
         target = node.get(TARGET)
@@ -165,7 +170,8 @@ class _Builder:
             raise self.refuse(f"{where}._partial_", "no _partial_ (only a network part may carry _partial_: true)",
                               _shown(partial))
         params = inspect.signature(cls).parameters
-        kwargs: dict[str, Any] = {}
+        # a network's parts are always built as partials (the network calls them with its width)
+        checked: dict[str, Plain] = {TARGET: target, **({PARTIAL: True} if is_part and self.partial_parts else {})}
         for key, value in node.items():
             if key in (TARGET, PARTIAL):
                 continue
@@ -174,18 +180,10 @@ class _Builder:
             if param is None or key in self.fixed or param.kind not in (param.POSITIONAL_OR_KEYWORD,
                                                                        param.KEYWORD_ONLY):
                 raise self.refuse(inner, f"a parameter of {target}", f"the key {key!r}")
-            kwargs[key] = self._value(value, inner, param.default)
-        try:
-            if is_part and self.partial_parts:
-                inspect.signature(cls).bind_partial(**kwargs)
-                return functools.partial(cls, **kwargs)
-            return cls(**kwargs, **(self.fixed if not is_part else {}))
-        except QinError as err:  # a constructor's own one-line error, said to come from this checkpoint
-            raise type(err)(f"{self.path}: qin_config {where}: {err}") from None
-        except CONSTRUCTOR_ERRORS as err:  # our constructors reject bad values with these, not only QinError
-            raise QinError(f"{self.path}: qin_config {where}: cannot build {target} ({_first_line(err)})") from None
+            checked[key] = self._value(value, inner, param.default)
+        return checked
 
-    def _value(self, value: Plain, where: str, default: Any) -> Any:
+    def _value(self, value: Plain, where: str, default: Any) -> Plain:
         if isinstance(value, dict):
             return self._node(value, where, self.parts, is_part=True)
         kind = _kind_of(default)
@@ -199,6 +197,16 @@ class _Builder:
         if kind is not None and value is not None and (type(value) not in kind[0]):
             raise self.refuse(where, kind[1], _shown(value))
         return value
+
+
+def _from_checkpoint(err: QinError, path: str | Path, where: str) -> QinError:
+    """A constructor's own one-line error, said to come from this checkpoint's config."""
+    return type(err)(f"{path}: qin_config {where}: {err}")
+
+
+def _built_error(err: BaseException) -> str:
+    """The first line of what a constructor raised (Hydra wraps it: its cause)."""
+    return _first_line(err.__cause__ if isinstance(err, InstantiationException) and err.__cause__ else err)
 
 
 def _first_line(err: BaseException) -> str:
@@ -223,7 +231,7 @@ def _check_net_sizes(node: Plain, where: str, limit: int, count: int, path: str 
                                    "tensors)", f"{node:,}", trust_hint)
 
 
-def build_network(net_config: Any, state: dict[str, Tensor], path: str | Path, trust_hint: str) -> nn.Module:
+def stored_network(net_config: Any, state: dict[str, Tensor], path: str | Path, trust_hint: str) -> nn.Module:
     """Our network described by a stored ``model.net`` (plain, checked: module doc), holding `state` (strict).
 
     `state` is the network's state dict (item tables included), the only source of the item tables and the
@@ -232,6 +240,7 @@ def build_network(net_config: Any, state: dict[str, Tensor], path: str | Path, t
     plain = rename_old_switches(plain_config(net_config, "model.net", path, trust_hint))
     dims = [int(d) for t in state.values() for d in t.shape]
     _check_net_sizes(plain, "model.net", max([len(state), *dims]), len(state), path, trust_hint)
+    checked = _Checker(NETWORKS, NETWORK_PARTS, True, path, trust_hint, NETWORK_TENSOR_ARGS).check(plain, "model.net")
     tags, mm, tag_table = state["items.item_tags"], state["items.item_mm"], state["items.tag_embedding.weight"]
     stored_elements = sum(t.numel() for t in state.values())
     budget = (3 * stored_elements + BUILD_SLACK_ELEMENTS, BUILD_TENSORS_PER_STORED * len(state) + BUILD_SLACK_TENSORS)
@@ -240,13 +249,12 @@ def build_network(net_config: Any, state: dict[str, Tensor], path: str | Path, t
         try:
             with creation_budget(*budget, f"building it (the checkpoint holds {len(state)} tensors of "
                                           f"{stored_elements:,} elements)"), torch.device(device):
-                fixed = {"item_tags": torch.zeros(tags.shape, dtype=tags.dtype),
-                         "item_mm": torch.zeros(mm.shape, dtype=mm.dtype), "num_tags": int(tag_table.shape[0])}
-                return _Builder(NETWORKS, NETWORK_PARTS, True, path, trust_hint, fixed).build(plain, "model.net")
-        except QinError:
-            raise
-        except CONSTRUCTOR_ERRORS as err:
-            raise QinError(f"{path}: qin_config model.net: cannot build the network ({_first_line(err)})") from None
+                return build_network(checked, torch.zeros(tags.shape, dtype=tags.dtype),
+                                     torch.zeros(mm.shape, dtype=mm.dtype), int(tag_table.shape[0]))
+        except QinError as err:  # a constructor's own one-line error, said to come from this checkpoint
+            raise _from_checkpoint(err, path, "model.net") from None
+        except (InstantiationException, *CONSTRUCTOR_ERRORS) as err:
+            raise QinError(f"{path}: qin_config model.net: cannot build the network ({_built_error(err)})") from None
 
     _check_shapes(make("meta"), state, path)
     net = make("cpu")
@@ -300,32 +308,22 @@ def check_data_bounds(plain: Plain, path: str | Path, trust_hint: str) -> None:
         raise _refuse(path, "data.pin_memory", "true, false or null", _shown(plain["pin_memory"]), trust_hint)
 
 
-def build_datamodule(data_config: Any, path: str | Path, trust_hint: str) -> MMCTRDataModule:
+def stored_datamodule(data_config: Any, path: str | Path, trust_hint: str) -> MMCTRDataModule:
     """Our data module described by a stored ``data`` config (plain, checked: module doc); its numbers bounded
     (`check_data_bounds`, the generator's and source's own checks) and a synthetic dataset whose declared sizes
     would not fit in the available memory refused, before anything is generated or read."""
     plain = plain_config(data_config, "data", path, trust_hint)
     check_data_bounds(plain, path, trust_hint)
-    dm = _Builder(DATA_MODULES, DATA_PARTS, False, path, trust_hint).build(plain, "data")
-    synthetic = dm.synthetic
-    if synthetic is not None:
-        needed = synthetic_bytes(synthetic)
-        free = cpu_available()
-        if free is not None and needed > free:
-            rows = synthetic.train_rows + synthetic.valid_rows + synthetic.test_rows
-            raise StoredConfigError(
-                f"{path}: qin_config data.synthetic: expected a dataset that fits in memory, got {rows:,} rows, "
-                f"{synthetic.num_items:,} items and {synthetic.num_topics:,} topics needing at least "
-                f"{needed / 2**30:,.1f} GiB to generate (available: {free / 2**30:,.1f} GiB)"
-            )
+    checked = _Checker(DATA_MODULES, DATA_PARTS, False, path, trust_hint).check(plain, "data")
+    try:  # as training builds its data module (training.build.build_datamodule)
+        dm = instantiate_reporting(checked, _convert_="object")
+    except QinError as err:
+        raise _from_checkpoint(err, path, "data") from None
+    except (InstantiationException, *CONSTRUCTOR_ERRORS) as err:
+        raise QinError(f"{path}: qin_config data: cannot build the data module ({_built_error(err)})") from None
+    if dm.synthetic is not None:
+        try:
+            check_synthetic_fits(dm.synthetic, "qin_config data.synthetic")
+        except QinError as err:
+            raise StoredConfigError(f"{path}: {err}") from None
     return dm
-
-
-def synthetic_bytes(synthetic: SyntheticConfig) -> int:
-    """A lower bound of the memory generating `synthetic` takes (qin_lightning.data.synthetic): its largest
-    split's int64 histories and per-row columns, the float64 item vectors and their noise, the int64 tags and
-    their draws, the topics' centroids and tag pools, the users' topics."""
-    rows = max(synthetic.train_rows, synthetic.valid_rows, synthetic.test_rows)
-    items = synthetic.num_items * (3 * synthetic.emb_dim + 3 * synthetic.tags_per_item + 6)
-    topics = synthetic.num_topics * (synthetic.emb_dim + 3)
-    return 8 * (rows * (synthetic.max_len + 6) + items + topics + 3 * synthetic.num_users)
