@@ -78,7 +78,7 @@ def int8(tmp: Path) -> dict:
     from omegaconf import OmegaConf
 
     from qin_lightning.eval import evaluate
-    from qin_lightning.serving.export import export_checkpoint
+    from qin_lightning.serving.onnx_export import export_checkpoint
 
     results = train(compose_train(tiny_overrides(tmp) + LEARNABLE, tmp / "run"))
     ckpt = Path(results["best_checkpoint"])
@@ -107,7 +107,7 @@ def new_networks_int8(tmp: Path) -> dict:
     from test_new_networks_pipeline import EXPERIMENTS, INT8_BLOCK_SIZE, _cfg, _eval_cfg, int8_errors, predicted
 
     from qin_lightning.eval import evaluate
-    from qin_lightning.serving.export import export_checkpoint
+    from qin_lightning.serving.onnx_export import export_checkpoint
 
     record: dict = {}
     for experiment in EXPERIMENTS:

@@ -65,7 +65,7 @@ from omegaconf import OmegaConf
 import qin_lightning
 from qin_lightning.eval import evaluate
 from qin_lightning.predict import predict
-from qin_lightning.serving.export import export_checkpoint
+from qin_lightning.serving.onnx_export import export_checkpoint
 from qin_lightning.serving.stored_config import NETWORKS
 
 ckpt, out = sys.argv[1], sys.argv[2]

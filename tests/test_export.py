@@ -15,7 +15,7 @@ from qin_lightning.data.synthetic import SyntheticConfig
 from qin_lightning.errors import QinError
 from qin_lightning.export import main
 from qin_lightning.models.inference import set_fast_paths
-from qin_lightning.serving.export import INPUT_NAMES, export_checkpoint
+from qin_lightning.serving.onnx_export import INPUT_NAMES, export_checkpoint
 from qin_lightning.serving.load import load_network
 from qin_lightning.training.build import build_module
 

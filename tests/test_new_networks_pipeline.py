@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 from qin_lightning.eval import evaluate
 from qin_lightning.predict import predict
-from qin_lightning.serving.export import export_checkpoint
+from qin_lightning.serving.onnx_export import export_checkpoint
 from qin_lightning.train import train
 
 EXPERIMENTS = ["transformer_dcn", "qnn_alpha"]

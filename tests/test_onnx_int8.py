@@ -15,7 +15,7 @@ from test_train import LEARNABLE
 from qin_lightning.errors import QinError
 from qin_lightning.eval import evaluate
 from qin_lightning.export import main
-from qin_lightning.serving.export import export_checkpoint
+from qin_lightning.serving.onnx_export import export_checkpoint
 from qin_lightning.serving.int8 import dequantize_blockwise, quantize_blockwise, quantize_weights_int8
 from qin_lightning.serving.runtime import feed, open_session
 from qin_lightning.train import train
@@ -137,7 +137,7 @@ def test_int8_export_is_close_to_pytorch_and_eval_scores_it(trained: tuple[Path,
 
 
 def _other_model(tmp_path: Path) -> Path:
-    from qin_lightning.serving.export import export_onnx
+    from qin_lightning.serving.onnx_export import export_onnx
     from qin_lightning.models.qin import QIN
 
     tags, vectors = torch.randint(1, 7, (10, 5)), torch.randn(10, 16)

@@ -164,7 +164,7 @@ def test_eval_is_deterministic_with_and_without_autograd() -> None:
 
 def test_onnx_export_is_exact() -> None:
     ort = pytest.importorskip("onnxruntime")
-    from qin_lightning.serving.export import onnx_bytes
+    from qin_lightning.serving.onnx_export import onnx_bytes
 
     model = tiny_winner()
     item_seq, item_id, likes, views = tiny_batch()
@@ -188,7 +188,7 @@ def int8_unit_diff(block_size: int = 16) -> float:
     asserts the declared history axis and that the weight matrices are int8 (MatMulNBits)."""
     import onnxruntime as ort
 
-    from qin_lightning.serving.export import int8_onnx_bytes, onnx_bytes
+    from qin_lightning.serving.onnx_export import int8_onnx_bytes, onnx_bytes
 
     torch.manual_seed(0)
     model = tiny_winner(embedding_dim=16, mm_projection_dim=16, dnn_units=[64], head_units=[32])

@@ -36,7 +36,7 @@ from qin_lightning.eval import evaluate
 from qin_lightning.export import main as export_main
 from qin_lightning.files import FileWriteError
 from qin_lightning.predict import predict
-from qin_lightning.serving.export import export_checkpoint
+from qin_lightning.serving.onnx_export import export_checkpoint
 from qin_lightning.serving.load import load_network
 from qin_lightning.serving.scorer import data_config, load_for_inference
 from qin_lightning.serving.stored_config import DATA_MODULES, DATA_PARTS, NETWORK_PARTS, NETWORKS, StoredConfigError

@@ -1,7 +1,7 @@
 """Accuracy of the `--weights int8` export against the checkpoint, on the checkpoints' validation splits.
 
 For each checkpoint: load the network and its validation split once (qin_lightning.serving.scorer), export fp32 and
-int8 (qin_lightning.serving.export) into a temporary folder, then score the split three ways (PyTorch, fp32 ONNX,
+int8 (qin_lightning.serving.onnx_export) into a temporary folder, then score the split three ways (PyTorch, fp32 ONNX,
 int8 ONNX in onnxruntime) with eval's metrics and compare the probabilities row by row. Writes a JSON record
 and prints a markdown table.
 
@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from qin_lightning.files import atomic_write_json
-from qin_lightning.serving.export import export_checkpoint
+from qin_lightning.serving.onnx_export import export_checkpoint
 from qin_lightning.serving.runtime import open_session
 from qin_lightning.serving.scorer import load_for_inference, scored_batches
 from qin_lightning.training.metrics import split_metrics

@@ -5,7 +5,7 @@ Run: .venv/bin/python experiments/bench/onnx_latency_options.py   (results: onnx
 import time, numpy as np, torch, onnxruntime as ort, tempfile
 from pathlib import Path
 from qin_lightning.models.qin import QIN
-from qin_lightning.serving.export import export_onnx, INPUT_NAMES
+from qin_lightning.serving.onnx_export import export_onnx, INPUT_NAMES
 torch.manual_seed(0)
 N=91718
 tags=torch.randint(1,11740,(N,5)); tags[0]=0

@@ -19,7 +19,7 @@ import torch
 from qin_lightning.bench import MICROLENS_ITEMS, MICROLENS_TAGS, onnx_latency_ms, percentile
 from qin_lightning.files import atomic_write_json
 from qin_lightning.models.qin import QIN
-from qin_lightning.serving.export import int8_onnx_bytes, onnx_bytes
+from qin_lightning.serving.onnx_export import int8_onnx_bytes, onnx_bytes
 
 
 def requests(count: int, seed: int = 0) -> list[dict[str, np.ndarray]]:

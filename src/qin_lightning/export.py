@@ -1,7 +1,7 @@
 """Export a trained network for serving: `python -m qin_lightning.export CKPT [--out model.onnx] [--weights int8]`.
 
 The command only parses its arguments; what is exported and how (exact fp32, or `--weights int8`) is
-described in `qin_lightning.serving.export`. Check an int8 export's accuracy with
+described in `qin_lightning.serving.onnx_export`. Check an int8 export's accuracy with
 `python -m qin_lightning.eval ckpt_path=CKPT onnx=model.int8.onnx`.
 """
 
@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from qin_lightning.errors import run_reporting_errors
-from qin_lightning.serving.export import (
+from qin_lightning.serving.onnx_export import (
     DEFAULT_BLOCK_SIZE, FORMATS, INPUT_NAMES, OUTPUT_NAME, WEIGHTS, export_checkpoint,
 )
 

@@ -49,7 +49,7 @@ def feed(batch: Batch) -> dict[str, Any]:
 
 def measure_onnx(net: nn.Module, requests: list[Batch], batches: list[Batch], args: BenchArgs,
                  record: dict[str, Any]) -> None:
-    """Export (qin_lightning.serving.export) in both weight formats, then onnxruntime batch-1 latency (fp32 and
+    """Export (qin_lightning.serving.onnx_export) in both weight formats, then onnxruntime batch-1 latency (fp32 and
     int8 alternating, onnx_latency_ms), throughput, and parity with the eager model over the validation split
     (max / mean |dp|, AUC); keys `onnx_*` for the exact fp32 export, `onnx_int8_*` for `--weights int8`."""
     try:
@@ -57,7 +57,7 @@ def measure_onnx(net: nn.Module, requests: list[Batch], batches: list[Batch], ar
     except ImportError:
         record["onnx_skipped"] = "onnxruntime not installed (pip install -e '.[serve]')"
         return
-    from qin_lightning.serving.export import DEFAULT_BLOCK_SIZE, export_onnx, int8_onnx_bytes
+    from qin_lightning.serving.onnx_export import DEFAULT_BLOCK_SIZE, export_onnx, int8_onnx_bytes
 
     cpu_net = net.to("cpu").eval()
     with tempfile.TemporaryDirectory() as tmp:
