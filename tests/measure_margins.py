@@ -92,7 +92,7 @@ def int8(tmp: Path) -> dict:
         scores = {}
         for name, model in models.items():
             cfg = {"ckpt_path": str(ckpt), "split": "valid", "output": str(tmp / f"{name}.json"),
-                   "data": {"root": None, "batch_size": None}, "device": "cpu", "threads": 1, "traceback": False,
+                   "data": {"root": None, "eval_batch_size": None}, "device": "cpu", "threads": 1, "traceback": False,
                    "onnx": str(model) if model else None}
             r = evaluate(OmegaConf.create(cfg))
             scores[name] = {"auc": r["auc"], "logloss": r["logloss"]}

@@ -69,7 +69,7 @@ from qin_lightning.serving.onnx_export import export_checkpoint
 from qin_lightning.serving.stored_config import NETWORKS
 
 ckpt, out = sys.argv[1], sys.argv[2]
-common = {"ckpt_path": ckpt, "data": {"root": None, "batch_size": None}, "device": "cpu", "threads": 1,
+common = {"ckpt_path": ckpt, "data": {"root": None, "eval_batch_size": None}, "device": "cpu", "threads": 1,
           "traceback": False}
 metrics = evaluate(OmegaConf.create({**common, "split": "valid", "output": out + "/eval.json"}))
 predict(OmegaConf.create({**common, "output": out + "/prediction.csv", "zip": False, "overwrite": True,

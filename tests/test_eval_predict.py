@@ -35,7 +35,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
 
 
 def _eval_cfg(ckpt: str, **kw: object):
-    base = {"ckpt_path": ckpt, "split": "valid", "output": None, "data": {"root": None, "batch_size": None},
+    base = {"ckpt_path": ckpt, "split": "valid", "output": None, "data": {"root": None, "eval_batch_size": None},
             "device": "cpu", "threads": 1, "traceback": False}
     base.update(kw)
     return OmegaConf.create(base)
@@ -43,7 +43,7 @@ def _eval_cfg(ckpt: str, **kw: object):
 
 def _predict_cfg(ckpt: str, output: Path, **kw: object):
     base = {"ckpt_path": ckpt, "output": str(output), "zip": False, "overwrite": False,
-            "data": {"root": None, "batch_size": None}, "device": "cpu", "threads": 1, "traceback": False}
+            "data": {"root": None, "eval_batch_size": None}, "device": "cpu", "threads": 1, "traceback": False}
     base.update(kw)
     return OmegaConf.create(base)
 
@@ -57,15 +57,15 @@ def test_eval_matches_training_validation(trained: tuple[Path, dict]) -> None:
     assert 0.0 < r["gauc"] < 1.0 and r["gauc_users"] > 0 and r["rows"] == 256
     beside = Path(ckpt).with_name(Path(ckpt).stem + ".eval_valid.json")
     assert json.loads(beside.read_text())["auc"] == r["auc"]
-    r2 = evaluate(_eval_cfg(ckpt, data={"root": None, "batch_size": 7}, output=str(tmp / "m.json")))
+    r2 = evaluate(_eval_cfg(ckpt, data={"root": None, "eval_batch_size": 7}, output=str(tmp / "m.json")))
     assert r2["auc"] == pytest.approx(r["auc"], abs=1e-6) and (tmp / "m.json").exists()
 
 
 def test_eval_test_split_and_bad_overrides(trained: tuple[Path, dict]) -> None:
     ckpt = trained[1]["best_checkpoint"]
     assert evaluate(_eval_cfg(ckpt, split="test"))["rows"] == 128
-    with pytest.raises(ConfigError, match=r"data.max_len: cannot be overridden here.*data.root, data.batch_size"):
-        evaluate(_eval_cfg(ckpt, data={"root": None, "batch_size": None, "max_len": 4}))
+    with pytest.raises(ConfigError, match=r"data.max_len: cannot be overridden here.*data.root, data.eval_batch_size"):
+        evaluate(_eval_cfg(ckpt, data={"root": None, "eval_batch_size": None, "max_len": 4}))
     with pytest.raises(ConfigError, match="split=train: expected valid or test"):
         evaluate(_eval_cfg(ckpt, split="train"))
     with pytest.raises(QinError, match=r"nope\.ckpt: checkpoint not found \(expected a \.ckpt file"):
@@ -85,26 +85,26 @@ def _moved_data(trained: tuple[Path, dict], name: str) -> tuple[Path, Path]:
 def test_eval_with_moved_data_and_item_table_mismatch(trained: tuple[Path, dict]) -> None:
     ckpt = trained[1]["best_checkpoint"]
     root, folder = _moved_data(trained, "moved")
-    moved = evaluate(_eval_cfg(ckpt, data={"root": str(root), "batch_size": None}))
+    moved = evaluate(_eval_cfg(ckpt, data={"root": str(root), "eval_batch_size": None}))
     assert moved["data_dir"] == str(folder) and moved["auc"] == pytest.approx(trained[1]["best_val_auc"], abs=1e-6)
 
     table = pq.read_table(folder / layout.ITEM_INFO_FILE).to_pydict()
     table[layout.ITEM_EMB][3] = [v + 1.0 for v in table[layout.ITEM_EMB][3]]
     pq.write_table(pa.table(table), folder / layout.ITEM_INFO_FILE)
     with pytest.raises(ConfigError, match=r"item_info.parquet: column 'item_emb_d128' differs from the vectors"):
-        evaluate(_eval_cfg(ckpt, data={"root": str(root), "batch_size": None}))
+        evaluate(_eval_cfg(ckpt, data={"root": str(root), "eval_batch_size": None}))
 
     table[layout.ITEM_EMB] = [v[:4] for v in table[layout.ITEM_EMB]]  # narrower vectors than the run's config
     pq.write_table(pa.table(table), folder / layout.ITEM_INFO_FILE)
     with pytest.raises(DataValidationError, match=r"item_info.parquet: column 'item_emb_d128' row 0 has length 4, "
                                                   r"expected \d+"):
-        evaluate(_eval_cfg(ckpt, data={"root": str(root), "batch_size": None}))
+        evaluate(_eval_cfg(ckpt, data={"root": str(root), "eval_batch_size": None}))
 
 
 def test_predict_streams_submission_and_refuses_overwrite(trained: tuple[Path, dict], tmp_path: Path) -> None:
     ckpt = trained[1]["best_checkpoint"]
     out = tmp_path / "sub" / "prediction.csv"
-    r = predict(_predict_cfg(ckpt, out, zip=True, data={"root": None, "batch_size": 50}))
+    r = predict(_predict_cfg(ckpt, out, zip=True, data={"root": None, "eval_batch_size": 50}))
     assert r["rows"] == 128
     rows = list(csv.reader(out.open()))
     assert rows[0] == ["ID", "Task2"] and [int(x[0]) for x in rows[1:]] == list(range(128))

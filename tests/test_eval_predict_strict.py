@@ -43,7 +43,7 @@ def unlabeled_root(trained: tuple[Path, dict]) -> Path:
 
 
 def _data(root: Path | None) -> dict:
-    return {"root": str(root) if root else None, "batch_size": None}
+    return {"root": str(root) if root else None, "eval_batch_size": None}
 
 
 def _eval_cfg(ckpt: str, root: Path | None, split: str, output: Path) -> OmegaConf:

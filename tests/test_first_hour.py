@@ -82,7 +82,8 @@ def test_a_training_mistake_is_one_line_and_leaves_no_run_folder(case: str, tmp_
 @pytest.mark.parametrize(("extra", "needle"), [
     (["device=foo"], "device=foo: expected auto, cpu, cuda or cuda:N"),
     (["device=cpu", "threads=abc"], "threads='abc'"),
-    (["data.batch_size=0"], "data.batch_size=0: expected an integer >= 1"),
+    (["data.eval_batch_size=0"], "data.eval_batch_size=0: expected an integer >= 1"),
+    (["data.batch_size=64"], "data.batch_size: unknown key; did you mean data.eval_batch_size?"),
     (["trainer=gpu"], "this command has no config group 'trainer'"),
 ])
 def test_an_eval_mistake_is_one_line(extra: list[str], needle: str, tmp_path: Path,

@@ -200,7 +200,7 @@ def run_cases(work: Path, examples: int) -> None:
         root = data.draw(st.sampled_from([str(folder.parent), None]))
         cfg = OmegaConf.create({
             "ckpt_path": str(path), "split": data.draw(st.sampled_from(SPLITS)), "output": str(run / "eval.json"),
-            "onnx": None, "data": {"root": root, "batch_size": None}, "device": "cpu", "threads": 1,
+            "onnx": None, "data": {"root": root, "eval_batch_size": None}, "device": "cpu", "threads": 1,
             "trust_checkpoint": False, "debug": False, "traceback": False,
         })
         os.chdir(run)  # relative default paths resolve inside the case's own folder

@@ -49,7 +49,7 @@ def test_training_keeps_the_test_predictions_it_was_scored_on(trained: tuple[Pat
 def test_eval_on_the_test_split_keeps_its_predictions(trained: tuple[Path, dict], tmp_path: Path) -> None:
     _, results = trained
     cfg = OmegaConf.create({"ckpt_path": results["best_checkpoint"], "split": "test",
-                            "output": str(tmp_path / "eval_test.json"), "data": {"root": None, "batch_size": None},
+                            "output": str(tmp_path / "eval_test.json"), "data": {"root": None, "eval_batch_size": None},
                             "device": "cpu", "threads": 1, "debug": False})
     evaluated = evaluate(cfg)
     kept = tmp_path / "eval_test.preds.parquet"

@@ -36,7 +36,7 @@ def _cfg(tmp: Path, experiment: str, run: str, extra: list[str] = ()):  # type: 
 
 
 def _eval_cfg(ckpt: str, **kw: object):
-    base = {"ckpt_path": ckpt, "split": "valid", "output": None, "data": {"root": None, "batch_size": None},
+    base = {"ckpt_path": ckpt, "split": "valid", "output": None, "data": {"root": None, "eval_batch_size": None},
             "device": "cpu", "threads": 1, "traceback": False}
     base.update(kw)
     return OmegaConf.create(base)
@@ -74,7 +74,7 @@ def test_train_resume_eval_predict_export(tmp_path: Path, experiment: str) -> No
 def predicted(ckpt: str, onnx: Path | None, output: Path) -> np.ndarray:
     """The click probabilities `predict` writes for the test split (of the ONNX model `onnx` when given)."""
     cfg = {"ckpt_path": ckpt, "output": str(output), "zip": False, "overwrite": True,
-           "data": {"root": None, "batch_size": None}, "device": "cpu", "threads": 1, "traceback": False,
+           "data": {"root": None, "eval_batch_size": None}, "device": "cpu", "threads": 1, "traceback": False,
            "onnx": str(onnx) if onnx else None}
     return np.loadtxt(predict(OmegaConf.create(cfg))["output"], delimiter=",", skiprows=1)[:, 1]
 

@@ -119,7 +119,7 @@ def test_int8_export_is_close_to_pytorch_and_eval_scores_it(trained: tuple[Path,
 
     def scores(path: Path) -> dict:
         cfg = {"ckpt_path": str(ckpt), "split": "valid", "output": str(tmp_path / f"{path.name}.json"),
-               "data": {"root": None, "batch_size": None}, "device": "cpu", "threads": 1, "traceback": False,
+               "data": {"root": None, "eval_batch_size": None}, "device": "cpu", "threads": 1, "traceback": False,
                "onnx": str(path) if path != ckpt else None}
         return evaluate(OmegaConf.create(cfg))
 
@@ -195,7 +195,7 @@ def test_predict_with_the_exported_model(trained: tuple[Path, dict], tmp_path: P
 
     def submission(name: str, onnx_model: Path | None) -> np.ndarray:
         cfg = {"ckpt_path": str(ckpt), "output": str(tmp_path / f"{name}.csv"), "zip": False, "overwrite": False,
-               "data": {"root": None, "batch_size": None}, "device": "cpu", "threads": 1, "traceback": False,
+               "data": {"root": None, "eval_batch_size": None}, "device": "cpu", "threads": 1, "traceback": False,
                "onnx": str(onnx_model) if onnx_model else None}
         result = predict(OmegaConf.create(cfg))
         return np.loadtxt(result["output"], delimiter=",", skiprows=1)

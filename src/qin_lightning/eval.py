@@ -3,7 +3,7 @@
 Prints and writes AUC, logloss and gAUC of one split; on the test split it also keeps the probabilities in
 ``<output stem>.preds.parquet`` (qin_lightning.predictions: ``prob``, ``user_id``, ``label`` in row order and the
 split's key). The network and the data configuration come from the checkpoint (`qin_config`, written by
-`qin_lightning.train`); only where the data lives (``data.root``) and the batch size (``data.batch_size``) may be
+`qin_lightning.train`); only where the data lives (``data.root``) and the scoring batch size (``data.eval_batch_size``) may be
 overridden. With ``onnx=<model.onnx>`` the probabilities come from that exported model (qin_lightning.export, e.g.
 its `--weights int8` form) run in onnxruntime instead of the checkpoint's network, and the JSON is
 ``<model.onnx>.eval_<split>.json`` (never the checkpoint's own); the checkpoint still names the data. The

@@ -6,7 +6,7 @@ when complete: memory holds one batch of predictions at a time on top of the tes
 interrupted run or a full disk never leaves a partial CSV (a failed write is one error line; the previous
 file is intact). ``zip=true`` also writes ``<name>.zip`` containing the CSV.
 An existing output is only replaced with ``overwrite=true``. Model and data settings come from the checkpoint
-(only ``data.root`` and ``data.batch_size`` may be overridden, see ``qin_lightning.serving.scorer``); with
+(only ``data.root`` and ``data.eval_batch_size`` may be overridden, see ``qin_lightning.serving.scorer``); with
 ``onnx=<model.onnx>`` the probabilities come from that exported model in onnxruntime (the file that is served).
 """
 

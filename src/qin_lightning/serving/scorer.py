@@ -3,7 +3,7 @@
 `load_for_inference` rebuilds the network and the data from a training checkpoint (strict, safe loading:
 qin_lightning.serving.load; the stored config is plain data built by qin_lightning.serving.stored_config);
 where the data lives always comes from the user (``data.root``, ``+data.source.src``, else the user's own defaults:
-a checkpoint carries a model, not a place) and the batch size (``data.batch_size``) may be overridden. The data's
+a checkpoint carries a model, not a place) and the scoring batch size (``data.eval_batch_size``, as in training) may be overridden. The data's
 item tables must be the ones the model was trained with (same rows, same values),
 else the ids would silently mean other items (`check_item_tables`). `scored_batches` yields the probabilities of
 the checkpoint's network in torch, or of an exported model (qin_lightning.export) in onnxruntime.
@@ -28,7 +28,7 @@ from qin_lightning.serving.load import TRUST_HINT, load_network
 from qin_lightning.serving.runtime import feed, open_session
 from qin_lightning.serving.stored_config import stored_datamodule
 
-DATA_OVERRIDES = ("root", "batch_size", "source")  # the only data settings eval/predict may change
+DATA_OVERRIDES = ("root", "eval_batch_size", "source")  # the only data settings eval/predict may change
 SOURCE_OVERRIDES = ("src",)  # of data.source: where the MovieLens release is (+data.source.src=PATH)
 PATHS_CONFIG = Path(CONFIG_DIR) / "paths" / "default.yaml"
 DATA_CONFIGS = {"synthetic": "synthetic.yaml", "source": "movielens.yaml", "folder": "mmctr.yaml"}
@@ -37,11 +37,11 @@ DATA_CONFIGS = {"synthetic": "synthetic.yaml", "source": "movielens.yaml", "fold
 # ---- loading ------------------------------------------------------------------------------------------------
 def check_inference_config(cfg: DictConfig) -> None:
     """ConfigError (one line) for a qin-eval / qin-predict config that cannot run: ``ckpt_path`` unset, a
-    ``device``, ``threads`` or ``data.batch_size`` that is not one."""
+    ``device``, ``threads`` or ``data.eval_batch_size`` that is not one."""
     missing_values(cfg)
     expect_device(str(cfg.get("device", "auto")))
     expect_int(cfg, "threads", nullable=True)
-    expect_int(cfg, "data.batch_size", nullable=True)
+    expect_int(cfg, "data.eval_batch_size", nullable=True)
 
 
 def data_kind(data: dict[str, Any]) -> str:
@@ -67,7 +67,7 @@ def data_config(run_cfg: dict[str, Any], overrides: DictConfig | dict | None, pa
     """The checkpoint's data config with every path taken from the user (a checkpoint carries a model, not a
     place): ``root`` (and a MovieLens source's ``src`` / ``cache_dir``) from the command line (``data.root``,
     ``+data.source.src``) or the user's own defaults (`user_data_paths`), never from the stored config; only
-    ``batch_size`` may change otherwise (ConfigError for anything else). Given ``data.root``, a MovieLens
+    ``eval_batch_size`` may change otherwise (ConfigError for anything else). Given ``data.root``, a MovieLens
     conversion keeps its text-encoder cache in ``<data.root>/embeddings``."""
     if not isinstance(run_cfg.get("data"), dict) or "_target_" not in run_cfg["data"]:
         raise ConfigError(f"{path}: checkpoint's qin_config has no data config (it was not written by our training)")
@@ -100,10 +100,10 @@ def data_config(run_cfg: dict[str, Any], overrides: DictConfig | dict | None, pa
         source["src"] = str(source_given.get("src", defaults["src"]))
         source["cache_dir"] = str(Path(str(given["root"])) / "embeddings") if "root" in given else defaults["cache_dir"]
         data["source"] = source
-    if "batch_size" in given:
-        if int(given["batch_size"]) < 1:
-            raise ConfigError(f"data.batch_size={given['batch_size']}, expected >= 1")
-        data["batch_size"] = data["eval_batch_size"] = int(given["batch_size"])
+    if given.get("eval_batch_size") is not None:  # the batch size of scoring, and only that (as in training)
+        if int(given["eval_batch_size"]) < 1:
+            raise ConfigError(f"data.eval_batch_size={given['eval_batch_size']}, expected >= 1")
+        data["eval_batch_size"] = int(given["eval_batch_size"])
     return data
 
 
