@@ -131,7 +131,8 @@ def test_auto_precision_is_bf16_only_where_the_cpu_has_bf16_kernels(tmp_path: Pa
                                                                     has_bf16: bool):
     """trainer.precision=auto (the default): bf16-mixed on a CPU with bf16 kernels, 32-true on one without;
     a stated precision (trainer=cpu, trainer=cpu_bf16) is kept as stated."""
-    from qin_lightning.training import build, machine
+    from qin_lightning import machine
+    from qin_lightning.training import build
 
     monkeypatch.setattr(machine, "cpu_has_bf16", lambda: has_bf16)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
@@ -147,7 +148,8 @@ def test_auto_precision_is_bf16_only_where_the_cpu_has_bf16_kernels(tmp_path: Pa
 def test_cpu_bf16_warns_only_without_bf16_instructions(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                        caplog: pytest.LogCaptureFixture, has_bf16: bool):
     """trainer=cpu_bf16 on a CPU without bf16 kernels: one warning naming the fp32 setting; fp32: none."""
-    from qin_lightning.training import build, machine
+    from qin_lightning import machine
+    from qin_lightning.training import build
 
     monkeypatch.setattr(machine, "cpu_has_bf16", lambda: has_bf16)
     for trainer, warned in (("cpu_bf16", not has_bf16), ("cpu", False)):
