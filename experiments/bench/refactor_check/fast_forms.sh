@@ -27,7 +27,7 @@ PYTHONPATH=src .venv/bin/python -m qin_lightning.bench "${ARGS[@]}" ${AFTER_ARGS
     --out "$OUT/fast_forms_after$SUFFIX.json" > /dev/null
 .venv/bin/python - "$OUT/fast_forms_before$SUFFIX.json" "$OUT/fast_forms_after$SUFFIX.json" <<'PY'
 import json, sys
-before, after = (json.load(open(path))["experiments"] for path in sys.argv[1:])
+before, after = ((r.get("experiments") or {r["experiment"]: r}) for r in (json.load(open(p)) for p in sys.argv[1:]))
 for name in before:
     b, a = before[name], after[name]
     print(f"{name:16s} AUC fast before {b['auc_fast']:.7f} after {a['auc_fast']:.7f} (diff {abs(b['auc_fast'] - a['auc_fast']):.1e}); "
