@@ -13,7 +13,7 @@ and callback settings (``conf/trainer``, ``conf/callbacks``).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
