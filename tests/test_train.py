@@ -254,3 +254,22 @@ def test_thread_default_is_portable(monkeypatch: pytest.MonkeyPatch) -> None:
         assert 1 <= torch.get_num_threads() <= 5
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_removed_run_folder_keeps_no_log_handler(tmp_path: Path) -> None:
+    """A run that failed on its config has its folder removed; the handler that wrote its train.log goes too
+    (in-process sweeps and tests go on logging), and a handler writing elsewhere stays."""
+    from qin_lightning.train import _close_file_logs
+
+    run, other = tmp_path / "run", tmp_path / "other"
+    run.mkdir(), other.mkdir()
+    inside, outside = logging.FileHandler(run / "train.log"), logging.FileHandler(other / "x.log")
+    root, named = logging.getLogger(), logging.getLogger("qin_lightning.some_module")
+    root.addHandler(inside), named.addHandler(outside)
+    try:
+        _close_file_logs(run)
+        assert inside not in root.handlers and inside.stream is None  # detached and closed
+        assert outside in named.handlers
+    finally:
+        root.removeHandler(inside), named.removeHandler(outside)
+        inside.close(), outside.close()

@@ -29,7 +29,6 @@ from typing import Any
 
 import hydra
 import lightning.pytorch as pl
-import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import Logger
@@ -43,7 +42,7 @@ from qin_lightning.errors import ConfigError, QinError, exit_with_error, run_hyd
 from qin_lightning.files import atomic_write_json
 from qin_lightning.machine import reuse_freed_memory, set_threads
 from qin_lightning.predictions import TEST_PREDICTIONS, split_key, write_predictions
-from qin_lightning.serving.scorer import predict_batches
+from qin_lightning.serving.scorer import torch_probabilities
 from qin_lightning.training.build import (
     build_datamodule, build_module, build_trainer, check_train_config, instantiate_list,
 )
@@ -176,11 +175,21 @@ def _score_test_split(net: torch.nn.Module, dm: MMCTRDataModule, out_dir: Path) 
     and ``test_gauc_users`` computed from exactly those probabilities."""
     data = dm.dataset(layout.TEST)
     device = next(net.parameters()).device
-    probs = np.concatenate([p for _, p in predict_batches(net, data, dm.eval_batch_size, device)])
+    probs = torch_probabilities(net, dm, layout.TEST, device)
     write_predictions(out_dir / TEST_PREDICTIONS, probs, data.user_id.numpy(), data.label.numpy(),
                       split_key(dm.data_dir, layout.TEST))
     metrics = split_metrics(probs, data.label.numpy(), data.user_id.numpy())
     return {f"test_{key}": value for key, value in metrics.items()}
+
+
+def _close_file_logs(out_dir: Path) -> None:
+    """Close and detach every logging file handler writing inside `out_dir` (the job's train.log), so a folder
+    removed after a failure leaves no handler behind that writes into it for the rest of the process."""
+    for logger in [logging.getLogger(), *map(logging.getLogger, list(logging.Logger.manager.loggerDict))]:
+        for handler in list(logger.handlers):
+            if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).is_relative_to(out_dir):
+                logger.removeHandler(handler)
+                handler.close()
 
 
 def _fresh_folder(out_dir: Path) -> bool:
@@ -204,6 +213,7 @@ def run_training(cfg: DictConfig) -> float | None:
         raise SystemExit(128 + err.signum) from None
     except BaseException as err:
         if isinstance(err, QinError) and err.before_start and fresh:
+            _close_file_logs(out_dir.absolute())
             shutil.rmtree(out_dir, ignore_errors=True)  # failed on its config or data: nothing to keep or report
         else:
             record_failure(cfg, err)  # results.json with status "failed": reports skip it
