@@ -1,4 +1,5 @@
-"""eval (AUC, logloss, gAUC from a checkpoint) and predict (streamed ID,Task2 submission, zip, no overwrite)."""
+"""eval (AUC, logloss, gAUC from a checkpoint) and predict (streamed ID,Task2 submission, zip, no overwrite), scored
+by Lightning over the DataModule's batches (ONNX: the scorer's loop over the same batches), quietly."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import lightning.pytorch as pl
 import pytest
 import torch
 from conftest import REPO_ROOT, compose_train, tiny_model_overrides, tiny_overrides
@@ -22,8 +24,12 @@ from omegaconf import OmegaConf
 from qin_lightning.data import layout
 from qin_lightning.errors import ConfigError, DataValidationError, QinError
 from qin_lightning.eval import evaluate
+from qin_lightning.models.inference import inference_form
 from qin_lightning.predict import predict
+from qin_lightning.serving import scorer
 from qin_lightning.serving.load import load_network
+from qin_lightning.serving.onnx_export import export_checkpoint
+from qin_lightning.serving.runtime import open_session
 from qin_lightning.train import train
 
 
@@ -134,6 +140,44 @@ def test_predict_streams_submission_and_refuses_overwrite(trained: tuple[Path, d
         predict(_predict_cfg(ckpt, tmp_path / "x.txt"))
 
 
+def test_scoring_runs_lightning_over_the_datamodules_batches(trained: tuple[Path, dict], tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch: Trainer.predict over `split_dataloader`; ONNX: the scorer's loop over `eval_sampler`; both in the
+    DataModule's batches of data.eval_batch_size, every row once in row order, equal to a hand loop over them."""
+    ckpt = trained[1]["best_checkpoint"]
+    net, _, dm = scorer.load_for_inference(ckpt, {"eval_batch_size": 7}, "validate")
+    calls: list[str] = []
+    for name in ("split_dataloader", "eval_sampler"):
+        monkeypatch.setattr(dm, name, lambda *a, _f=getattr(dm, name), _n=name, **k: (calls.append(_n), _f(*a, **k))[1])
+    predicted = pl.Trainer.predict
+    monkeypatch.setattr(pl.Trainer, "predict", lambda *a, **k: (calls.append("Trainer.predict"), predicted(*a, **k))[1])
+    seen: list[int] = []
+    hook = net.register_forward_hook(lambda module, args, out: seen.append(int(args[1].shape[0])))
+    probs = scorer.split_probabilities(net, (None, None), dm, "valid", "cpu")
+    hook.remove()
+    assert calls == ["split_dataloader", "eval_sampler", "Trainer.predict"]
+    assert seen == [7] * 36 + [4] and probs.dtype == np.float32 and probs.shape == (256,)
+
+    data = dm.dataset("valid")
+    with torch.inference_mode(), inference_form(net):  # the same batches by hand, in row order
+        expected = np.concatenate([torch.sigmoid(net(*data[torch.arange(i, min(i + 7, 256))][:4]).float()).numpy()
+                                   for i in range(0, 256, 7)])
+    assert np.array_equal(probs, expected)  # bitwise: same batches, same fp32 network
+
+    calls.clear()
+    model = export_checkpoint(Path(ckpt), tmp_path / "model.onnx")
+    session = open_session(model, threads=1)
+    fed: list[int] = []
+    run = session.run
+    monkeypatch.setattr(session, "run", lambda out, feed: (fed.append(len(feed["item_id"])), run(out, feed))[1])
+    onnx_probs = scorer.split_probabilities(net, (model, session), dm, "valid", "cpu")
+    assert calls == ["eval_sampler"] and fed == [7] * 36 + [4]
+    np.testing.assert_allclose(onnx_probs, probs, rtol=1e-5, atol=1e-6)
+
+
+LIGHTNING_NOTICES = ("GPU available", "TPU available", "Tip:", "LOCAL_RANK", "LeafSpec", "lightning")
+
+
 def test_eval_and_predict_cli(trained: tuple[Path, dict], tmp_path: Path) -> None:
     ckpt = trained[1]["best_checkpoint"]
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "src")}
@@ -142,8 +186,9 @@ def test_eval_and_predict_cli(trained: tuple[Path, dict], tmp_path: Path) -> Non
                            f"output={tmp_path}/metrics.json", "threads=1"], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    last = proc.stdout.strip().splitlines()[-1]
-    assert last.startswith("valid: rows=256 auc=") and "gauc=" in last
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 2 and lines[1].startswith("valid: rows=256 auc=") and "gauc=" in lines[1], proc.stdout
+    assert not [n for n in LIGHTNING_NOTICES if n in proc.stderr], proc.stderr  # Lightning scores quietly
     assert json.loads((tmp_path / "metrics.json").read_text())["split"] == "valid"
     assert not (tmp_path / "outputs").exists() and not (tmp_path / ".hydra").exists()
 
@@ -151,7 +196,8 @@ def test_eval_and_predict_cli(trained: tuple[Path, dict], tmp_path: Path) -> Non
             "threads=1"]
     proc = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert (tmp_path / "prediction.zip").exists()
+    assert (tmp_path / "prediction.zip").exists() and proc.stdout.startswith("wrote 128 predictions to ")
+    assert len(proc.stdout.strip().splitlines()) == 1 and not [n for n in LIGHTNING_NOTICES if n in proc.stderr]
     proc = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("error: output prediction.csv already exists")

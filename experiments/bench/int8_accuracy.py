@@ -21,7 +21,7 @@ import torch
 from qin_lightning.files import atomic_write_json
 from qin_lightning.serving.onnx_export import export_checkpoint
 from qin_lightning.serving.runtime import open_session
-from qin_lightning.serving.scorer import load_for_inference, scored_batches
+from qin_lightning.serving.scorer import load_for_inference, split_probabilities
 from qin_lightning.training.metrics import split_metrics
 
 
@@ -38,8 +38,7 @@ def measure(ckpt: Path, tmp: Path, block_size: int) -> dict:
     probs: dict[str, np.ndarray] = {}
     for name, model in {"eager": None, **models}.items():
         exported = (model, open_session(model, threads=torch.get_num_threads())) if model else (None, None)
-        batches = scored_batches(net, exported, data, dm.eval_batch_size, "cpu")
-        probs[name] = np.concatenate([p for _, p in batches])
+        probs[name] = split_probabilities(net, exported, dm, "valid", "cpu")
         row[name] = {k: v for k, v in split_metrics(probs[name], labels, users).items() if k != "gauc_users"}
         row[name]["rows"] = len(data)
         if model is not None:

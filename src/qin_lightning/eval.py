@@ -4,9 +4,11 @@ Prints and writes AUC, logloss and gAUC of one split; on the test split it also 
 ``<output stem>.preds.parquet`` (qin_lightning.predictions: ``prob``, ``user_id``, ``label`` in row order and the
 split's key). The network and the data configuration come from the checkpoint (`qin_config`, written by
 `qin_lightning.train`); only where the data lives (``data.root``) and the scoring batch size (``data.eval_batch_size``) may be
-overridden. With ``onnx=<model.onnx>`` the probabilities come from that exported model (qin_lightning.export, e.g.
-its `--weights int8` form) run in onnxruntime instead of the checkpoint's network, and the JSON is
-``<model.onnx>.eval_<split>.json`` (never the checkpoint's own); the checkpoint still names the data. The
+overridden. The checkpoint's network is run by Lightning (``Trainer.predict``) over the DataModule's batches of the
+split (qin_lightning.serving.scorer), as in training. With ``onnx=<model.onnx>`` the probabilities come from that
+exported model (qin_lightning.export, e.g. its `--weights int8` form) run in onnxruntime instead, by the scorer's
+own loop over the same batches, and the JSON is ``<model.onnx>.eval_<split>.json`` (never the checkpoint's own);
+the checkpoint still names the data. The
 data's item tables must be the ones the model was trained with (same rows, same values), else the ids would
 silently mean other items.
 gAUC (group AUC, the MicroLens/FuxiCTR definition): ``qin_lightning.training.metrics.group_auc``.
@@ -30,7 +32,9 @@ from qin_lightning.errors import (
 from qin_lightning.files import atomic_write_json
 from qin_lightning.machine import set_threads
 from qin_lightning.predictions import predictions_path, split_key, write_predictions
-from qin_lightning.serving.scorer import check_inference_config, exported_session, load_for_inference, scored_batches
+from qin_lightning.serving.scorer import (
+    check_inference_config, exported_session, load_for_inference, split_probabilities,
+)
 from qin_lightning.training.metrics import split_metrics
 
 
@@ -53,11 +57,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             f"{dm.data_dir / layout.FILE_NAMES[split]}: has no '{layout.LABEL}' column, so it cannot be evaluated "
             "(use python -m qin_lightning.predict for the submission file)"
         )
-    probs = np.empty(len(data), dtype=np.float32)
-    start = 0
-    for batch, p in scored_batches(net, exported, data, dm.eval_batch_size, str(cfg.device)):
-        probs[start : start + len(p)] = p
-        start += len(p)
+    probs = split_probabilities(net, exported, dm, split, str(cfg.device))
     if not np.isfinite(probs).all():
         bad = int(np.flatnonzero(~np.isfinite(probs))[0])
         raise QinError(f"{onnx_model or ckpt}: the model predicts a non-finite probability for {split} row {bad}")

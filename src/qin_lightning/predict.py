@@ -1,13 +1,15 @@
 """Challenge submission: ``python -m qin_lightning.predict ckpt_path=<ckpt> output=prediction.csv [zip=true]``.
 
 Writes ``ID,Task2`` (ID = 0..N-1 in test.parquet row order, Task2 = click probability, 9 significant digits:
-float32 round-trips) streamed batch by batch into a temporary file beside the output, fsync'ed and renamed
-when complete: memory holds one batch of predictions at a time on top of the test split's id tensors, and an
-interrupted run or a full disk never leaves a partial CSV (a failed write is one error line; the previous
-file is intact). ``zip=true`` also writes ``<name>.zip`` containing the CSV.
-An existing output is only replaced with ``overwrite=true``. Model and data settings come from the checkpoint
-(only ``data.root`` and ``data.eval_batch_size`` may be overridden, see ``qin_lightning.serving.scorer``); with
-``onnx=<model.onnx>`` the probabilities come from that exported model in onnxruntime (the file that is served).
+float32 round-trips) batch by batch into a temporary file beside the output, fsync'ed and renamed when
+complete: an interrupted run or a full disk never leaves a partial CSV (a failed write is one error line; the
+previous file is intact), and a non-finite probability stops the run before anything is written. Memory holds
+the split's probabilities (4 bytes a row) on top of its id tensors. ``zip=true`` also writes ``<name>.zip``
+containing the CSV. An existing output is only replaced with ``overwrite=true``. Model and data settings come
+from the checkpoint (only ``data.root`` and ``data.eval_batch_size`` may be overridden, see
+``qin_lightning.serving.scorer``). The checkpoint's network is run by Lightning (``Trainer.predict``) over the
+DataModule's batches of the test split; with ``onnx=<model.onnx>`` the probabilities come from that exported model
+in onnxruntime (the file that is served), scored by the scorer's own loop over the same batches.
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ from qin_lightning.data import layout
 from qin_lightning.errors import ConfigError, QinError, run_hydra_reporting_errors, run_reporting_errors
 from qin_lightning.files import atomic_writer
 from qin_lightning.machine import set_threads
-from qin_lightning.serving.scorer import check_inference_config, exported_session, load_for_inference, scored_batches
+from qin_lightning.serving.scorer import (
+    check_inference_config, exported_session, load_for_inference, split_probabilities,
+)
 
 HEADER = "ID,Task2\n"
 
@@ -54,20 +58,17 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     exported = exported_session(cfg)
     trust = bool(cfg.get("trust_checkpoint"))
     net, _, dm = load_for_inference(str(cfg.ckpt_path), cfg.get("data"), "predict", trust)
-    data = dm.dataset(layout.TEST)
-    rows = 0
+    probs = split_probabilities(net, exported, dm, layout.TEST, str(cfg.device))  # (n,) in test row order
+    if not np.isfinite(probs).all():
+        bad = int(np.flatnonzero(~np.isfinite(probs))[0])
+        raise QinError(f"{exported[0] or cfg.ckpt_path}: the model predicts a non-finite probability for test row {bad}")
+    rows = len(probs)
     with atomic_writer(out, "w", newline="\n") as f:  # a failure (disk full...) leaves the previous file intact
         f.write(HEADER)
-        for _, probs in scored_batches(net, exported, data, dm.eval_batch_size, str(cfg.device)):
-            if not np.isfinite(probs).all():
-                bad = rows + int(np.flatnonzero(~np.isfinite(probs))[0])
-                model = exported[0] or cfg.ckpt_path
-                raise QinError(f"{model}: the model predicts a non-finite probability for test row {bad}")
-            ids = np.arange(rows, rows + len(probs))
-            np.savetxt(f, np.column_stack([ids, probs.astype(np.float64)]), fmt=("%d", "%.9g"), delimiter=",")
-            rows += len(probs)
-        if rows != len(data):
-            raise QinError(f"wrote {rows} predictions for {len(data)} test rows")
+        for start in range(0, rows, dm.eval_batch_size):  # ID = row number
+            chunk = probs[start : start + dm.eval_batch_size].astype(np.float64)
+            ids = np.arange(start, start + len(chunk))
+            np.savetxt(f, np.column_stack([ids, chunk]), fmt=("%d", "%.9g"), delimiter=",")
     result: dict[str, Any] = {"output": str(out), "zip": None, "rows": rows}
     if cfg.get("zip"):
         zpath = zip_path(out)

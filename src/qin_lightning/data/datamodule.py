@@ -277,6 +277,10 @@ class MMCTRDataModule(L.LightningDataModule):
         sampler = self.eval_sampler(split) if sharded else self.eval_sampler(split, rank=0, world_size=1)
         return self._loader(self._load(split), sampler)
 
+    def split_dataloader(self, split: str) -> DataLoader:
+        """Every row of `split` once, in row order, in this process alone (scoring: qin-eval, qin-predict)."""
+        return self._eval_loader(split, sharded=False)
+
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader(layout.VALID, sharded=True)
 

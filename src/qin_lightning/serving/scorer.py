@@ -1,27 +1,35 @@
-"""Score a split with a trained model: the one scorer of eval, predict and the experiments/ scripts.
+"""Score a split with a trained model: the one scorer of eval, predict, training's test scoring and experiments/.
 
 `load_for_inference` rebuilds the network and the data from a training checkpoint (strict, safe loading:
 qin_lightning.serving.load; the stored config is plain data built by qin_lightning.serving.stored_config);
 where the data lives always comes from the user (``data.root``, ``+data.source.src``, else the user's own defaults:
-a checkpoint carries a model, not a place) and the scoring batch size (``data.eval_batch_size``, as in training) may be overridden. The data's
-item tables must be the ones the model was trained with (same rows, same values),
-else the ids would silently mean other items (`check_item_tables`). `scored_batches` yields the probabilities of
-the checkpoint's network in torch, or of an exported model (qin_lightning.export) in onnxruntime.
+a checkpoint carries a model, not a place) and the scoring batch size (``data.eval_batch_size``, as in training;
+the only batch size of scoring) may be overridden. The data's item tables must be the ones the model was trained
+with (same rows, same values), else the ids would silently mean other items (`check_item_tables`).
+`split_probabilities` gives a split's probabilities in row order, every row once, from one batching, the
+DataModule's (`MMCTRDataModule.split_dataloader` / `eval_sampler`): a torch network runs in Lightning
+(`torch_probabilities`: ``Trainer.predict`` of `ProbabilityModule`, fp32, quiet), as training does; an exported
+model (qin_lightning.export) in onnxruntime, which no Trainer can drive, runs in this module's own loop over the
+DataModule's batches (`onnx_probabilities`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
+import lightning.pytorch as pl
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
-from torch import nn
+from torch import Tensor, nn
 
 from qin_lightning.config import CONFIG_DIR, instantiate_reporting
 from qin_lightning.data import layout, reader
-from qin_lightning.data.datamodule import Batch, MMCTRDataModule, SplitDataset
+from qin_lightning.data.datamodule import Batch, MMCTRDataModule
 from qin_lightning.errors import ConfigError, QinError, expect_device, expect_int, missing_values
 from qin_lightning.models.inference import inference_form
 from qin_lightning.serving.load import TRUST_HINT, load_network
@@ -32,6 +40,10 @@ DATA_OVERRIDES = ("root", "eval_batch_size", "source")  # the only data settings
 SOURCE_OVERRIDES = ("src",)  # of data.source: where the MovieLens release is (+data.source.src=PATH)
 PATHS_CONFIG = Path(CONFIG_DIR) / "paths" / "default.yaml"
 DATA_CONFIGS = {"synthetic": "synthetic.yaml", "source": "movielens.yaml", "folder": "mmctr.yaml"}
+# Lightning's warnings about a scoring run that ask nothing of the user: in-process batches need no loader workers,
+# device=cpu on a machine with a GPU is the user's choice, and Lightning 2.6 on torch 2.13 warns about its own code
+SCORING_NOTICES = (r".*does not have many workers.*", r".*available but not used.*",
+                   r".*isinstance\(treespec, LeafSpec\).*")
 
 
 # ---- loading ------------------------------------------------------------------------------------------------
@@ -163,6 +175,8 @@ def load_for_inference(
 
 
 def pick_device(name: str) -> torch.device:
+    """The torch device of a ``device`` setting (auto, cpu, cuda, cuda:N); ConfigError (one line) for CUDA without
+    a GPU."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
@@ -170,32 +184,73 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def predict_batches(
-    net: nn.Module, data: SplitDataset, batch_size: int, device: torch.device
-) -> Iterator[tuple[Batch, np.ndarray]]:
-    """(batch on the CPU, probabilities (B,) float32) over a split in row order, without gradients."""
-    net = net.to(device)
-    with torch.inference_mode(), inference_form(net):
-        for index in torch.arange(len(data)).split(batch_size):
-            batch = data[index]
-            logits = net(*(t.to(device) for t in (batch.item_seq, batch.item_id, batch.likes_level, batch.views_level)))
-            yield batch, torch.sigmoid(logits.float()).cpu().numpy()
+# ---- scoring: Lightning for a torch network, the scorer's own loop for an onnxruntime session ------------------
+class ProbabilityModule(pl.LightningModule):
+    """A loaded network for ``Trainer.predict``: a batch's click probabilities (B,) float32, on the CPU."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def predict_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        logits = self.net(batch.item_seq, batch.item_id, batch.likes_level, batch.views_level)  # (B,)
+        return torch.sigmoid(logits.float()).cpu()
 
 
-def onnx_predict_batches(session: Any, data: SplitDataset, batch_size: int,
-                         name: str = "onnx") -> Iterator[tuple[Batch, np.ndarray]]:
-    """Like `predict_batches`, with an onnxruntime session of an exported model (qin_lightning.serving.runtime);
-    a failing run (e.g. item ids beyond the model's table) is a QinError naming `name` and the rows."""
-    for index in torch.arange(len(data)).split(batch_size):
+@contextlib.contextmanager
+def quiet_lightning() -> Iterator[None]:
+    """Lightning says nothing for the block: none of its info lines (device banner, tips, LOCAL_RANK, matmul
+    precision) and none of its notices about a scoring run (loader workers, an unused GPU); its other warnings stay."""
+    loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]
+    levels = [logger.level for logger in loggers]
+    with warnings.catch_warnings():
+        for notice in SCORING_NOTICES:
+            warnings.filterwarnings("ignore", message=notice)
+        for logger in loggers:
+            logger.setLevel(max(logger.getEffectiveLevel(), logging.WARNING))
+        try:
+            yield
+        finally:
+            for logger, level in zip(loggers, levels):
+                logger.setLevel(level)
+
+
+def scoring_trainer(device: torch.device) -> pl.Trainer:
+    """A Trainer that only predicts, on `device` in fp32: no logger, checkpoints, progress bar or summary."""
+    if device.type == "cuda":
+        accelerator, devices = "cuda", [device.index if device.index is not None else torch.cuda.current_device()]
+    else:
+        accelerator, devices = device.type, 1
+    return pl.Trainer(accelerator=accelerator, devices=devices, precision="32-true", logger=False,
+                      enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+
+
+def torch_probabilities(net: nn.Module, dm: MMCTRDataModule, split: str, device: torch.device) -> np.ndarray:
+    """Click probabilities (n,) float32 of `split` in row order: `net` in its inference form, run by Lightning's
+    ``Trainer.predict`` over the DataModule's batches of the split (`MMCTRDataModule.split_dataloader`)."""
+    net = net.to(device)  # before the inference form is prepared (models.inference)
+    with quiet_lightning(), inference_form(net):
+        batches = scoring_trainer(device).predict(ProbabilityModule(net), dataloaders=dm.split_dataloader(split))
+    return torch.cat(batches).numpy() if batches else np.empty(0, dtype=np.float32)  # type: ignore[arg-type]
+
+
+def onnx_probabilities(session: Any, dm: MMCTRDataModule, split: str, name: str = "onnx") -> np.ndarray:
+    """Like `torch_probabilities`, with an onnxruntime session of an exported model (qin_lightning.serving.runtime)
+    run over the same batches (`MMCTRDataModule.eval_sampler` in one process); a failing run (e.g. item ids beyond
+    the model's table) is a QinError naming `name` and the rows."""
+    data = dm.dataset(split)
+    probs = np.empty(len(data), dtype=np.float32)
+    for index in dm.eval_sampler(split, rank=0, world_size=1):  # (B,) row numbers, in row order
         batch = data[index]
         try:
-            probs = session.run(None, feed(batch.item_seq, batch.item_id, batch.likes_level, batch.views_level))[0]
+            probs[index.numpy()] = session.run(None, feed(batch.item_seq, batch.item_id, batch.likes_level,
+                                                          batch.views_level))[0]
         except Exception as err:  # onnxruntime's errors are untyped
             raise QinError(
                 f"{name}: onnxruntime failed on rows {int(index[0])}-{int(index[-1])} "
                 f"({str(err).splitlines()[0][:200]}); was the model exported from this checkpoint's data?"
             ) from None
-        yield batch, probs
+    return probs
 
 
 def exported_session(cfg: DictConfig) -> tuple[Path | None, Any]:
@@ -206,10 +261,15 @@ def exported_session(cfg: DictConfig) -> tuple[Path | None, Any]:
     return path, open_session(path, threads=torch.get_num_threads(), name="onnx")
 
 
-def scored_batches(net: nn.Module, exported: tuple[Path | None, Any], data: SplitDataset, batch_size: int,
-                   device: str) -> Iterator[tuple[Batch, np.ndarray]]:
-    """The probabilities of the exported model when there is one (`exported_session`), else of `net`."""
+def split_probabilities(net: nn.Module, exported: tuple[Path | None, Any], dm: MMCTRDataModule, split: str,
+                        device: str) -> np.ndarray:
+    """Click probabilities (n,) float32 of `split` in row order, every row once: of the exported model when there
+    is one (`exported_session`), else of `net` on `device` (auto, cpu, cuda, cuda:N)."""
     path, session = exported
     if session is not None:
-        return onnx_predict_batches(session, data, batch_size, name=f"onnx={path}")
-    return predict_batches(net, data, batch_size, pick_device(device))
+        probs = onnx_probabilities(session, dm, split, name=f"onnx={path}")
+    else:
+        probs = torch_probabilities(net, dm, split, pick_device(device))
+    if len(probs) != len(dm.dataset(split)):
+        raise QinError(f"scored {len(probs)} rows of the {len(dm.dataset(split))} of the {split} split")
+    return probs
