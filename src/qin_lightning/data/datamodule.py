@@ -37,7 +37,7 @@ from torch.utils.data.distributed import DistributedSampler
 
 from qin_lightning.data import layout, reader
 from qin_lightning.data.resumable_loader import ResumableLoader
-from qin_lightning.data.synthetic import SyntheticConfig, generate
+from qin_lightning.data.synthetic import SyntheticConfig
 from qin_lightning.errors import ConfigError
 
 
@@ -179,8 +179,9 @@ class MMCTRDataModule(L.LightningDataModule):
         self.root = Path(root)
         self.synthetic = synthetic
         self.source = source
-        generator = synthetic if synthetic is not None else source
-        self.data_dir: Path = self.root / generator.fingerprint() if generator is not None else self.root
+        # the one way data is made on first use: a generated synthetic set or a converted release, both a DataSource
+        self.generator: DataSource | None = synthetic if synthetic is not None else source
+        self.data_dir: Path = self.root / self.generator.fingerprint() if self.generator is not None else self.root
         self.max_len = max_len
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
@@ -198,10 +199,8 @@ class MMCTRDataModule(L.LightningDataModule):
 
     # ---- data ------------------------------------------------------------------------------------------
     def prepare_data(self) -> None:
-        if self.synthetic is not None:
-            generate(self.synthetic, self.data_dir)
-        elif self.source is not None:
-            self.source.prepare(self.data_dir)
+        if self.generator is not None:
+            self.generator.prepare(self.data_dir)
 
     def setup(self, stage: str | None = None) -> None:
         self._read_items()
@@ -214,7 +213,7 @@ class MMCTRDataModule(L.LightningDataModule):
         first where prepare_data has not run (single-process use)."""
         if self.item_tags is not None:
             return
-        if (self.synthetic is not None or self.source is not None) and not self.data_dir.exists():
+        if self.generator is not None and not self.data_dir.exists():
             self.prepare_data()
         emb_dim = self.synthetic.emb_dim if self.synthetic is not None else layout.EMB_DIM
         items = reader.read_item_info(self.data_dir, emb_dim=emb_dim, num_tags=self._given_num_tags)
