@@ -224,8 +224,10 @@ def their_hyperparameters(args: argparse.Namespace, data: dict[str, Any]) -> dic
             "monitor_mode": "max", "early_stop_patience": 5}
 
 
-def their_configs(folder: Path, data_dir: Path, data: dict[str, Any], args: argparse.Namespace) -> Path:
-    """Their dataset and model config files for this data (YAML written here from the published facts)."""
+def their_configs(folder: Path, data_dir: Path, data: dict[str, Any], args: argparse.Namespace,
+                  hyperparameters: dict[str, Any] | None = None) -> Path:
+    """Their dataset and model config files for this data (YAML written here from the published facts);
+    `hyperparameters`: the model's experiment instead of `their_hyperparameters` (trajectory.py: dropout 0)."""
     import yaml
 
     dataset = {"side_by_side": {
@@ -251,7 +253,7 @@ def their_configs(folder: Path, data_dir: Path, data: dict[str, Any], args: argp
         "Base": {"model_root": str(folder / "checkpoints") + "/", "num_workers": args.their_workers, "verbose": 0,
                  "pickle_feature_encoder": True, "save_best_only": True, "eval_steps": None, "debug_mode": False,
                  "group_id": "user_id", "use_features": None, "feature_specs": None, "feature_config": None},
-        MODELS[args.model].their_model: their_hyperparameters(args, data),
+        MODELS[args.model].their_model: hyperparameters or their_hyperparameters(args, data),
     }
     config_dir = folder / "config"
     config_dir.mkdir()
@@ -260,11 +262,13 @@ def their_configs(folder: Path, data_dir: Path, data: dict[str, Any], args: argp
     return config_dir
 
 
-def run_theirs(env_info: dict[str, str], args: argparse.Namespace, config_dir: Path, folder: Path) -> dict[str, Any]:
-    """experiments/peer/their_run.py in their environment; its report plus the process's wall time."""
+def run_theirs(env_info: dict[str, str], args: argparse.Namespace, config_dir: Path, folder: Path,
+               extra: tuple[str, ...] = ()) -> dict[str, Any]:
+    """experiments/peer/their_run.py in their environment (`extra`: more of its arguments); its report plus the
+    process's wall time."""
     report, threads = folder / "their_report.json", args.threads
     command = [env_info["python"], str(PEER / "their_run.py"), "--model", args.model, "--config", str(config_dir),
-               "--expid", MODELS[args.model].their_model, "--threads", str(threads), "--report", str(report)]
+               "--expid", MODELS[args.model].their_model, "--threads", str(threads), "--report", str(report), *extra]
     for key in MODELS[args.model].checkouts:
         command += ["--" + key.replace("_", "-"), str(getattr(args, key).resolve())]
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}

@@ -15,6 +15,13 @@ Models (`--model`):
 - din, transformer_dcn: src/DIN.py and src/Transformer_DCN.py from a checkout of pinskyrobin/WWW2025_MMCTR
   (`--winner-repo`; its DIN is the challenge's official baseline).
 Their run_expid.py scripts do the same steps but assert fuxictr 2.3.7 and also predict the test split.
+
+`--trajectory STEPS --dump DIR` (driven by experiments/peer/trajectory.py, with a config whose dropout rates are
+0): the model built exactly as for the fit above, then STEPS steps of THEIR train_step on the training rows in row
+order (no shuffling, no loader processes), and into DIR (torch.save of plain tensors): the state_dict before, after
+the first step and after the last, the raw batches, each step's loss, pre-clipping gradient norm and training
+probabilities, and the validation probabilities with FuxiCTR's metrics of them; `--every-step`: also the weights
+and the optimizer's state before and after every step (step_K.pt).
 """
 
 from __future__ import annotations
@@ -104,6 +111,86 @@ def model_and_loader(args: argparse.Namespace, params: dict[str, Any]) -> tuple[
     return module.Transformer_DCN, loader.MMCTRDataLoader
 
 
+def save_step(model: Any, path: Path) -> None:
+    """The model's state_dict and its optimizer's per-parameter state (Adam: step, exp_avg, exp_avg_sq) by
+    parameter name."""
+    import torch
+
+    names = {id(p): name for name, p in model.named_parameters()}
+    optimizer = {names[id(p)]: {k: v.detach().clone() for k, v in state.items()}
+                 for p, state in model.optimizer.state.items()}
+    torch.save({"state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()},
+                "optimizer": optimizer}, path)
+
+
+def trajectory(model: Any, train_gen: Any, valid_gen: Any, steps: int, max_gradient_norm: float,
+               dump: Path, every_step: bool = False) -> None:
+    """STEPS steps of their train_step on the first batches in row order (the module docstring); writes DIR."""
+    import torch
+    from torch import nn
+
+    rates = {name: m.p for name, m in model.named_modules() if isinstance(m, nn.Dropout) and m.p != 0}
+    rates |= {name: m.dropout for name, m in model.named_modules()
+              if isinstance(m, nn.MultiheadAttention) and m.dropout != 0}
+    if rates:
+        raise SystemExit(f"error: --trajectory needs every dropout rate 0, these are not: {rates}")
+    norms: list[float] = []
+    clip = nn.utils.clip_grad_norm_
+
+    def recorded_clip(parameters, max_norm, *args, **kwargs):  # their train_step's clipping, its norm kept
+        norm = clip(parameters, max_norm, *args, **kwargs)
+        norms.append(float(norm))
+        return norm
+
+    nn.utils.clip_grad_norm_ = recorded_clip
+    outputs: list[dict[str, Any]] = []  # each training forward's probabilities (y_pred, or y_pred1 / y_pred2)
+    forward = model.forward
+
+    def recorded_forward(inputs):
+        result = forward(inputs)
+        if model.training:
+            outputs.append({k: v.detach().reshape(-1).clone() for k, v in result.items() if k.startswith("y_pred")})
+        return result
+
+    model.forward = recorded_forward
+    clone = lambda state: {k: v.detach().clone() for k, v in state.items()}  # noqa: E731
+    torch.save(clone(model.state_dict()), dump / "initial_state.pt")
+    # FuxiCTR's fit sets these before its first train_step
+    model._max_gradient_norm, model._batch_index, model._total_steps = max_gradient_norm, 0, 0
+    if every_step:
+        save_step(model, dump / "step_0.pt")
+    model.train()
+    batches, losses = [], []
+    for index, batch in enumerate(train_gen):
+        if index == steps:
+            break
+        # (batch_dict, item_dict, mask) of their MMCTRDataLoader; cloned: their Transformer edits the mask in place
+        batches.append(tuple({k: v.clone() for k, v in part.items()} if isinstance(part, dict) else part.clone()
+                             for part in batch))
+        model._batch_index = index
+        losses.append(float(model.train_step(batch)))
+        if index == 0:  # where a difference starts: the weights after one step
+            torch.save(clone(model.state_dict()), dump / "first_step_state.pt")
+        if every_step:  # the state after each step, Adam's moments included (by parameter name)
+            save_step(model, dump / f"step_{index + 1}.pt")
+    model.forward = forward
+    if len(losses) != steps:
+        raise SystemExit(f"error: --trajectory {steps}: the training split has only {len(losses)} batches")
+    torch.save(batches, dump / "batches.pt")
+    torch.save(clone(model.state_dict()), dump / "final_state.pt")
+    model.eval()  # their evaluate's pass (row order, no gradient), its predictions kept
+    with torch.no_grad():
+        batches_out = [(model.forward(batch)["y_pred"].reshape(-1), model.get_labels(batch).reshape(-1))
+                       for batch in valid_gen]
+    probabilities = torch.cat([p for p, _ in batches_out]).double()
+    labels = torch.cat([y for _, y in batches_out]).double()
+    metrics = {k: float(v) for k, v in model.evaluate_metrics(labels.numpy(), probabilities.numpy(),
+                                                              ["AUC", "logloss"]).items()}
+    torch.save({"loss": torch.tensor(losses, dtype=torch.float64), "train_outputs": outputs,
+                "grad_norm": torch.tensor(norms, dtype=torch.float64),
+                "valid_probabilities": probabilities, "metrics": metrics}, dump / "trajectory.pt")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", choices=MODELS, default="qin")
@@ -114,6 +201,11 @@ def main() -> None:
     p.add_argument("--expid", required=True)
     p.add_argument("--threads", type=int, required=True)
     p.add_argument("--report", type=Path, required=True)
+    p.add_argument("--trajectory", type=int, default=0,
+                   help="STEPS: train STEPS steps in row order and dump them to --dump instead of fitting")
+    p.add_argument("--dump", type=Path, default=None, help="the folder of --trajectory's files")
+    p.add_argument("--every-step", action="store_true",
+                   help="--trajectory: also dump the weights and optimizer state after every step (step_K.pt)")
     args = p.parse_args()
     t_start = time.perf_counter()
     import fuxictr
@@ -136,7 +228,18 @@ def main() -> None:
     model_class, data_loader = model_and_loader(args, params)
     model = model_class(feature_map, **params)
     params["data_loader"] = data_loader
+    if args.trajectory:  # the training rows in row order, read in this process
+        params["shuffle"], params["num_workers"] = False, 0
     train_gen, valid_gen = RankDataLoader(feature_map, stage="train", **params)  # 2.3.10: the pair itself
+    if args.trajectory:
+        t_trajectory = time.perf_counter()
+        trajectory(model, train_gen, valid_gen, args.trajectory, params.get("max_gradient_norm", 10.0), args.dump,
+                   args.every_step)
+        args.report.write_text(json.dumps({
+            "trajectory_s": round(time.perf_counter() - t_trajectory, 1), "steps": args.trajectory,
+            "n_params": sum(p.numel() for p in model.parameters()), "fuxictr": fuxictr.__version__,
+            "torch": torch.__version__, "threads": torch.get_num_threads()}, indent=2))
+        return
 
     history: list[dict[str, float]] = []
     evaluate = model.evaluate
