@@ -16,6 +16,11 @@ CTRModule from the config, THEIR initial weights loaded through an explicit key 
 buffer of both sides mapped, nothing left over), then Lightning's Trainer from our trainer config (fp32, our
 gradient clipping) for the same STEPS batches in the same order (each checked against their dumped batch) with our
 optimiser (configure_optimizers) and our loss (training_step, regularisation included).
+Also: the validation predictions of both evaluation paths at the same weights (their final weights loaded into
+ours); `--teacher-forced`: each step alone, ours from their weights and Adam moments before it (their_run.py
+--every-step), against their weights after it, so that a step's own difference is seen without the trajectory's
+amplification; `--our-loss fuxictr` (diagnostic): ours trained with their loss form (BCE on the sigmoid's output);
+`--keep DIR` keeps the work folder, `--keep DIR --reuse` takes their side from it.
 float32 on both sides: their FeatureEmbeddingDict casts the multimodal vector with `.float()` (fuxictr
 pytorch/layers/embeddings/feature_embedding.py), so their model does not run in float64.
 """
@@ -286,6 +291,20 @@ def train_ours(cfg: Any, module: Any, dm: Any, steps: int, batch_size: int) -> d
     module.forward = forward
     if len(recorder.losses) != steps:
         raise SystemExit(f"error: our run took {len(recorder.losses)} steps, expected {steps}")
+    valid = dm.dataset("valid")
+    return {"loss": recorder.losses, "grad_norm": recorder.grad_norms, "train_outputs": outputs,
+            "first_step_state": recorder.first_step_state,
+            "valid_probabilities": predict_valid(module, dm, batch_size), "valid_labels": valid.label.double(),
+            "metrics": {"auc": module.val_history[-1]["auc"], "logloss": module.val_history[-1]["logloss"]},
+            "gradient_clip_val": cfg.trainer.gradient_clip_val,
+            "gradient_clip_algorithm": cfg.trainer.gradient_clip_algorithm}
+
+
+def predict_valid(module: Any, dm: Any, batch_size: int) -> Any:
+    """Our validation probabilities (float64 of the float32 sigmoid) in row order, by our evaluation path (eval
+    mode, the network's prepared inference form)."""
+    import torch
+
     from qin_lightning.models.inference import prepare_inference, release_inference
 
     module.eval()
@@ -295,11 +314,7 @@ def train_ours(cfg: Any, module: Any, dm: Any, steps: int, batch_size: int) -> d
         probs = torch.cat([torch.sigmoid(module(valid[chunk]).float())
                            for chunk in torch.arange(len(valid)).split(batch_size)]).double()
     release_inference(module.net)
-    return {"loss": recorder.losses, "grad_norm": recorder.grad_norms, "train_outputs": outputs, "first_step_state": recorder.first_step_state,
-            "valid_probabilities": probs, "valid_labels": valid.label.double(),
-            "metrics": {"auc": module.val_history[-1]["auc"], "logloss": module.val_history[-1]["logloss"]},
-            "gradient_clip_val": cfg.trainer.gradient_clip_val,
-            "gradient_clip_algorithm": cfg.trainer.gradient_clip_algorithm}
+    return probs
 
 
 def teacher_forced(model: str, cfg: Any, module: Any, dm: Any, dump: Path, steps: int, batch_size: int,
@@ -525,9 +540,15 @@ def main(argv: list[str] | None = None) -> int:
             forced["max_loss_rel_diff"] = max(row["loss_rel_diff"] for row in forced["steps"])
             record["teacher_forced"] = forced
         labels = ours["valid_labels"].numpy()
+        # the evaluation paths alone: their final weights in our network, our validation predictions against theirs
+        final = map_state(args.model, torch.load(dump / "final_state.pt", weights_only=True, mmap=True), our_state)
+        module.net.load_state_dict({**final, **{k: our_state[k] for k in DATA_BUFFERS}}, strict=True)
+        same_weights = predictions(labels, theirs["valid_probabilities"].numpy(),
+                                   predict_valid(module, dm, args.batch_size).numpy())
         record["validation"] = {"their_metrics_fuxictr": theirs["metrics"], "our_metrics": ours["metrics"],
                                 **predictions(labels, theirs["valid_probabilities"].numpy(),
-                                              ours["valid_probabilities"].numpy())}
+                                              ours["valid_probabilities"].numpy()),
+                                "at_their_final_weights": same_weights}
     record["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     atomic_write_json(args.out, record)
     loss = record["loss"]
