@@ -1,8 +1,10 @@
 """The package the way a user gets it: a wheel with every config, installed outside the repository.
 
 Builds the wheel, checks that it holds every YAML of ``src/qin_lightning/conf``, installs it into a fresh
-virtual environment (``torch==2.13.0`` pinned in the same pip call, as the README says), and from an empty
-folder runs each console script's ``--help`` and a seconds-long ``qin-train`` whose outputs land in that folder.
+virtual environment, and from an empty folder runs each console script's ``--help`` and a seconds-long
+``qin-train`` whose outputs land in that folder: by default the wheel alone beside this environment's
+dependencies; the slow test lets pip resolve the declared dependencies too (``torch==2.13.0`` pinned in the same
+pip call, as the README says), which takes minutes.
 """
 
 from __future__ import annotations
@@ -58,12 +60,15 @@ def test_wheel_holds_every_config_and_the_license(wheel: Path) -> None:
     assert all(f"{script} = " in text for script in SCRIPTS)
 
 
-def test_installed_wheel_trains_from_an_empty_folder(wheel: Path, tmp_path: Path) -> None:
+def fresh_env(tmp_path: Path) -> Path:
+    """A new virtual environment outside the repository; its bin/ folder."""
     env_dir = tmp_path / "env"
     venv.EnvBuilder(with_pip=True).create(env_dir)
-    bin_dir = env_dir / ("Scripts" if os.name == "nt" else "bin")
-    run([str(bin_dir / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", TORCH_PIN,
-         str(wheel)], cwd=tmp_path, timeout=1500)
+    return env_dir / ("Scripts" if os.name == "nt" else "bin")
+
+
+def runs_from_an_empty_folder(bin_dir: Path, tmp_path: Path) -> None:
+    """Every console script answers --help and a tiny qin-train trains, from a folder holding nothing."""
     work = tmp_path / "empty"
     work.mkdir()
     for script in SCRIPTS:
@@ -74,3 +79,27 @@ def test_installed_wheel_trains_from_an_empty_folder(wheel: Path, tmp_path: Path
     results = list(work.glob("logs/train/runs/qin/*/results.json"))
     assert len(results) == 1, sorted(p.relative_to(work).as_posix() for p in work.rglob("*"))[:50]
     assert (work / ".cache" / "qin").is_dir()  # the generated dataset lands under the folder it ran from
+
+
+def test_installed_wheel_runs_from_an_empty_folder(wheel: Path, tmp_path: Path) -> None:
+    """The wheel alone (`--no-deps`) in a fresh environment that borrows this one's installed dependencies (a
+    path line, so this environment's editable checkout stays invisible): the shipped configs, plugin and
+    scripts work outside the repository. The slow test below also resolves the declared dependencies."""
+    bin_dir = fresh_env(tmp_path)
+    site = Path(next(p for p in sys.path if p.endswith("site-packages")))
+    (next((tmp_path / "env").glob("lib*/python*/site-packages")) / "borrowed.pth").write_text(f"{site}\n")
+    run([str(bin_dir / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps",
+         "--no-index", str(wheel)], cwd=tmp_path)
+    proc = run([str(bin_dir / "python"), "-c", "import qin_lightning; print(qin_lightning.__file__)"], cwd=tmp_path)
+    assert str(tmp_path / "env") in proc.stdout, proc.stdout  # the wheel's copy, not the checkout
+    runs_from_an_empty_folder(bin_dir, tmp_path)
+
+
+@pytest.mark.slow
+def test_installed_wheel_trains_from_an_empty_folder(wheel: Path, tmp_path: Path) -> None:
+    """As a user installs it: the wheel with its declared dependencies resolved by pip (torch pinned in the same
+    call), nothing borrowed."""
+    bin_dir = fresh_env(tmp_path)
+    run([str(bin_dir / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", TORCH_PIN,
+         str(wheel)], cwd=tmp_path, timeout=1500)
+    runs_from_an_empty_folder(bin_dir, tmp_path)
