@@ -85,6 +85,13 @@ def test_comparisons_have_the_record_format(trajectory: ModuleType) -> None:
     valid = trajectory.predictions(labels, np.array([0.1, 0.9, 0.8, 0.0]), np.array([0.1, 0.9, 0.8, 0.2]))
     assert valid["theirs"]["auc"] == valid["ours"]["auc"] == 1.0 and valid["max_abs_diff"] == pytest.approx(0.2)
     assert valid["theirs"]["logloss_eps_float64"] < valid["ours"]["logloss_eps_1e-7"]
+    record = {"loss": steps, "weights_after_last_step": weights, "training_rows_by_side": {"theirs": {
+        "confidently_wrong_without_gradient": [0, 1, 0]}}, "validation": {**valid, "at_their_final_weights": valid},
+        "teacher_forced": {"steps": [{"loss_rel_diff": d, "rel_to_update_all": d} for d in (1e-7, 0.3, 2e-7)]}}
+    found = trajectory.summary(record)
+    assert found["free_steps_loss_within_1e-5"] == 2
+    assert found["teacher_forced_clean_steps"] == {"steps": 2, "max_loss_rel_diff": 2e-7, "max_weights_rel_to_update": 2e-7}
+    assert found["teacher_forced_steps_with_such_rows"]["max_loss_rel_diff"] == 0.3
 
 
 def test_steps_must_be_positive(trajectory: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

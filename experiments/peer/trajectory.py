@@ -446,6 +446,37 @@ def predictions(labels: np.ndarray, theirs: np.ndarray, ours: np.ndarray) -> dic
     return {**side, "rows": len(labels), "max_abs_diff": float(np.abs(theirs - ours).max())}
 
 
+def summary(record: dict[str, Any]) -> dict[str, Any]:
+    """The record's findings in a few numbers: how many steps from the start the free trajectories' losses agree
+    within 1e-5 (relative), the rows of theirs whose loss has no gradient, each step alone (teacher-forced: the
+    largest loss and weight differences over the steps without such rows and over those with them), and the
+    validation predictions of the two evaluation paths at the same weights."""
+    loss = record["loss"]
+    first = loss["first_step_rel_over_1e-5"]
+    wrong = record["training_rows_by_side"]["theirs"]["confidently_wrong_without_gradient"]
+    result: dict[str, Any] = {
+        "free_steps_loss_within_1e-5": len(loss["rel_diff"]) if first is None else first - 1,
+        "free_max_loss_rel_diff": loss["max_rel_diff"],
+        "free_final_weights_rel_to_update": record["weights_after_last_step"]["rel_to_update_all"],
+        "their_rows_without_gradient_per_step": wrong,
+    }
+    if "teacher_forced" in record:
+        steps = record["teacher_forced"]["steps"]
+        for name, rows in (("clean_steps", [r for r, w in zip(steps, wrong) if w == 0]),
+                           ("steps_with_such_rows", [r for r, w in zip(steps, wrong) if w > 0])):
+            result[f"teacher_forced_{name}"] = {
+                "steps": len(rows),
+                "max_loss_rel_diff": max((r["loss_rel_diff"] for r in rows), default=None),
+                "max_weights_rel_to_update": max((r["rel_to_update_all"] for r in rows), default=None)}
+    same = record["validation"].get("at_their_final_weights")
+    if same is not None:
+        result["same_weights_validation"] = {"max_abs_diff": same["max_abs_diff"], "auc_theirs": same["theirs"]["auc"],
+                                             "auc_ours": same["ours"]["auc"]}
+    result["validation_auc_after_free_run"] = {"theirs": record["validation"]["theirs"]["auc"],
+                                               "ours": record["validation"]["ours"]["auc"]}
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     import torch
 
@@ -550,6 +581,7 @@ def main(argv: list[str] | None = None) -> int:
                                               ours["valid_probabilities"].numpy()),
                                 "at_their_final_weights": same_weights}
     record["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    record["summary"] = summary(record)
     atomic_write_json(args.out, record)
     loss = record["loss"]
     print(f"loss: max rel diff {loss['max_rel_diff']:.3g} over {args.steps} steps (first over 1e-5: "
