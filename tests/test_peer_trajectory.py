@@ -90,7 +90,8 @@ def test_comparisons_have_the_record_format(trajectory: ModuleType) -> None:
         "teacher_forced": {"steps": [{"loss_rel_diff": d, "rel_to_update_all": d} for d in (1e-7, 0.3, 2e-7)]}}
     found = trajectory.summary(record)
     assert found["free_steps_loss_within_1e-5"] == 2
-    assert found["teacher_forced_clean_steps"] == {"steps": 2, "max_loss_rel_diff": 2e-7, "max_weights_rel_to_update": 2e-7}
+    assert found["teacher_forced_clean_steps"] == {"steps": 2, "max_loss_rel_diff": 2e-7,
+                                                   "max_weights_rel_to_update": 2e-7}
     assert found["teacher_forced_steps_with_such_rows"]["max_loss_rel_diff"] == 0.3
 
 
