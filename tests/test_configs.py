@@ -18,7 +18,9 @@ RECORDED = json.loads(RECORD.read_text())
 #     ablations (MLP [1024, 512, 256] for the QNN, mean pooling, SoftMax, ReLU for PReLU, attention dropout 0.1).
 #   The authors' code and training logs (github.com/salmon1802/QIN, QIN_variety_v9 on FuxiCTR 2.3.7): history
 #     length 64, lr x 0.5 on a plateau (floor 1e-6), early stopping on valid AUC (min_delta 1e-6) with patience 8,
-#     gradient-norm clipping 10, up to 100 epochs, seed 20242025.
+#     gradient-norm clipping 10, up to 100 epochs, seed 20242025; FuxiCTR's loss "binary_crossentropy" is
+#     F.binary_cross_entropy on the sigmoid output (fuxictr/pytorch/torch_utils.py, models/rank_model.py), for
+#     every model here (QIN, DIN, the winner and QNN-alpha all train on FuxiCTR).
 #   The official DIN baseline (github.com/reczoo/WWW2025_MMCTR_Challenge, DIN_default + the MicroLens tuner
 #     config): emb 64, attention MLP [512, 256], DNN [1024, 512, 256], lr 1e-3, batch 8192, net dropout 0.1,
 #     embedding L2 1e-7 (one of the tuner's two), no net L2, lr x 0.1 on a plateau (FuxiCTR's lr_decay default),
@@ -31,7 +33,8 @@ PROTOCOL = {"model.lr_factor": 0.5, "model.min_lr": 1e-6, "model.min_delta": 1e-
             "callbacks.early_stopping.patience": 8, "callbacks.early_stopping.monitor": "val/auc",
             "callbacks.early_stopping.mode": "max", "callbacks.early_stopping.min_delta": 1e-6,
             "trainer.gradient_clip_val": 10.0,
-            "trainer.max_epochs": 100, "trainer.check_val_every_n_epoch": 1, "seed": 20242025}
+            "trainer.max_epochs": 100, "trainer.check_val_every_n_epoch": 1, "seed": 20242025,
+            "model.bce_input": "probability"}
 QIN = {**PROTOCOL, "model.lr": 2e-3, "model.embedding_l2": 2e-4, "model.net_l2": 0.0, "model.self_ensemble": False,
        "model.net._target_": "qin_lightning.models.qin.QIN", "model.net.embedding_dim": 128,
        "model.net.mm_projection_dim": 128, "model.net.attention.activation": "relu",

@@ -244,15 +244,15 @@ def test_cli_non_finite_loss_stops_keeping_last_good_checkpoint(tmp_path: Path) 
 def test_non_finite_guard_in_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import qin_lightning.training.module as M
 
-    real = M.F.binary_cross_entropy_with_logits
+    real = M.F.binary_cross_entropy  # the default model.bce_input=probability's BCE
     calls = {"n": 0}
 
-    def nan_after_five(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def nan_after_five(probabilities: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         calls["n"] += 1
-        loss = real(logits, target)
+        loss = real(probabilities, target)
         return loss * float("nan") if calls["n"] > 5 else loss
 
-    monkeypatch.setattr(M.F, "binary_cross_entropy_with_logits", nan_after_five)
+    monkeypatch.setattr(M.F, "binary_cross_entropy", nan_after_five)
     cfg = compose_train(tiny_overrides(tmp_path) + tiny_model_overrides(), tmp_path / "run")
     with pytest.raises(NonFiniteLossError, match=r"global step 5 .*last good checkpoint: .*last.ckpt"):
         train(cfg)

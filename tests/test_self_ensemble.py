@@ -86,4 +86,5 @@ def test_off_by_default_is_plain_bce() -> None:
     loss = module.training_step(batch, 0)
     torch.manual_seed(3)
     logits = module.net(batch.item_seq, batch.item_id, batch.likes_level, batch.views_level)
-    torch.testing.assert_close(loss, torch.nn.functional.binary_cross_entropy_with_logits(logits, batch.label))
+    # the default model.bce_input=probability: BCE of the sigmoid's output (tests/test_bce_input.py pins both forms)
+    torch.testing.assert_close(loss, torch.nn.functional.binary_cross_entropy(torch.sigmoid(logits), batch.label))

@@ -4,6 +4,10 @@ FuxiCTR 2.3.7: Adam 2e-3, batch 8192, clipping 10, lr halved on a plateau, early
 loss = BCE(sigmoid(logits), label)
      + (embedding_l2 / 2) * sum of ||p||^2 over every embedding table (+ the multimodal projection), every step
      + (net_l2 / 2)       * sum of ||p||^2 over every other weight (the DIN protocol; 0 for QIN)
+Each BCE is computed as ``bce_input`` says (``binary_cross_entropy``): "probability" (default, FuxiCTR's form,
+which the authors' QIN, DIN and the challenge winner train with: torch's BCE of the float32 sigmoid output, log
+clamped at -100, so a row whose sigmoid saturates to exactly 0 or 1 has no gradient) or "logit"
+(``binary_cross_entropy_with_logits``: the same value elsewhere, numerically stable, a gradient on every row).
 With ``self_ensemble`` (QNN-alpha, the authors' KDD 2025 successor, arXiv 2505.17999) the BCE term is replaced
 by the self-ensemble loss of two stochastic forward passes (``CTRModule.self_ensemble_loss``); inference is always one pass.
 Adam (default betas, no weight decay); lr x ``lr_factor`` whenever validation AUC does not improve by
@@ -21,7 +25,7 @@ from lightning.pytorch import LightningModule
 from torch import nn
 from torchmetrics.classification import BinaryAUROC
 
-from qin_lightning.errors import QinError
+from qin_lightning.errors import ConfigError, QinError
 from qin_lightning.models.inference import prepare_inference, release_inference
 from qin_lightning.models.parameter_groups import dense_parameters, embedding_parameters
 from qin_lightning.training.metrics import BinaryLogLoss
@@ -43,9 +47,37 @@ def squared_l2(params: list[nn.Parameter]) -> torch.Tensor:
 
 CONSTANT_BUFFERS = ("item_tags", "item_mm")  # the item tables: inputs stored with the model, never updated
 
+# model.bce_input: what each BCE is computed from. "probability": the authors' (FuxiCTR's `binary_crossentropy`
+# on the model's sigmoid output); "logit": binary_cross_entropy_with_logits (stabler; differs on saturated rows)
+BCE_INPUTS = ("probability", "logit")
+
+
+def check_bce_input(bce_input: str) -> str:
+    """`bce_input` if it is one of BCE_INPUTS, else a ConfigError naming `model.bce_input`."""
+    if bce_input not in BCE_INPUTS:
+        raise ConfigError(f"model.bce_input: unknown value {bce_input!r}, expected one of {list(BCE_INPUTS)}")
+    return bce_input
+
+
+def binary_cross_entropy(logits: torch.Tensor, target: torch.Tensor, bce_input: str) -> torch.Tensor:
+    """Mean BCE of sigmoid(logits) (B,) against target (B,) in float32 with autocast off, from `bce_input`:
+
+    "probability": F.binary_cross_entropy(sigmoid(logits), target), FuxiCTR's form: log clamped at -100, so a
+        logit whose float32 sigmoid is exactly 1.0 (z >= ~17) with target 0 costs 100 and has gradient 0, and
+        one of z = -30 with target 1 costs 30 with gradient -0.094 (the backward divides by max(p (1 - p), 1e-12));
+    "logit": F.binary_cross_entropy_with_logits(logits, target): the same value on every unsaturated row, exact
+        on the saturated ones (z = 20, target 0: loss 20, gradient 1; z = -30, target 1: loss 30, gradient -1).
+    """
+    with torch.autocast(logits.device.type, enabled=False):  # BCE on probabilities refuses autocast
+        logits, target = logits.float(), target.float()
+        if bce_input == "probability":
+            return F.binary_cross_entropy(torch.sigmoid(logits), target)
+        return F.binary_cross_entropy_with_logits(logits, target)
+
 
 class CTRModule(LightningModule):
-    """Trains a CTR network with BCE + L2 terms, Adam and the plateau schedule; logs AUC and logloss."""
+    """Trains a CTR network with BCE (from probabilities or logits: ``bce_input``) + L2 terms, Adam and the plateau
+    schedule; logs AUC and logloss."""
 
     def __init__(
         self,
@@ -60,6 +92,7 @@ class CTRModule(LightningModule):
         compile: bool = False,
         nonfinite_check_every_n_steps: int = 1,
         fused_adam: bool = False,
+        bce_input: str = "probability",
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["net"], logger=False)
@@ -74,6 +107,7 @@ class CTRModule(LightningModule):
         self.compile_net = compile  # `model.compile`; not `self.compile`, which is nn.Module's method
         self.nonfinite_check_every_n_steps = nonfinite_check_every_n_steps
         self.fused_adam = fused_adam
+        self.bce_input = check_bce_input(bce_input)
         # not a submodule (object.__setattr__): the state_dict holds the weights once, under `net.`
         object.__setattr__(self, "_forward", net)
         # DDP broadcasts every buffer from rank 0 before each training forward; the item tables (~48 MB at
@@ -110,13 +144,15 @@ class CTRModule(LightningModule):
         return reg
 
     @staticmethod
-    def self_ensemble_loss(logits_1: torch.Tensor, logits_2: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
-        """QNN-alpha's self-ensemble loss of two stochastic passes (QNN-alpha, arXiv 2505.17999), all means
-        over B:
+    def self_ensemble_loss(logits_1: torch.Tensor, logits_2: torch.Tensor, label: torch.Tensor,
+                           bce_input: str = "probability") -> torch.Tensor:
+        """QNN-alpha's self-ensemble loss of two stochastic passes (QNN-alpha, arXiv 2505.17999; FuxiCTR
+        model_zoo/QNN/src/QNN_alpha.py's `add_loss`), all means over B:
 
             p = (p1 + p2) / 2;   loss = BCE(p, y) + BCE(p1, p.detach()) + BCE(p2, p.detach())
 
-        The consistency terms are computed from the logits (the same value as BCE on p1, p2, stabler).
+        The consistency terms follow `bce_input` (``binary_cross_entropy``: "probability", the published form,
+        from p1 and p2; "logit", from the logits); the first term is always the BCE of the averaged probability.
         """
         with torch.autocast(logits_1.device.type, enabled=False):  # BCE on probabilities refuses autocast
             logits_1, logits_2, label = logits_1.float(), logits_2.float(), label.float()
@@ -124,16 +160,16 @@ class CTRModule(LightningModule):
             target = p.detach()
             return (
                 F.binary_cross_entropy(p, label)
-                + F.binary_cross_entropy_with_logits(logits_1, target)
-                + F.binary_cross_entropy_with_logits(logits_2, target)
+                + binary_cross_entropy(logits_1, target, bce_input)
+                + binary_cross_entropy(logits_2, target, bce_input)
             )
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         logits = self(batch)  # (B,)
         if self.self_ensemble:  # a second pass: other dropout masks (and BatchNorm sees the batch twice)
-            data_loss = self.self_ensemble_loss(logits.float(), self(batch).float(), batch.label.float())
+            data_loss = self.self_ensemble_loss(logits, self(batch), batch.label, self.bce_input)
         else:
-            data_loss = F.binary_cross_entropy_with_logits(logits.float(), batch.label.float())
+            data_loss = binary_cross_entropy(logits, batch.label, self.bce_input)
         loss = data_loss + self.regularization()
         n = self.nonfinite_check_every_n_steps
         if n > 0 and self.global_step % n == 0 and not torch.isfinite(loss):
