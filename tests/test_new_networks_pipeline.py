@@ -23,10 +23,13 @@ INT8_BLOCK_SIZE = 16
 #   transformer_dcn  int8: AUC -5.0e-4, logloss +3.1e-5, max |dp| 2.2e-3   4-bit: -7.0e-3, +2.4e-3, 4.1e-2
 #   qnn_alpha        int8: AUC +5.0e-4, logloss -2.9e-5, max |dp| 5.2e-4   4-bit: -1.6e-3, +1.3e-4, 3.2e-3
 # (|dp| over the 128 predicted test rows). Each tolerance sits between, 2-4x from the int8 error where the 4-bit
-# one allows it; one AUC step of the 256 validation rows is ~8e-5.
+# one allows it; one AUC step of the 256 validation rows is ~8e-5. Those are model.bce_input=logit runs (the
+# default before 2026-12-08); with the default probability form (AVX2, 2026-12-08):
+#   transformer_dcn  int8: AUC -2.5e-4, logloss +1.6e-5, max |dp| 1.3e-3   4-bit: -8.4e-5, +4.2e-4, 2.0e-2
+#   qnn_alpha        int8: AUC -4.2e-5, logloss +2.4e-5, max |dp| 1.1e-3   4-bit: +6.9e-3, +4.4e-4, 1.4e-2
 INT8_TOLERANCES = {  # experiment: (AUC, logloss, max |dp|)
     "transformer_dcn": (2e-3, 3e-4, 8e-3),
-    "qnn_alpha": (1e-3, 6e-5, 1.3e-3),
+    "qnn_alpha": (1e-3, 6e-5, 3e-3),  # max |dp| 1.3e-3 before the probability form's 1.1e-3 (2.6x from it now)
 }
 
 
@@ -59,8 +62,11 @@ def test_train_resume_eval_predict_export(tmp_path: Path, experiment: str) -> No
 
     pytest.importorskip("onnxruntime")
     exact = export_checkpoint(ckpt, tmp_path / "model.onnx")
+    assert np.abs(predicted(ckpt, exact, tmp_path / "exact.csv") - eager_probs).max() < 1e-6  # float32 rounding
     onnx_metrics = evaluate(_eval_cfg(ckpt, onnx=str(exact), output=str(tmp_path / "onnx.json")))
-    assert onnx_metrics["auc"] == pytest.approx(metrics["auc"], abs=1e-5)
+    # a probability one rounding apart can order two rows the other way: one pair of the ~60 x ~200 validation
+    # rows is ~8e-5 of AUC (qnn_alpha's reference run with model.bce_input=probability: 1.3e-4, max |dp| 6e-8)
+    assert onnx_metrics["auc"] == pytest.approx(metrics["auc"], abs=3e-4)
     assert onnx_metrics["logloss"] == pytest.approx(metrics["logloss"], abs=1e-5)
     pytest.importorskip("onnx")
     int8 = export_checkpoint(ckpt, tmp_path / "model.int8.onnx", weights="int8", block_size=INT8_BLOCK_SIZE)
