@@ -145,7 +145,11 @@ def test_fidelity_and_table_read_epoch_one_and_the_best(side_by_side: ModuleType
     (tmp_path / "side_by_side_din.json").write_text(json.dumps(record))
     lines = side_by_side.table(tmp_path).splitlines()
     assert len(lines) == 3  # header, rule, the one record present
-    assert lines[2] == "| din | Theirs | 1,000 / 200, 2, 64 | 10 / 10 | 0.6000 / 0.5950 | 0.7000 / 0.7200 | 2.50x |"
+    assert lines[2] == "| din | Theirs | 1,000 / 200, 2, 64 | 10 / 10 | 0.6000 / 0.5950 | 0.7000 / 0.7200 | 2.50x | – |"
+    summary = {"teacher_forced_clean_steps": {"steps": 12, "max_loss_rel_diff": 3e-6},
+               "teacher_forced_steps_with_such_rows": {"steps": 8, "max_loss_rel_diff": 4.8e-6}}
+    (tmp_path / "trajectory_din.json").write_text(json.dumps({"summary": summary, "settings": {"steps": 20}}))
+    assert side_by_side.table(tmp_path).splitlines()[2].endswith("| 20 of 20 steps, each alone: loss within 4.8e-06 |")
 
 
 def test_readme_table_is_the_records(side_by_side: ModuleType) -> None:
@@ -154,5 +158,7 @@ def test_readme_table_is_the_records(side_by_side: ModuleType) -> None:
     start = text.index(side_by_side.README_TABLE_START) + len(side_by_side.README_TABLE_START)
     end = text.index(side_by_side.README_TABLE_END)
     assert text[start:end].strip() == side_by_side.table().strip()
+    # the copy the docs include (docs/results.md) is the same table
+    assert (REPO_ROOT / "experiments" / "peer" / "table.md").read_text() == side_by_side.table()
     for spec in side_by_side.MODELS.values():  # every model of our tables has its committed record
         assert (REPO_ROOT / "experiments" / "peer" / spec.record).is_file(), spec.record

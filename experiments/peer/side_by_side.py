@@ -327,12 +327,14 @@ def their_checkouts(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     from qin_lightning.errors import run_reporting_errors
-    from qin_lightning.files import atomic_write_json
+    from qin_lightning.files import atomic_write_json, atomic_write_text
     from qin_lightning.machine import machine
 
     args = parse_args(argv)
-    if args.table:
-        print(table(), end="")
+    if args.table:  # the table, also kept in experiments/peer/table.md (the docs include it)
+        text = table()
+        atomic_write_text(PEER / "table.md", text)
+        print(text, end="")
         return 0
     run_reporting_errors(lambda: check_args(args))
     spec = MODELS[args.model]
@@ -409,11 +411,30 @@ def fidelity(record: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+def step_agreement(folder: Path, model: str) -> str:
+    """What the trajectory record of `model` (experiments/peer/trajectory.py: the same initial weights and batches,
+    dropout off, with their loss form on our side where it differs) says of single training steps: each step run
+    alone from their weights ("teacher-forced"), else the first steps of one free run; "–" without a record."""
+    path = next((p for p in (folder / f"trajectory_{model}_fuxictr_loss.json", folder / f"trajectory_{model}.json")
+                 if p.is_file()), None)
+    if path is None:
+        return "–"
+    record = json.loads(path.read_text())
+    summary, steps = record["summary"], record["settings"]["steps"]
+    forced = [summary.get(k) for k in ("teacher_forced_clean_steps", "teacher_forced_steps_with_such_rows")]
+    forced = [f for f in forced if f and f["steps"]]
+    if forced:
+        worst = max(f["max_loss_rel_diff"] for f in forced)
+        return f"{sum(f['steps'] for f in forced)} of {steps} steps, each alone: loss within {worst:.1e}"
+    return f"first {summary['free_steps_loss_within_1e-5']} of {steps} steps in one run: loss within 1e-5"
+
+
 def table(folder: Path = PEER) -> str:
-    """The README's table 'our model vs its authors' code': one line per committed record (MODELS order)."""
+    """The table 'our model vs its authors' code': one line per committed record (MODELS order)."""
     lines = ["| model | their code | rows (train / valid), epochs, batch | parameters (theirs / ours) | "
-             "AUC epoch 1 (theirs / ours) | best AUC (theirs / ours) | their fit / our fit |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+             "AUC epoch 1 (theirs / ours) | best AUC (theirs / ours) | their fit / our fit | "
+             "same weights and batches, their loss form |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for model, spec in MODELS.items():
         path = folder / spec.record
         if not path.is_file():
@@ -427,7 +448,7 @@ def table(folder: Path = PEER) -> str:
             f"| {model} | {record['their_model']} | {data['train_rows']:,} / {data['valid_rows']:,}, "
             f"{settings['epochs']}, {settings['batch_size']} | {record['theirs']['n_params']:,} / "
             f"{ours['n_params']:,} | {their_auc[0]:.4f} / {our_auc[0]:.4f} | {max(their_auc):.4f} / "
-            f"{max(our_auc):.4f} | {record['ratio_their_fit_to_ours'][name]:.2f}x |")
+            f"{max(our_auc):.4f} | {record['ratio_their_fit_to_ours'][name]:.2f}x | {step_agreement(folder, model)} |")
     return "\n".join(lines) + "\n"
 
 

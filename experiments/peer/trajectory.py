@@ -19,7 +19,8 @@ optimiser (configure_optimizers) and our loss (training_step, regularisation inc
 Also: the validation predictions of both evaluation paths at the same weights (their final weights loaded into
 ours); `--teacher-forced`: each step alone, ours from their weights and Adam moments before it (their_run.py
 --every-step), against their weights after it, so that a step's own difference is seen without the trajectory's
-amplification; `--our-loss fuxictr` (diagnostic): ours trained with their loss form (BCE on the sigmoid's output);
+amplification; `--our-loss probability|logit` (alias fuxictr|ours): our `model.bce_input` (logit by default here, the form the
+records compared first; probability is their form and our default now);
 `--keep DIR` keeps the work folder, `--keep DIR --reuse` takes their side from it.
 float32 on both sides: their FeatureEmbeddingDict casts the multimodal vector with `.float()` (fuxictr
 pytorch/layers/embeddings/feature_embedding.py), so their model does not run in float64.
@@ -35,8 +36,6 @@ import os
 import sys
 import tempfile
 import time
-import types
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -134,30 +133,9 @@ def map_state(model: str, their_state: dict[str, Any], our_state: dict[str, Any]
     return mapped
 
 
-LOSS_FORMS = ("ours", "fuxictr")
-
-
-@contextlib.contextmanager
-def loss_form(form: str) -> Iterator[None]:
-    """Within: our CTRModule computes each BCE on logits as FuxiCTR does, on the sigmoid's float32 output
-    (`binary_cross_entropy(sigmoid(z), y)`: log clamped at -100, its backward divides by p (1 - p) clamped at
-    1e-12), when `form` is fuxictr; ours (`binary_cross_entropy_with_logits`) otherwise."""
-    import torch
-    import torch.nn.functional as F
-
-    from qin_lightning.training import module as module_file
-
-    if form == "ours":
-        yield
-        return
-    functions = types.SimpleNamespace(**{name: getattr(F, name) for name in dir(F) if not name.startswith("__")})
-    functions.binary_cross_entropy_with_logits = lambda logits, target: F.binary_cross_entropy(
-        torch.sigmoid(logits), target)
-    module_file.F = functions
-    try:
-        yield
-    finally:
-        module_file.F = F
+# --our-loss: our model.bce_input for the run; "ours" and "fuxictr" are the names the committed records' commands
+# use (made before the option existed, when ours was the logit form)
+LOSS_FORMS = {"logit": "logit", "probability": "probability", "ours": "logit", "fuxictr": "probability"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -174,9 +152,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--valid-rows", type=int, default=1000)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=None, help="the JSON record (written atomically)")
-    p.add_argument("--our-loss", choices=LOSS_FORMS, default="ours",
-                   help="diagnostic: fuxictr trains ours with their loss form, BCE on the sigmoid's output instead "
-                        "of on the logits (every BCE of our training_step; nothing in src/ changes)")
+    p.add_argument("--our-loss", choices=tuple(LOSS_FORMS), default="logit",
+                   help="our model.bce_input: logit (BCE on the logits, the form before 2026-12-08; alias ours) or "
+                        "probability (their form, BCE on the sigmoid's output, our default now; alias fuxictr)")
     p.add_argument("--keep", type=Path, default=None,
                    help="work in this folder and keep it (their dump, the data) instead of a temporary one")
     p.add_argument("--teacher-forced", action="store_true",
@@ -214,7 +192,7 @@ def our_config(args: argparse.Namespace, cache: Path) -> tuple[Any, list[str]]:
 
     experiment = sbs.MODELS[args.model].experiment
     overrides = [*([f"+experiment={experiment}"] if experiment else []), *sbs.size_overrides(args, cache),
-                 *OUR_DROPOUT[args.model], "trainer=cpu"]
+                 *OUR_DROPOUT[args.model], "trainer=cpu", f"model.bce_input={LOSS_FORMS[args.our_loss]}"]
     with initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR):
         return compose(config_name="train", overrides=overrides), overrides
 
@@ -538,8 +516,7 @@ def main(argv: list[str] | None = None) -> int:
                       our_state["items.item_mm"])
         module.net.load_state_dict({**initial, **{k: our_state[k] for k in DATA_BUFFERS}}, strict=True)
         initial = {k: v.detach().clone() for k, v in initial.items()}
-        with loss_form(args.our_loss):
-            ours = train_ours(cfg, module, dm, args.steps, args.batch_size)
+        ours = train_ours(cfg, module, dm, args.steps, args.batch_size)
         record["ours_run"] = {"wall_s": round(time.perf_counter() - t0, 1),
                               "n_params": sum(p.numel() for p in module.net.parameters()),
                               "gradient_clip_val": ours["gradient_clip_val"],
@@ -562,9 +539,8 @@ def main(argv: list[str] | None = None) -> int:
         record["training_rows_by_side"] = {"theirs": saturation(their_outputs, train_labels),
                                            "ours": saturation(ours["train_outputs"], train_labels)}
         if args.teacher_forced:
-            with loss_form(args.our_loss):
-                forced = teacher_forced(args.model, cfg, build_module(cfg, dm), dm, dump, args.steps,
-                                        args.batch_size, our_state)
+            forced = teacher_forced(args.model, cfg, build_module(cfg, dm), dm, dump, args.steps,
+                                    args.batch_size, our_state)
             for row, their_loss in zip(forced["steps"], record["loss"]["theirs"], strict=True):
                 row["their_loss"] = their_loss
                 row["loss_rel_diff"] = abs(row["loss"] - their_loss) / abs(their_loss)
