@@ -106,6 +106,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--draws", default="torch",
                    help="ours: comma-separated dropout mask draws of the QNN (model.net.interaction.dropout_draw): "
                         "torch (the default), sfc64; each precision runs with each (qin, qnn_alpha)")
+    p.add_argument("--our-loss", choices=("probability", "logit"), default="probability",
+                   help="ours: model.bce_input (probability: their form, our default; logit: the form of the records "
+                        "made before 2026-12-08)")
     p.add_argument("--our-seeds", default="",
                    help="comma-separated extra seeds of ours (fp32, torch's draw): our seed spread on the same data")
     p.add_argument("--note", default=None, help="a sentence kept in the record (e.g. what else ran on the machine)")
@@ -302,6 +305,7 @@ def run_ours(args: argparse.Namespace, overrides: list[str], folder: Path) -> di
             command += ["--tag", f"_{draw}", "--override", f"model.net.interaction.dropout_draw={draw}"]
         if seed is not None:  # our seed spread on the same data (their seed is the published 20242025)
             command += ["--tag", f"_seed{seed}", "--override", f"seed={seed}"]
+        command += ["--override", f"model.bce_input={args.our_loss}"]
         for o in extra:
             command += ["--override", o]
         done = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
@@ -344,6 +348,7 @@ def main(argv: list[str] | None = None) -> int:
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": {**machine(), "cpu_count": os.cpu_count()},
         "their_repo_commit": git_commit(args.qin_repo) if args.qin_repo else None, "their_model": spec.their_model,
         "settings": {"epochs": args.epochs, "batch_size": args.batch_size, "threads": args.threads,
+                     "bce_input_ours": args.our_loss,
                      "their_loader_workers": args.their_workers, "precision_ours": args.precision,
                      "draws_ours": args.draws},
     }
