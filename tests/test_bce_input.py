@@ -94,3 +94,12 @@ def test_unknown_value_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture
         run_reporting_errors(lambda: instantiate_reporting(module_config, net=torch.nn.Linear(1, 1)))
     assert exit_info.value.code == 2
     assert capsys.readouterr().err == f"error: {expected}\n"
+
+
+@pytest.mark.parametrize("bce_input", BCE_INPUTS)
+def test_a_nan_logit_gives_a_nan_loss_for_the_guard(bce_input: str) -> None:
+    """torch's BCE on probabilities raises on a NaN input (a device-side assert on a GPU): the loss is NaN instead,
+    so the non-finite guard reports it (tests/test_errors.py runs that through the command line)."""
+    logits, labels = torch.tensor([0.5, float("nan")]), torch.tensor(LABELS)
+    assert torch.isnan(binary_cross_entropy(logits, labels, bce_input))
+    assert torch.isnan(CTRModule.self_ensemble_loss(logits, torch.zeros(2), labels, bce_input))

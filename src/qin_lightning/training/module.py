@@ -59,6 +59,15 @@ def check_bce_input(bce_input: str) -> str:
     return bce_input
 
 
+def bce_of_probability(probability: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """F.binary_cross_entropy(probability, target) (B,) -> (), NaN where either has a NaN (a NaN logit; the
+    self-ensemble's target is a probability too): torch's BCE refuses one (a RuntimeError on the CPU, a device-side
+    assert on a GPU), so it is given 0.5 there and the NaN reaches the loss through `0 * sum`, for the non-finite
+    guard to report; the same value and gradient on finite input."""
+    return (F.binary_cross_entropy(probability.nan_to_num(nan=0.5), target.nan_to_num(nan=0.5))
+            + 0.0 * (probability.sum() + target.sum()))
+
+
 def binary_cross_entropy(logits: torch.Tensor, target: torch.Tensor, bce_input: str) -> torch.Tensor:
     """Mean BCE of sigmoid(logits) (B,) against target (B,) in float32 with autocast off, from `bce_input`:
 
@@ -71,7 +80,7 @@ def binary_cross_entropy(logits: torch.Tensor, target: torch.Tensor, bce_input: 
     with torch.autocast(logits.device.type, enabled=False):  # BCE on probabilities refuses autocast
         logits, target = logits.float(), target.float()
         if bce_input == "probability":
-            return F.binary_cross_entropy(torch.sigmoid(logits), target)
+            return bce_of_probability(torch.sigmoid(logits), target)
         return F.binary_cross_entropy_with_logits(logits, target)
 
 
@@ -159,7 +168,7 @@ class CTRModule(LightningModule):
             p = 0.5 * (torch.sigmoid(logits_1) + torch.sigmoid(logits_2))  # (B,) the ensemble's prediction
             target = p.detach()
             return (
-                F.binary_cross_entropy(p, label)
+                bce_of_probability(p, label)
                 + binary_cross_entropy(logits_1, target, bce_input)
                 + binary_cross_entropy(logits_2, target, bce_input)
             )
