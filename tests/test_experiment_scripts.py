@@ -25,7 +25,7 @@ WITH_HELP = ["bench/int8_accuracy.py", "bench/memory_reuse.py", "bench/onnx_late
              "bench/fp32_levers.py",
              "bench/whole_run.py", "bench/converged_profile.py", "bench/converged_epochs.py", "bench/compile_check.py",
              "peer/side_by_side.py",
-             "peer/their_run.py",
+             "peer/their_run.py", "peer/trajectory.py", "dropout_draw/decide.py",
              "converged/stats_speed.py", "converged/table.py", "movielens/plan_cost.py",
              "precision/table.py", "migrate_predictions.py",
              "scale/measure_load.py"]
