@@ -77,9 +77,9 @@ def test_plan_runs_in_chunks(tmp_path: Path) -> None:
     out = run_plan(plan, runs, "hydra.sweeper.experiments=[qin]")
     assert "fresh  qin_seed1" in out and "1 of 1 jobs completed" in out
     record = json.loads((plan.parent / "tiny" / "runs" / "qin_seed1.json").read_text())
-    assert record["status"] == "completed" and 0.0 <= record["test_eval"]["gauc"] <= 1.0
+    assert record["status"] == "completed" and 0.0 <= record["test_gauc"] <= 1.0  # scored in training
     kept = plan.parent / "tiny" / "runs" / "qin_seed1.preds.parquet"
-    assert kept.read_bytes() == (runs / "qin_seed1" / "eval_test.preds.parquet").read_bytes()
+    assert kept.read_bytes() == (runs / "qin_seed1" / "test.preds.parquet").read_bytes()
     assert not list((plan.parent / "tiny" / "runs").glob(".*.tmp"))
     out = run_plan(plan, runs)
     assert "1 of 2 jobs completed; 1 to run" in out and "fresh  ablation_no_qnn_seed1" in out
@@ -107,3 +107,39 @@ def test_a_record_is_written_whole_or_not_at_all(tmp_path: Path, monkeypatch: py
     with pytest.raises(RuntimeError, match="disk full"):
         plan_module.collect(run_dir, record, tmp_path)
     assert record.read_text() == before and not list(record.parent.glob(".*.tmp"))
+
+
+def test_a_run_that_scored_its_test_split_is_recorded_without_another_eval(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """test_after_fit already scored the best weights: its predictions are the record's, and qin-eval (which would
+    need to be told where the data is) is not run."""
+    import qin_lightning.training.plan as plan_module
+
+    run_dir, record = tmp_path / "run", tmp_path / "records" / "qin_seed1.json"
+    run_dir.mkdir()
+    (run_dir / "results.json").write_text(json.dumps({"status": "completed", "best_checkpoint": str(run_dir / "x"),
+                                                      "test_auc": 0.7}))
+    (run_dir / "x").write_bytes(b"")
+    (run_dir / "test.preds.parquet").write_bytes(b"kept in training")
+
+    def no_eval(*args: object, **kwargs: object) -> None:
+        raise AssertionError("qin-eval was run")
+
+    monkeypatch.setattr(plan_module.subprocess, "run", no_eval)
+    plan_module.collect(run_dir, record, tmp_path)
+    assert record.with_suffix(".preds.parquet").read_bytes() == b"kept in training"
+    assert json.loads(record.read_text())["test_auc"] == 0.7
+
+
+def test_eval_is_told_where_the_runs_data_is(tmp_path: Path) -> None:
+    """A converted release's checkpoint names no place: the eval of a plan's run gets the run's own data folder and
+    release (a MovieLens run of ml-100k was scored against the user's default release, and failed)."""
+    from qin_lightning.training.plan import eval_data_location
+
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra" / "config.yaml").write_text("data:\n  source:\n    src: ../shared/data/ml-100k.zip\n")
+    results = {"data_dir": "data/movielens/movielens-ml-100k-rating-per_user-1515f9646d"}
+    assert eval_data_location(tmp_path, results) == ["data.root=data/movielens",
+                                                     "+data.source.src=../shared/data/ml-100k.zip"]
+    (tmp_path / ".hydra" / "config.yaml").write_text("data:\n  root: x\n")
+    assert eval_data_location(tmp_path, results) == ["data.root=data/movielens"]

@@ -125,25 +125,47 @@ def plan_jobs(plan_path: Path, runs_dir: Path, experiments: Sequence[str] | None
 
 
 def collect(run_dir: Path, record: Path, cwd: Path) -> None:
-    """Score the run's best checkpoint on the test split (gAUC included) and commit its record: results.json with
-    `test_eval` (or `test_eval_error`) as `record`, the kept test predictions as `<record stem>.preds.parquet`."""
+    """Commit the run's record: results.json as `record`, its kept test predictions as `<record stem>.preds.parquet`.
+
+    A run that scored its test split itself (`test_after_fit`: the best weights, `test_auc` in results.json and
+    `test.preds.parquet` beside it) is recorded as it is; otherwise its best checkpoint is scored on the test split
+    by qin-eval (`test_eval`, or `test_eval_error`), told where the run's data is (`eval_data_location`), since a
+    checkpoint never decides where data is read."""
     results = json.loads((run_dir / "results.json").read_text())
     best = results.get("best_checkpoint")
     eval_json = run_dir / "eval_test.json"
-    if best and Path(best).is_file() and not eval_json.is_file():
-        proc = subprocess.run([sys.executable, "-m", "qin_lightning.eval", f"ckpt_path={best}", "split=test",
-                               f"output={eval_json}", "threads=1"], cwd=cwd, capture_output=True, text=True)
-        if proc.returncode != 0:  # recorded, and the sweep goes on
-            results["test_eval_error"] = (proc.stderr.strip().splitlines() or ["eval failed"])[-1]
-    if eval_json.is_file():
-        results["test_eval"] = json.loads(eval_json.read_text())
+    scored_in_training = results.get("test_auc") is not None and (run_dir / "test.preds.parquet").is_file()
+    if scored_in_training:
+        preds = run_dir / "test.preds.parquet"
+    else:
+        if best and Path(best).is_file() and not eval_json.is_file():
+            proc = subprocess.run([sys.executable, "-m", "qin_lightning.eval", f"ckpt_path={best}", "split=test",
+                                   f"output={eval_json}", "threads=1", *eval_data_location(run_dir, results)],
+                                  cwd=cwd, capture_output=True, text=True)
+            if proc.returncode != 0:  # recorded, and the sweep goes on
+                results["test_eval_error"] = (proc.stderr.strip().splitlines() or ["eval failed"])[-1]
+        if eval_json.is_file():
+            results["test_eval"] = json.loads(eval_json.read_text())
+        preds = eval_json.with_suffix(".preds.parquet")  # the kept test predictions qin_lightning.eval writes
     record.parent.mkdir(parents=True, exist_ok=True)
-    preds = eval_json.with_suffix(".preds.parquet")  # the kept test predictions qin_lightning.eval writes
     if preds.is_file():
         with preds.open("rb") as src, atomic_writer(record.with_suffix(".preds.parquet")) as dst:
             shutil.copyfileobj(src, dst)
     with atomic_writer(record, "w") as f:
         f.write(json.dumps(results, indent=2) + "\n")
+
+
+def eval_data_location(run_dir: Path, results: dict[str, Any]) -> list[str]:
+    """qin-eval's overrides naming where this run read its data: ``data.root`` (the parent of the folder it read)
+    and, for a converted release, ``+data.source.src`` from the run's own config (its `.hydra/config.yaml`)."""
+    overrides = [f"data.root={Path(str(results['data_dir'])).parent}"] if results.get("data_dir") else []
+    config = run_dir / ".hydra" / "config.yaml"
+    if config.is_file():
+        src = OmegaConf.select(OmegaConf.load(config), "data.source.src", default=None,
+                               throw_on_resolution_failure=False)
+        if src is not None:
+            overrides.append(f"+data.source.src={src}")
+    return overrides
 
 
 class PlanJob:
