@@ -145,7 +145,7 @@ def test_fidelity_and_table_read_epoch_one_and_the_best(side_by_side: ModuleType
     (tmp_path / "side_by_side_din.json").write_text(json.dumps(record))
     lines = side_by_side.table(tmp_path).splitlines()
     assert len(lines) == 3  # header, rule, the one record present
-    assert lines[2] == "| din | Theirs | 1,000 / 200, 2, 64 | 10 / 10 | 0.6000 / 0.5950 | 0.7000 / 0.7200 | 2.50x | – |"
+    assert lines[2] == "| din | Theirs | 1,000 / 200, 2, 64 | 10 / 10 | logit | 0.6000 / 0.5950 | 0.7000 / 0.7200 | 2.50x | – |"
     summary = {"teacher_forced_clean_steps": {"steps": 12, "max_loss_rel_diff": 3e-6},
                "teacher_forced_steps_with_such_rows": {"steps": 8, "max_loss_rel_diff": 4.8e-6}}
     (tmp_path / "trajectory_din.json").write_text(json.dumps({"summary": summary, "settings": {"steps": 20}}))

@@ -437,9 +437,9 @@ def step_agreement(folder: Path, model: str) -> str:
 def table(folder: Path = PEER) -> str:
     """The table 'our model vs its authors' code': one line per committed record (MODELS order)."""
     lines = ["| model | their code | rows (train / valid), epochs, batch | parameters (theirs / ours) | "
-             "AUC epoch 1 (theirs / ours) | best AUC (theirs / ours) | their fit / our fit | "
-             "same weights and batches, their loss form |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "our loss (`model.bce_input`) | AUC epoch 1 (theirs / ours) | best AUC (theirs / ours) | "
+             "their fit / our fit | same weights and batches, their loss form |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for model, spec in MODELS.items():
         path = folder / spec.record
         if not path.is_file():
@@ -452,7 +452,8 @@ def table(folder: Path = PEER) -> str:
         lines.append(
             f"| {model} | {record['their_model']} | {data['train_rows']:,} / {data['valid_rows']:,}, "
             f"{settings['epochs']}, {settings['batch_size']} | {record['theirs']['n_params']:,} / "
-            f"{ours['n_params']:,} | {their_auc[0]:.4f} / {our_auc[0]:.4f} | {max(their_auc):.4f} / "
+            f"{ours['n_params']:,} | {settings.get('bce_input_ours', 'logit')} | "  # logit: records made before it
+            f"{their_auc[0]:.4f} / {our_auc[0]:.4f} | {max(their_auc):.4f} / "
             f"{max(our_auc):.4f} | {record['ratio_their_fit_to_ours'][name]:.2f}x | {step_agreement(folder, model)} |")
     return "\n".join(lines) + "\n"
 
