@@ -109,6 +109,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--our-loss", choices=("probability", "logit"), default="probability",
                    help="ours: model.bce_input (probability: their form, our default; logit: the form of the records "
                         "made before 2026-12-08)")
+    p.add_argument("--their-seed", type=int, default=20242025,
+                   help="their config's seed (default the published 20242025): their own seed spread")
     p.add_argument("--our-seeds", default="",
                    help="comma-separated extra seeds of ours (fp32, torch's draw): our seed spread on the same data")
     p.add_argument("--note", default=None, help="a sentence kept in the record (e.g. what else ran on the machine)")
@@ -202,7 +204,7 @@ def their_hyperparameters(args: argparse.Namespace, data: dict[str, Any]) -> dic
     MicroLens tuner (reczoo/WWW2025_MMCTR_Challenge), the winners' Transformer_DCN tuner config."""
     common = {"model": MODELS[args.model].their_model, "dataset_id": "side_by_side", "loss": "binary_crossentropy",
               "metrics": ["AUC", "logloss"], "task": "binary_classification", "optimizer": "adam",
-              "batch_size": args.batch_size, "epochs": args.epochs, "shuffle": True, "seed": 20242025,
+              "batch_size": args.batch_size, "epochs": args.epochs, "shuffle": True, "seed": args.their_seed,
               "max_len": data["max_len"], "accumulation_steps": 1}
     if args.model in ("qin", "qnn_alpha"):  # the published QIN (paper section 3, their model_config.yaml)
         qin = {**common, "learning_rate": 2.0e-3, "embedding_regularizer": 2.0e-4, "net_regularizer": 0,
@@ -348,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": {**machine(), "cpu_count": os.cpu_count()},
         "their_repo_commit": git_commit(args.qin_repo) if args.qin_repo else None, "their_model": spec.their_model,
         "settings": {"epochs": args.epochs, "batch_size": args.batch_size, "threads": args.threads,
-                     "bce_input_ours": args.our_loss,
+                     "bce_input_ours": args.our_loss, "their_seed": args.their_seed,
                      "their_loader_workers": args.their_workers, "precision_ours": args.precision,
                      "draws_ours": args.draws},
     }
