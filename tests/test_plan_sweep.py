@@ -143,3 +143,26 @@ def test_eval_is_told_where_the_runs_data_is(tmp_path: Path) -> None:
                                                      "+data.source.src=../shared/data/ml-100k.zip"]
     (tmp_path / ".hydra" / "config.yaml").write_text("data:\n  root: x\n")
     assert eval_data_location(tmp_path, results) == ["data.root=data/movielens"]
+
+
+def test_collect_passes_the_runs_data_location_to_eval(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run that did not score its test split is scored by qin-eval, given the run's own data folder and release."""
+    import qin_lightning.training.plan as plan_module
+
+    run_dir, record = tmp_path / "run", tmp_path / "records" / "qin_seed1.json"
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / ".hydra" / "config.yaml").write_text("data:\n  source:\n    src: ../shared/data/ml-100k.zip\n")
+    (run_dir / "best.ckpt").write_bytes(b"")
+    results = {"status": "completed", "best_checkpoint": str(run_dir / "best.ckpt"), "data_dir": "data/movielens/x"}
+    (run_dir / "results.json").write_text(json.dumps(results))
+    calls: list[list[str]] = []
+
+    def fake_eval(args: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+        calls.append(args)
+        return subprocess.CompletedProcess(args, 2, "", "error: nothing to score")
+
+    monkeypatch.setattr(plan_module.subprocess, "run", fake_eval)
+    plan_module.collect(run_dir, record, tmp_path)
+    assert len(calls) == 1 and "data.root=data/movielens" in calls[0]
+    assert "+data.source.src=../shared/data/ml-100k.zip" in calls[0]
+    assert json.loads(record.read_text())["test_eval_error"] == "error: nothing to score"
